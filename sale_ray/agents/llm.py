@@ -1,0 +1,141 @@
+"""The one seam to every model: an OpenAI-compatible chat client with logprobs and usage.
+
+The same client talks to a local llama.cpp server, a vLLM server or a hosted API. The
+``openai`` client is created lazily (importing this module needs no key and no network).
+Retries: the official client's own (bounded count, honours ``Retry-After``), inside an overall
+per-call timeout. Errors come out as :mod:`sale_ray.errors` model errors whose text never
+contains the API key — only the *name* of the variable that holds it.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import ModelError, ModelHTTPError, ModelTimeout
+
+# Local servers ignore the key, but the openai client insists on one.
+_NO_KEY = "sale-ray-no-key"
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """One generated token with its log-probability and top-k alternatives."""
+
+    token: str
+    logprob: float
+    top: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ChatResult:
+    """A finished chat completion, flattened to what the auction needs."""
+
+    text: str
+    finish_reason: str | None
+    prompt_tokens: int
+    completion_tokens: int
+    latency_s: float
+    tokens: list[TokenLogprob] = field(default_factory=list)
+
+    @property
+    def truncated(self) -> bool:
+        return self.finish_reason == "length"
+
+
+class ChatClient:
+    """Async chat client for one model at one OpenAI-compatible endpoint."""
+
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        *,
+        api_key_env: str | None = None,
+        timeout_s: float = 120.0,
+        max_retries: int = 2,
+    ) -> None:
+        self.base_url = base_url
+        self.model = model
+        self.api_key_env = api_key_env
+        self.timeout_s = timeout_s
+        self.max_retries = max_retries
+        self._client: Any = None
+
+    def _get(self) -> Any:
+        if self._client is None:
+            import openai
+
+            key = os.environ.get(self.api_key_env, "") if self.api_key_env else ""
+            if self.api_key_env and not key:
+                raise ModelHTTPError(f"environment variable {self.api_key_env} is not set")
+            self._client = openai.AsyncOpenAI(
+                base_url=self.base_url,
+                api_key=key or _NO_KEY,
+                timeout=self.timeout_s,
+                max_retries=self.max_retries,
+            )
+        return self._client
+
+    async def chat(
+        self,
+        messages: list[dict[str, str]],
+        *,
+        max_tokens: int,
+        temperature: float = 0.0,
+        top_logprobs: int | None = None,
+        response_format: dict | None = None,
+        timeout_s: float | None = None,
+    ) -> ChatResult:
+        """One chat completion. ``top_logprobs`` set -> per-token logprobs are returned."""
+        import openai
+
+        kwargs: dict[str, Any] = {
+            "model": self.model,
+            "messages": messages,
+            "max_tokens": max_tokens,
+            "temperature": temperature,
+        }
+        if top_logprobs:
+            kwargs["logprobs"] = True
+            kwargs["top_logprobs"] = top_logprobs
+        if response_format is not None:
+            kwargs["response_format"] = response_format
+        if timeout_s is not None:
+            kwargs["timeout"] = timeout_s
+        t0 = time.perf_counter()
+        try:
+            r = await self._get().chat.completions.create(**kwargs)
+        except openai.APITimeoutError:
+            raise ModelTimeout(f"{self.model}: no answer within {timeout_s or self.timeout_s}s") from None
+        except openai.APIStatusError as e:
+            raise ModelHTTPError(f"{self.model}: HTTP {e.status_code} after retries") from None
+        except openai.APIConnectionError as e:
+            raise ModelHTTPError(f"{self.model}: connection failed ({type(e).__name__})") from None
+        except openai.OpenAIError as e:
+            raise ModelError(f"{self.model}: {type(e).__name__}") from None
+        latency = time.perf_counter() - t0
+        if not r.choices:
+            raise ModelError(f"{self.model}: response has no choices")
+        ch = r.choices[0]
+        toks: list[TokenLogprob] = []
+        if ch.logprobs is not None and ch.logprobs.content:
+            for t in ch.logprobs.content:
+                top = {a.token: a.logprob for a in (t.top_logprobs or [])}
+                toks.append(TokenLogprob(t.token, t.logprob, top))
+        usage = r.usage
+        return ChatResult(
+            text=ch.message.content or "",
+            finish_reason=ch.finish_reason,
+            prompt_tokens=usage.prompt_tokens if usage else 0,
+            completion_tokens=usage.completion_tokens if usage else len(toks),
+            latency_s=latency,
+            tokens=toks,
+        )
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.close()
+            self._client = None

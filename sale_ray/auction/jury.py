@@ -1,0 +1,111 @@
+"""The jury, pure: how plans are shown to a juror and how its answer is read.
+
+One call per juror scores *all* plans of an auction (n calls, not the paper's n^2). Plans are
+anonymous (labels A, B, C… in a fixed order), delimited by ``<plan>`` tags, cut to a length cap,
+and stripped of anything that could close the delimiter, so a bid cannot write its own score.
+The answer is constrained by a JSON schema at the server and parsed strictly here; where the
+server returns logprobs, each score is read as an expected value over the digits 0-5.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import string
+from collections.abc import Sequence
+
+from ..agents.llm import TokenLogprob
+from ..errors import MalformedOutput
+from .scoring import expected_digit
+
+MAX_SCORE = 5
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_TAG = re.compile(r"<\s*/?\s*plans?\b", re.IGNORECASE)
+
+
+def labels_for(n: int) -> list[str]:
+    """Plan labels A, B, … (at most 26 bidders per auction)."""
+    if n > len(string.ascii_uppercase):
+        raise ValueError("at most 26 plans per jury call")
+    return list(string.ascii_uppercase[:n])
+
+
+def sanitize_plan(plan: str, max_chars: int) -> str:
+    """Make a plan safe to embed: no control chars, no plan tags, at most ``max_chars``."""
+    text = _CONTROL.sub("", plan)
+    text = _TAG.sub("[tag removed]", text)
+    if len(text) > max_chars:
+        text = text[:max_chars] + " [cut]"
+    return text
+
+
+def format_plans(plans: Sequence[str], max_chars: int) -> str:
+    """The plans block of the jury prompt."""
+    return "\n".join(
+        f'<plan id="{lab}">\n{sanitize_plan(p, max_chars)}\n</plan>'
+        for lab, p in zip(labels_for(len(plans)), plans, strict=True)
+    )
+
+
+def verdict_schema(labels: Sequence[str]) -> dict:
+    """``response_format`` asking for ``{"A": 0-5, "B": 0-5, ...}`` and nothing else."""
+    return {
+        "type": "json_schema",
+        "json_schema": {
+            "name": "jury_scores",
+            "strict": True,
+            "schema": {
+                "type": "object",
+                "properties": {
+                    lab: {"type": "integer", "enum": list(range(MAX_SCORE + 1))} for lab in labels
+                },
+                "required": list(labels),
+                "additionalProperties": False,
+            },
+        },
+    }
+
+
+def parse_verdict(
+    text: str, labels: Sequence[str], tokens: Sequence[TokenLogprob] = ()
+) -> dict[str, float]:
+    """Read a juror's answer strictly: exactly the labels, each an integer 0-5.
+
+    Returns label -> score; the score is the expected digit under the juror's logprobs when they
+    can be aligned with the answer, else the integer it wrote. Anything else raises
+    :class:`MalformedOutput` (the juror abstains; the auction goes on).
+    """
+    body = text.strip()
+    if body.startswith("```"):  # some servers wrap JSON in a fence even under a schema
+        body = body.strip("`").removeprefix("json").strip()
+    try:
+        data = json.loads(body)
+    except (json.JSONDecodeError, RecursionError):
+        raise MalformedOutput("jury answer is not JSON") from None
+    if not isinstance(data, dict):
+        raise MalformedOutput("jury answer is not a JSON object")
+    if set(data) != set(labels):
+        raise MalformedOutput(f"jury answer has keys {sorted(data)[:10]}, expected {list(labels)}")
+    ints: dict[str, int] = {}
+    for lab in labels:
+        v = data[lab]
+        if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= MAX_SCORE:
+            raise MalformedOutput(f"jury score for {lab} is not an integer 0-{MAX_SCORE}")
+        ints[lab] = v
+    return _expected_scores(ints, list(data), tokens)
+
+
+def _expected_scores(
+    ints: dict[str, int], order: list[str], tokens: Sequence[TokenLogprob]
+) -> dict[str, float]:
+    """Replace each integer by its expected value when the digit tokens line up with it."""
+    digits = [t for t in tokens if t.token.strip().isdigit() and len(t.token.strip()) == 1]
+    if len(digits) != len(order) or any(
+        int(t.token.strip()) != ints[lab] for t, lab in zip(digits, order, strict=True)
+    ):
+        return {k: float(v) for k, v in ints.items()}
+    out = {}
+    for t, lab in zip(digits, order, strict=True):
+        e = expected_digit(t.top or {t.token: t.logprob})
+        out[lab] = float(ints[lab]) if e is None else e
+    return out

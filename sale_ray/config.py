@@ -1,0 +1,185 @@
+"""Pydantic models for every configuration boundary, and the embedded default.
+
+One YAML file (``--config``) maps onto :class:`SaleConfig`; every field has a description and a
+default, so an empty file is a valid config (it means: the embedded local pool). Unknown keys are
+errors, so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .errors import ConfigError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ResourceSpec(_Strict):
+    """Ray resources an agent's actor pins. Local CPU agents default to none so that three
+    agents fit on a 2-core machine; on a GPU cluster set ``num_gpus: 1``; for a hosted API use a
+    custom quota resource (e.g. ``{quota_openai: 1}``) that the cluster declares."""
+
+    num_cpus: float = Field(default=0.0, ge=0, description="CPUs reserved for the agent actor.")
+    num_gpus: float = Field(default=0.0, ge=0, description="GPUs reserved (vLLM / GPU agents).")
+    custom: dict[str, float] = Field(
+        default_factory=dict, description="Custom Ray resources, e.g. an API quota token."
+    )
+
+
+class AgentSpec(_Strict):
+    """One agent of the pool: which model, where it is served, what it costs."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$", description="Unique name.")
+    backend: Literal["local", "openai"] = Field(
+        default="local",
+        description="'local': a GGUF from the catalog served by xllamacpp inside the agent's "
+        "actor. 'openai': any OpenAI-compatible endpoint (vLLM, hosted APIs) at base_url.",
+    )
+    model: str = Field(description="Catalog name (local) or the endpoint's model id (openai).")
+    base_url: str | None = Field(default=None, description="OpenAI-compatible base URL (…/v1).")
+    api_key_env: str | None = Field(
+        default=None, description="Name of the env var holding the API key (never the key)."
+    )
+    price_in_per_mtok: float | None = Field(
+        default=None, ge=0, description="$ per million prompt tokens (local default: catalog)."
+    )
+    price_out_per_mtok: float | None = Field(
+        default=None, ge=0, description="$ per million completion tokens (local default: catalog)."
+    )
+    max_concurrency: int = Field(default=2, ge=1, le=1024, description="Calls in flight at once.")
+    n_ctx: int = Field(default=4096, ge=512, description="Context length of a local server.")
+    threads: int | None = Field(default=None, ge=1, description="CPU threads of a local server.")
+    resources: ResourceSpec = Field(default_factory=ResourceSpec)
+
+    @model_validator(mode="after")
+    def _check_backend(self) -> AgentSpec:
+        if self.backend == "openai" and not self.base_url:
+            raise ValueError(f"agent {self.name!r}: backend 'openai' needs base_url")
+        return self
+
+
+class PoolSpec(_Strict):
+    """The agents that bid. Order does not matter; price decides who is 'cheaper'."""
+
+    agents: list[AgentSpec] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> PoolSpec:
+        names = [a.name for a in self.agents]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"agent names must be unique; repeated: {dupes}")
+        return self
+
+
+class Weights(_Strict):
+    """Weights of the auction score ``C - V`` (SALE.md steps 2-3).
+
+    ``C = w_c * price_out_per_mtok * plan_tokens`` and
+    ``V = w_h * H + sum_j w_jury[j] * gamma_j``, with ``H`` the plan's normalised mean entropy in
+    [0, 1] and ``gamma_j`` juror j's 0-5 score. Defaults (until ``fit_weights`` replaces them):
+    ``w_c = 0.01`` makes a 100-token plan of a 0.30 $/Mtok agent cost 0.3 score points;
+    ``w_h = -1`` makes a fully uncertain plan lose one point; jurors not listed in ``w_jury``
+    get ``w_jury_default`` (0.2 each, so three jurors' mean score counts with weight ~0.6).
+    """
+
+    w_c: float = Field(default=0.01, description="Weight of price x plan length.")
+    w_h: float = Field(default=-1.0, description="Weight of plan entropy (negative: doubt costs).")
+    w_jury: dict[str, float] = Field(default_factory=dict, description="Per-juror weights.")
+    w_jury_default: float = Field(default=0.2, description="Weight of a juror not in w_jury.")
+
+    def juror_weight(self, juror: str) -> float:
+        return self.w_jury.get(juror, self.w_jury_default)
+
+
+class AuctionConfig(_Strict):
+    """How an auction runs."""
+
+    weights: Weights = Field(default_factory=Weights)
+    plan_max_tokens: int = Field(default=96, ge=8, le=1024, description="Cap on a bid's plan.")
+    top_logprobs: int = Field(default=5, ge=1, le=20, description="k for entropy (top-k).")
+    jury: bool = Field(default=True, description="Run the jury (one call per juror).")
+    jury_max_plan_chars: int = Field(
+        default=1200, ge=100, description="Plans are cut to this many chars before the jury sees them."
+    )
+    bid_timeout_s: float = Field(default=60.0, gt=0, description="Deadline for all bids.")
+    jury_timeout_s: float = Field(default=60.0, gt=0, description="Deadline for all jurors.")
+    execute_timeout_s: float = Field(default=300.0, gt=0, description="Deadline for execution.")
+    temperature: float = Field(default=0.0, ge=0, le=2, description="Sampling temperature.")
+
+
+class ExecutionConfig(_Strict):
+    """How the winner executes (plan -> code -> run on the prompt's examples -> fix)."""
+
+    max_tokens: int = Field(default=512, ge=16, le=32768, description="Cap per generation turn.")
+    self_check_turns: int = Field(
+        default=1, ge=0, le=10, description="Fix turns after running the prompt's own examples."
+    )
+
+
+class SandboxConfig(_Strict):
+    """Limits for running generated code (see README 'Sandbox')."""
+
+    timeout_s: float = Field(default=10.0, gt=0, le=600, description="Wall-clock limit.")
+    cpu_s: int = Field(default=10, ge=1, description="CPU-seconds limit (RLIMIT_CPU).")
+    memory_mb: int = Field(default=512, ge=32, description="Address-space limit (RLIMIT_AS).")
+    max_processes: int = Field(default=16, ge=1, description="Process limit (RLIMIT_NPROC).")
+    max_output_bytes: int = Field(default=65536, ge=1024, description="stdout+stderr kept.")
+    max_file_mb: int = Field(default=16, ge=1, description="Largest file it may write.")
+
+
+class SaleConfig(_Strict):
+    """The whole configuration of a run (YAML file = this model)."""
+
+    pool: PoolSpec = Field(default_factory=lambda: default_pool())
+    auction: AuctionConfig = Field(default_factory=AuctionConfig)
+    execution: ExecutionConfig = Field(default_factory=ExecutionConfig)
+    sandbox: SandboxConfig = Field(default_factory=SandboxConfig)
+
+
+def default_pool() -> PoolSpec:
+    """The embedded default: three local models, small to large (see README 'Models')."""
+    return PoolSpec(
+        agents=[
+            AgentSpec(name="smollm2-135m", model="smollm2-135m"),
+            AgentSpec(name="qwen-0.5b", model="qwen2.5-coder-0.5b"),
+            AgentSpec(name="qwen-1.5b", model="qwen2.5-coder-1.5b"),
+        ]
+    )
+
+
+def load_config(path: str | Path | None) -> SaleConfig:
+    """Read a YAML config; ``None`` gives the embedded default. Errors name the file and field."""
+    if path is None:
+        return SaleConfig()
+    import yaml
+
+    p = Path(path)
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: config file not found") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: top level must be a mapping")
+    # Cluster files may embed the sale-ray section under a `sale_ray:` key.
+    data = data.get("sale_ray", data)
+    try:
+        return SaleConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(f"{p}: {format_validation_error(e)}") from None
+
+
+def format_validation_error(e: ValidationError) -> str:
+    """One line per problem: ``field.path: message`` (input values are not echoed)."""
+    parts = []
+    for err in e.errors(include_input=False, include_url=False):
+        loc = ".".join(str(x) for x in err["loc"]) or "(root)"
+        parts.append(f"{loc}: {err['msg']}")
+    return "; ".join(parts)

@@ -1,0 +1,260 @@
+"""Plain domain data: tasks, bids, jury verdicts, executions and the auction record.
+
+These pydantic models are the wire format (HTTP bodies, Ray messages) and, through
+:func:`record_row` / :data:`AUCTION_SCHEMA`, the Parquet row of ``auctions.parquet``.
+The Arrow schema lives here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+import pyarrow as pa
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+TASK_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/\-]{0,199}$")
+MAX_PROMPT_CHARS = 100_000
+MAX_TESTS_CHARS = 200_000
+
+TaskKind = Literal["code", "answer"]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Task(_Frozen):
+    """One unit of work to auction.
+
+    ``kind="code"``: the answer is Python source; ``tests`` is a standalone Python script appended
+    after the solution — the task passes when that program exits with status 0.
+    ``kind="answer"``: the answer is text, compared with ``expected`` (normalised exact match).
+    """
+
+    id: str = Field(description="Unique, stable id (letters, digits, _ . : / -; at most 200 chars).")
+    prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS, description="What to solve.")
+    kind: TaskKind = Field(default="code", description="'code' (Python + tests) or 'answer' (text).")
+    entry_point: str | None = Field(default=None, description="Function the tests call (code tasks).")
+    tests: str | None = Field(
+        default=None, max_length=MAX_TESTS_CHARS, description="Hidden test script (code tasks)."
+    )
+    expected: str | None = Field(default=None, description="Expected answer (answer tasks).")
+    bin: int | None = Field(default=None, ge=0, le=4, description="Complexity bin 0 (easy) .. 4.")
+    metadata: dict[str, str] = Field(default_factory=dict, description="Free-form labels.")
+
+    @field_validator("id")
+    @classmethod
+    def _check_id(cls, v: str) -> str:
+        if not TASK_ID_PATTERN.match(v):
+            raise ValueError("must be 1-200 chars of letters, digits, '_', '.', ':', '/', '-'")
+        return v
+
+    @field_validator("prompt")
+    @classmethod
+    def _check_prompt(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("must not be blank")
+        return v
+
+
+class Usage(_Frozen):
+    """Tokens, dollars and seconds spent by one model call (or a sum of them)."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+    latency_s: float = 0.0
+    calls: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(
+            prompt_tokens=self.prompt_tokens + other.prompt_tokens,
+            completion_tokens=self.completion_tokens + other.completion_tokens,
+            cost_usd=self.cost_usd + other.cost_usd,
+            latency_s=self.latency_s + other.latency_s,
+            calls=self.calls + other.calls,
+        )
+
+
+class Bid(_Frozen):
+    """One agent's strategic plan for a task (or why it has none)."""
+
+    agent: str
+    plan: str = ""
+    plan_tokens: int = 0
+    entropy: float | None = Field(default=None, description="Mean per-token entropy, in [0, 1].")
+    usage: Usage = Usage()
+    rejected: str | None = Field(default=None, description="Why this bid is out; None if valid.")
+    refined: bool = False
+
+    @property
+    def valid(self) -> bool:
+        return self.rejected is None
+
+
+class JuryVerdict(_Frozen):
+    """One juror's scores (0-5) for every plan of an auction, keyed by bidding agent."""
+
+    juror: str
+    scores: dict[str, float] = Field(default_factory=dict)
+    usage: Usage = Usage()
+    error: str | None = None
+
+
+class ScoredBid(_Frozen):
+    """A bid with its auction arithmetic: cost C, value V and the ranking key C - V."""
+
+    bid: Bid
+    jury: dict[str, float] = Field(default_factory=dict, description="juror -> score 0-5")
+    cost: float | None = None
+    value: float | None = None
+    score: float | None = Field(default=None, description="C - V; lower wins. None if rejected.")
+
+
+class Execution(_Frozen):
+    """What the winner produced when it ran the task."""
+
+    agent: str
+    answer: str = ""
+    turns: int = 0
+    self_checks_passed: list[bool] = Field(default_factory=list)
+    usage: Usage = Usage()
+    error: str | None = None
+
+
+class Evaluation(_Frozen):
+    """The verifier's judgement of an execution (None = the task had no verifier)."""
+
+    passed: bool | None = None
+    detail: str = ""
+
+
+Phase = Literal["bid", "jury", "refine", "execute", "evaluate"]
+
+
+class AuctionRecord(_Frozen):
+    """Everything one auction did, enough to explain its decision afterwards."""
+
+    auction_id: str
+    task_id: str
+    kind: TaskKind
+    bin: int | None = None
+    bids: list[ScoredBid] = Field(default_factory=list)
+    verdicts: list[JuryVerdict] = Field(default_factory=list)
+    provisional_winner: str | None = None
+    winner: str | None = None
+    execution: Execution | None = None
+    evaluation: Evaluation = Evaluation()
+    phase_usage: dict[str, Usage] = Field(default_factory=dict)
+    phase_seconds: dict[str, float] = Field(default_factory=dict)
+    error: str | None = None
+    started_at: float = 0.0
+
+    @property
+    def passed(self) -> bool | None:
+        return self.evaluation.passed
+
+    @property
+    def cost_usd(self) -> float:
+        return sum(u.cost_usd for u in self.phase_usage.values())
+
+
+# --- Parquet row ------------------------------------------------------------------------------
+PHASES: tuple[str, ...] = ("bid", "jury", "refine", "execute", "evaluate")
+
+_JURY = pa.list_(pa.struct([("juror", pa.string()), ("score", pa.float64())]))
+_BID = pa.struct(
+    [
+        ("agent", pa.string()),
+        ("plan", pa.string()),
+        ("plan_tokens", pa.int64()),
+        ("prompt_tokens", pa.int64()),
+        ("entropy", pa.float64()),
+        ("jury", _JURY),
+        ("cost", pa.float64()),
+        ("value", pa.float64()),
+        ("score", pa.float64()),
+        ("cost_usd", pa.float64()),
+        ("latency_s", pa.float64()),
+        ("rejected", pa.string()),
+        ("refined", pa.bool_()),
+    ]
+)
+
+AUCTION_SCHEMA = pa.schema(
+    [
+        ("auction_id", pa.string()),
+        ("task_id", pa.string()),
+        ("kind", pa.string()),
+        ("bin", pa.int64()),
+        ("provisional_winner", pa.string()),
+        ("winner", pa.string()),
+        ("passed", pa.bool_()),
+        ("cost_usd", pa.float64()),
+        ("bids", pa.list_(_BID)),
+        ("answer", pa.string()),
+        ("execution_turns", pa.int64()),
+        ("execution_error", pa.string()),
+        ("evaluation_detail", pa.string()),
+        ("error", pa.string()),
+        ("started_at", pa.float64()),
+    ]
+    + [(f"{p}_tokens", pa.int64()) for p in PHASES]
+    + [(f"{p}_cost_usd", pa.float64()) for p in PHASES]
+    + [(f"{p}_s", pa.float64()) for p in PHASES]
+)
+
+
+def record_row(rec: AuctionRecord) -> dict:
+    """Flatten an :class:`AuctionRecord` into one row matching :data:`AUCTION_SCHEMA`."""
+    ex = rec.execution
+    row: dict = {
+        "auction_id": rec.auction_id,
+        "task_id": rec.task_id,
+        "kind": rec.kind,
+        "bin": rec.bin,
+        "provisional_winner": rec.provisional_winner,
+        "winner": rec.winner,
+        "passed": rec.passed,
+        "cost_usd": rec.cost_usd,
+        "bids": [
+            {
+                "agent": sb.bid.agent,
+                "plan": sb.bid.plan,
+                "plan_tokens": sb.bid.plan_tokens,
+                "prompt_tokens": sb.bid.usage.prompt_tokens,
+                "entropy": sb.bid.entropy,
+                "jury": [{"juror": j, "score": s} for j, s in sorted(sb.jury.items())],
+                "cost": sb.cost,
+                "value": sb.value,
+                "score": sb.score,
+                "cost_usd": sb.bid.usage.cost_usd,
+                "latency_s": sb.bid.usage.latency_s,
+                "rejected": sb.bid.rejected,
+                "refined": sb.bid.refined,
+            }
+            for sb in rec.bids
+        ],
+        "answer": ex.answer if ex else None,
+        "execution_turns": ex.turns if ex else None,
+        "execution_error": ex.error if ex else None,
+        "evaluation_detail": rec.evaluation.detail,
+        "error": rec.error,
+        "started_at": rec.started_at,
+    }
+    for p in PHASES:
+        u = rec.phase_usage.get(p, Usage())
+        row[f"{p}_tokens"] = u.total_tokens
+        row[f"{p}_cost_usd"] = u.cost_usd
+        row[f"{p}_s"] = rec.phase_seconds.get(p, 0.0)
+    return row
+
+
+def records_table(records: list[AuctionRecord]) -> pa.Table:
+    """Arrow table of auction records (one row per task) with the canonical schema."""
+    return pa.Table.from_pylist([record_row(r) for r in records], schema=AUCTION_SCHEMA)

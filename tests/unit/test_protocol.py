@@ -1,0 +1,149 @@
+"""One auction over scripted agents: who wins, what is recorded, and how faults are absorbed."""
+
+import asyncio
+import time
+
+import pytest
+
+from sale_ray.auction.protocol import run_auction
+from sale_ray.config import AuctionConfig, SaleConfig
+from sale_ray.types import Bid, Evaluation, Execution, JuryVerdict, Task, Usage
+
+TASK = Task(id="t1", prompt="add two numbers", entry_point="add", tests="assert add(1, 2) == 3")
+PRICES = {"small": 0.03, "mid": 0.1, "large": 0.3}
+
+
+class ScriptedAgent:
+    """A fake agent: fixed plan, fixed jury scores, optional faults."""
+
+    def __init__(self, name, *, entropy=0.3, tokens=40, scores=None, bid_fault=None,
+                 judge_fault=None, execute_fault=None, delay=0.0):
+        self.name, self.entropy, self.tokens = name, entropy, tokens
+        self.scores = scores or {}
+        self.bid_fault, self.judge_fault, self.execute_fault = bid_fault, judge_fault, execute_fault
+        self.delay = delay
+        self.executed = 0
+        self.judged = 0
+
+    async def bid(self, task):
+        await asyncio.sleep(self.delay)
+        if self.bid_fault == "raise":
+            raise RuntimeError("server exploded")
+        if self.bid_fault == "malformed":
+            return {"plan": "not a Bid"}
+        usage = Usage(prompt_tokens=20, completion_tokens=self.tokens, cost_usd=1e-6, calls=1)
+        return Bid(agent=self.name, plan=f"{self.name} plan", plan_tokens=self.tokens,
+                   entropy=self.entropy, usage=usage)
+
+    async def judge(self, task, plans):
+        self.judged += 1
+        if self.judge_fault:
+            raise ValueError("juror crashed")
+        return JuryVerdict(juror=self.name, scores={a: self.scores.get(a, 3) for a, _ in plans},
+                           usage=Usage(prompt_tokens=50, completion_tokens=10, calls=1))
+
+    async def execute(self, task, plan):
+        self.executed += 1
+        if self.execute_fault:
+            raise ConnectionError("actor died")
+        return Execution(agent=self.name, answer="def add(a, b):\n    return a + b",
+                         turns=1, usage=Usage(completion_tokens=30, cost_usd=2e-6, calls=1))
+
+
+async def passes(task, answer):
+    return Evaluation(passed="return a + b" in answer, detail="")
+
+
+def _pool(**overrides):
+    jury_scores = {"small": 2, "mid": 5, "large": 4}
+    agents = {n: ScriptedAgent(n, scores=jury_scores) for n in PRICES}
+    agents.update(overrides)
+    return agents
+
+
+def _cfg(**kw):
+    return SaleConfig(auction=AuctionConfig(**kw))
+
+
+def run(agents, cfg=None, **kw):
+    return asyncio.run(run_auction(TASK, agents, PRICES, cfg or _cfg(), evaluate=passes, **kw))
+
+
+def test_the_best_value_for_money_wins_and_only_the_winner_executes():
+    agents = _pool()
+    rec = run(agents)
+    assert rec.winner == rec.provisional_winner == "mid"
+    assert [a.executed for a in agents.values()] == [0, 1, 0]
+    assert rec.passed is True
+    assert {s.bid.agent for s in rec.bids} == set(PRICES)
+    assert all(len(s.jury) == 3 for s in rec.bids)  # every agent is a juror, self included
+
+
+def test_the_record_carries_tokens_money_and_seconds_per_phase():
+    rec = run(_pool())
+    assert rec.phase_usage["bid"].completion_tokens == 120
+    assert rec.phase_usage["jury"].calls == 3
+    assert rec.phase_usage["execute"].cost_usd == pytest.approx(2e-6)
+    assert rec.cost_usd == pytest.approx(3e-6 + 2e-6)
+    assert {"bid", "jury", "execute", "evaluate"} <= set(rec.phase_seconds)
+
+
+@pytest.mark.parametrize("fault", ["raise", "malformed"])
+def test_a_failing_bid_is_recorded_as_rejected_and_the_auction_goes_on(fault):
+    rec = run(_pool(mid=ScriptedAgent("mid", bid_fault=fault)))
+    mid = next(s for s in rec.bids if s.bid.agent == "mid")
+    assert mid.bid.rejected and mid.score is None
+    assert rec.winner in {"small", "large"} and rec.passed
+
+
+def test_a_bid_slower_than_the_deadline_is_dropped_and_the_auction_finishes_on_time():
+    slow = ScriptedAgent("large", delay=5.0)
+    t = time.perf_counter()
+    rec = run(_pool(large=slow), cfg=_cfg(bid_timeout_s=0.2))
+    assert time.perf_counter() - t < 2.0
+    large = next(s for s in rec.bids if s.bid.agent == "large")
+    assert large.bid.rejected.startswith("timeout")
+    assert rec.winner is not None
+
+
+def test_a_crashing_juror_abstains_without_ending_the_auction():
+    rec = run(_pool(large=ScriptedAgent("large", judge_fault=True, scores={"mid": 5})))
+    bad = next(v for v in rec.verdicts if v.juror == "large")
+    assert bad.error and rec.winner is not None
+
+
+def test_with_one_valid_bid_the_jury_is_skipped():
+    agents = _pool(small=ScriptedAgent("small", bid_fault="raise"),
+                   large=ScriptedAgent("large", bid_fault="raise"))
+    rec = run(agents)
+    assert rec.winner == "mid" and rec.verdicts == []
+    assert all(a.judged == 0 for a in agents.values())
+
+
+def test_no_valid_bid_gives_an_explicit_failed_record():
+    agents = {n: ScriptedAgent(n, bid_fault="raise") for n in PRICES}
+    rec = run(agents)
+    assert rec.winner is None and rec.error == "no valid bids" and rec.passed is False
+
+
+def test_if_the_winner_dies_during_execution_the_next_ranked_bid_runs():
+    agents = _pool(mid=ScriptedAgent("mid", execute_fault=True,
+                                     scores={"small": 2, "mid": 5, "large": 4}))
+    rec = run(agents)
+    assert rec.provisional_winner == "mid" and rec.winner == "large"
+    assert rec.passed is True
+
+
+def test_refinement_is_offered_only_to_strictly_cheaper_agents():
+    seen = {}
+
+    async def refine(task, provisional, scored, eligible):
+        seen["eligible"] = list(eligible)
+        better = Bid(agent="small", plan="refined", plan_tokens=10, entropy=0.0, refined=True)
+        return [better], [JuryVerdict(juror="mid", scores={"small": 5})]
+
+    rec = run(_pool(), refine=refine)
+    assert seen["eligible"] == ["small"]
+    assert rec.winner == "small"
+    assert any(s.bid.refined for s in rec.bids)
+    assert "refine" in rec.phase_usage
