@@ -115,6 +115,10 @@ class Agent:
         """Write a short plan; its per-token entropy is the agent's self-confidence."""
         cfg = self.config.auction
         msg = prompts.render("bid", task=task.prompt, max_words=int(cfg.plan_max_tokens * 0.7))
+        return await self._plan(msg)
+
+    async def _plan(self, msg: str, refined: bool = False) -> Bid:
+        cfg = self.config.auction
         try:
             r = await self._chat(
                 [self._system(), {"role": "user", "content": msg}],
@@ -123,11 +127,11 @@ class Agent:
                 timeout_s=cfg.bid_timeout_s,
             )
         except ModelError as e:
-            return Bid(agent=self.name, rejected=f"error: {e}")
+            return Bid(agent=self.name, rejected=f"error: {e}", refined=refined)
         usage = self._usage(r)
         plan = r.text.strip()
         if not plan:
-            return Bid(agent=self.name, usage=usage, rejected="empty plan")
+            return Bid(agent=self.name, usage=usage, rejected="empty plan", refined=refined)
         # A plan cut at the cap is still a plan (the cap is ours); it is kept as written.
         return Bid(
             agent=self.name,
@@ -135,7 +139,23 @@ class Agent:
             plan_tokens=r.completion_tokens,
             entropy=mean_entropy(list(t.top.values()) for t in r.tokens),
             usage=usage,
+            refined=refined,
         )
+
+    async def refine(self, task: Task, plan: str, pairs: Sequence[tuple[str, str, str]]) -> Bid:
+        """Rewrite ``plan`` after seeing (past task, losing plan, winning plan) contrasts."""
+        cfg = self.config.auction
+        shown = "\n\n".join(
+            f"PAST TASK {i}:\n{jurylib.sanitize_plan(t, 600)}\n"
+            f"LOST:\n<plan>\n{jurylib.sanitize_plan(lost, cfg.jury_max_plan_chars)}\n</plan>\n"
+            f"WON:\n<plan>\n{jurylib.sanitize_plan(won, cfg.jury_max_plan_chars)}\n</plan>"
+            for i, (t, lost, won) in enumerate(pairs, 1)
+        )
+        msg = prompts.render(
+            "refine", pairs=shown, task=task.prompt, plan=plan,
+            max_words=int(cfg.plan_max_tokens * 0.7),
+        )
+        return await self._plan(msg, refined=True)
 
     async def judge(self, task: Task, plans: Sequence[tuple[str, str]]) -> JuryVerdict:
         """Score every (agent, plan) 0-5 in one call; garbage -> an abstaining verdict."""

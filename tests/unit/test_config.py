@@ -1,0 +1,56 @@
+"""Configuration: the embedded default, YAML files, and errors that say where."""
+
+import pytest
+
+from sale_ray.config import SaleConfig, load_config
+from sale_ray.errors import ConfigError
+
+
+def test_no_config_file_means_the_embedded_local_pool():
+    cfg = load_config(None)
+    assert [a.name for a in cfg.pool.agents] == ["smollm2-135m", "qwen-0.5b", "qwen-1.5b"]
+    assert all(a.backend == "local" and a.resources.num_cpus == 0 for a in cfg.pool.agents)
+
+
+def test_the_shipped_pool_files_validate():
+    for name in ["local", "openai", "vllm"]:
+        cfg = load_config(f"cluster/pools/{name}.yaml")
+        assert cfg.pool.agents
+
+
+def test_a_typo_is_an_error_naming_the_field(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("auction:\n  plan_max_tokenz: 50\n")
+    with pytest.raises(ConfigError, match=r"c.yaml: auction.plan_max_tokenz: Extra inputs"):
+        load_config(p)
+
+
+def test_duplicate_agent_names_are_refused(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("pool:\n  agents:\n    - {name: a, model: m}\n    - {name: a, model: m}\n")
+    with pytest.raises(ConfigError, match="repeated"):
+        load_config(p)
+
+
+def test_an_openai_agent_needs_a_base_url():
+    with pytest.raises(ValueError, match="base_url"):
+        SaleConfig.model_validate(
+            {"pool": {"agents": [{"name": "x", "backend": "openai", "model": "m"}]}}
+        )
+
+
+def test_missing_and_broken_files_are_clear(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("pool: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+
+
+def test_the_error_never_echoes_the_offending_value(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("pool:\n  agents:\n    - {name: a, model: m, api_key_env: 5, secret: sk-abc123}\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    assert "sk-abc123" not in str(e.value)
