@@ -57,7 +57,7 @@ async def collect_bids(
     for n, r in zip(names, results, strict=True):
         if isinstance(r, Bid) and r.agent == n:
             bids.append(r)
-        elif isinstance(r, asyncio.TimeoutError | TimeoutError):
+        elif isinstance(r, TimeoutError):
             bids.append(Bid(agent=n, rejected=f"timeout: no bid within {timeout_s:g}s"))
         elif isinstance(r, BaseException):
             bids.append(Bid(agent=n, rejected=_describe(r)))
@@ -83,7 +83,7 @@ async def collect_verdicts(
     for n, r in zip(names, results, strict=True):
         if isinstance(r, JuryVerdict) and r.juror == n:
             out.append(r)
-        elif isinstance(r, asyncio.TimeoutError | TimeoutError):
+        elif isinstance(r, TimeoutError):
             out.append(JuryVerdict(juror=n, error=f"timeout: no verdict within {timeout_s:g}s"))
         else:
             out.append(JuryVerdict(juror=n, error=_describe(r) if isinstance(r, BaseException)
@@ -173,7 +173,7 @@ async def run_auction(
             )
             final = candidate
             break
-        except (asyncio.TimeoutError, TimeoutError):
+        except TimeoutError:
             execution = Execution(agent=name, error=f"timeout after {cfg.execute_timeout_s:g}s")
             final = candidate
             break  # a slow model is not a dead one: do not pay for a second execution
