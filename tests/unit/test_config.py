@@ -54,3 +54,14 @@ def test_the_error_never_echoes_the_offending_value(tmp_path):
     with pytest.raises(ConfigError) as e:
         load_config(p)
     assert "sk-abc123" not in str(e.value)
+
+
+def test_the_configuration_reference_is_up_to_date():
+    from pathlib import Path
+
+    from sale_ray.config import reference_markdown
+
+    doc = Path(__file__).parents[2] / "docs" / "configuration.md"
+    assert doc.read_text() == reference_markdown(), (
+        "docs/configuration.md is stale: run `python -m sale_ray.config > docs/configuration.md`"
+    )
