@@ -31,14 +31,42 @@ class ResourceSpec(_Strict):
     )
 
 
+class QuotaSpec(_Strict):
+    """An agent's rate limits and money, enforced by the auctioneer across all its auctions.
+
+    ``None`` means unlimited. A call that would overdraw the budget is refused before it is made
+    (reserve, then settle): the agent is excluded from that auction with a recorded reason."""
+
+    rpm: float | None = Field(default=None, gt=0, description="Requests per minute.")
+    tpm: float | None = Field(default=None, gt=0, description="Tokens (in + out) per minute.")
+    budget_usd: float | None = Field(default=None, ge=0, description="$ this agent may spend.")
+
+
+class ScriptedSpec(_Strict):
+    """Behaviour of a ``backend: scripted`` agent: a load-test tool, never the product default.
+    Its answers are canned; its latency, failures and token counts are what is configured."""
+
+    latency_ms: tuple[float, float] = Field(
+        default=(0.0, 0.0), description="Uniform [lo, hi] simulated latency per call, in ms."
+    )
+    plan_tokens: int = Field(default=40, ge=1, description="Completion tokens of a bid.")
+    quality: float = Field(
+        default=0.5, ge=0, le=1, description="Share of tasks its execution passes."
+    )
+    fail_rate: float = Field(default=0.0, ge=0, le=1, description="Share of calls that raise.")
+    hang: bool = Field(default=False, description="Never answer (deadline tests).")
+    seed: int = Field(default=0, description="Makes latencies and outcomes reproducible.")
+
+
 class AgentSpec(_Strict):
     """One agent of the pool: which model, where it is served, what it costs."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$", description="Unique name.")
-    backend: Literal["local", "openai"] = Field(
+    backend: Literal["local", "openai", "scripted"] = Field(
         default="local",
         description="'local': a GGUF from the catalog served by xllamacpp inside the agent's "
-        "actor. 'openai': any OpenAI-compatible endpoint (vLLM, hosted APIs) at base_url.",
+        "actor. 'openai': any OpenAI-compatible endpoint (vLLM, hosted APIs) at base_url. "
+        "'scripted': canned answers with simulated latency (load and fault tests only).",
     )
     model: str = Field(description="Catalog name (local) or the endpoint's model id (openai).")
     base_url: str | None = Field(default=None, description="OpenAI-compatible base URL (…/v1).")
@@ -56,6 +84,12 @@ class AgentSpec(_Strict):
     threads: int | None = Field(default=None, ge=1, description="CPU threads of a local server.")
     resources: ResourceSpec = Field(
         default_factory=ResourceSpec, description="Ray resources the agent's actor pins."
+    )
+    quota: QuotaSpec = Field(
+        default_factory=QuotaSpec, description="RPM / TPM / budget, enforced by the auctioneer."
+    )
+    scripted: ScriptedSpec = Field(
+        default_factory=ScriptedSpec, description="Only read by backend 'scripted'."
     )
 
     @model_validator(mode="after")
@@ -109,8 +143,8 @@ class AuctionConfig(_Strict):
     jury_max_plan_chars: int = Field(
         default=1200, ge=100, description="Plans are cut to this many chars before the jury sees them."
     )
-    bid_timeout_s: float = Field(default=60.0, gt=0, description="Deadline for all bids.")
-    jury_timeout_s: float = Field(default=60.0, gt=0, description="Deadline for all jurors.")
+    bid_timeout_s: float = Field(default=120.0, gt=0, description="Deadline for all bids.")
+    jury_timeout_s: float = Field(default=120.0, gt=0, description="Deadline for all jurors.")
     execute_timeout_s: float = Field(default=300.0, gt=0, description="Deadline for execution.")
     temperature: float = Field(default=0.0, ge=0, le=2, description="Sampling temperature.")
 
@@ -135,6 +169,126 @@ class SandboxConfig(_Strict):
     max_file_mb: int = Field(default=16, ge=1, description="Largest file it may write.")
 
 
+class AuctioneerConfig(_Strict):
+    """The auctioneer: how many auctions run at once, how many may wait, and the run's money."""
+
+    max_in_flight: int = Field(default=64, ge=1, le=100_000, description="Auctions at once.")
+    max_queued: int = Field(
+        default=10_000, ge=0, description="Admitted auctions waiting for a slot; past it: refused."
+    )
+    budget_usd: float | None = Field(
+        default=None, ge=0, description="$ the whole run may spend (None = unlimited)."
+    )
+    max_batch: int = Field(
+        default=256, ge=1, le=10_000, description="Calls coalesced into one Ray call per agent."
+    )
+    batches_in_flight: int = Field(
+        default=4, ge=1, le=64, description="Ray calls in flight per agent (pipelining depth)."
+    )
+    remember: int = Field(
+        default=200_000, ge=1, description="Finished records kept for idempotent resubmits."
+    )
+    evaluate_concurrency: int = Field(
+        default=2, ge=1, description="Verifier runs (sandboxed tests) at once."
+    )
+
+
+class CacheConfig(_Strict):
+    """Content-addressed response cache (:mod:`sale_ray.cache`): a rerun at temperature 0 costs
+    nothing. Keys are (model identity, request parameters, messages); entries are Parquet files."""
+
+    enabled: bool = Field(default=False, description="Serve repeated model calls from the cache.")
+    path: str = Field(
+        default="~/.cache/sale-ray/responses", description="Folder of the cache's Parquet files."
+    )
+    deterministic_only: bool = Field(
+        default=True,
+        description="Only cache calls at temperature 0 (a sampled answer replayed is not a sample).",
+    )
+    flush_every: int = Field(
+        default=16, ge=1, description="New entries buffered before a Parquet segment is written."
+    )
+
+
+class EvalConfig(_Strict):
+    """``sale-ray eval``: splits, the cost/quality trade-off and the fit (see docs/evaluation.md)."""
+
+    train_fraction: float = Field(
+        default=0.5, gt=0, lt=1, description="Share of each bin's tasks in the training split."
+    )
+    seed: int = Field(default=0, description="Seed of the train/test split and the random router.")
+    cost_lambda: float = Field(
+        default=0.1,
+        ge=0,
+        description="Loss = fail + cost_lambda * execution cost / largest agent's mean cost: "
+        "what every fitted router (SALE weights, kNN) minimises on the training split.",
+    )
+    knn_k: int = Field(default=0, ge=0, description="kNN neighbours (0 = choose by leave-one-out).")
+    embedder: str = Field(default="minilm", description="Task-text embedder of the kNN router.")
+    objective: Literal["bins", "tasks", "mean"] = Field(
+        default="bins",
+        description="Weight fit: 'bins' = worst complexity bin blended with the mean (default); "
+        "'tasks' = the paper's worst case over tasks; 'mean' = average loss.",
+    )
+    minmax_alpha: float = Field(
+        default=0.5, ge=0, le=1, description="Share of the worst case in the blended objective."
+    )
+    weight_bound: float = Field(default=10.0, gt=0, description="|w| bound in the weight fit.")
+    big_m: float = Field(default=1e4, gt=0, description="Big-M of the winner constraints.")
+    fit_time_limit_s: float = Field(default=120.0, gt=0, description="HiGHS time limit.")
+    task_concurrency: int = Field(
+        default=1, ge=1, description="Tasks whose matrix cells are computed at once."
+    )
+
+
+class ServeConfig(_Strict):
+    """The online endpoint (``sale-ray serve``, ``cluster/serve.yaml``; see docs/serve.md).
+
+    API keys are never in this file: name the environment variable or the file that holds them
+    (one key per line; ``#`` starts a comment). Overload answers ``overload_status`` with
+    ``Retry-After``; a request past ``request_timeout_s`` answers 408 and cancels its model calls.
+    """
+
+    host: str = Field(default="127.0.0.1", description="Bind address (loopback by default).")
+    port: int = Field(default=8000, ge=1, le=65535, description="HTTP port of Serve's proxy.")
+    require_auth: bool = Field(
+        default=True, description="Refuse requests without a valid bearer key (not /healthz)."
+    )
+    api_keys_env: str | None = Field(
+        default="SALE_RAY_API_KEYS",
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="Env var holding comma-separated API keys (its name, never a key).",
+    )
+    api_keys_file: str | None = Field(
+        default=None, description="File with one API key per line (e.g. a mounted secret)."
+    )
+    max_body_bytes: int = Field(
+        default=1_000_000, ge=1024, description="Larger request bodies answer 413."
+    )
+    max_prompt_chars: int = Field(
+        default=32_000, ge=1, description="Characters of all messages together; more is 422."
+    )
+    max_messages: int = Field(default=256, ge=1, description="Messages per chat request.")
+    max_ongoing_requests: int = Field(
+        default=16, ge=1, description="Requests one replica works on at once (Serve)."
+    )
+    max_queued_requests: int = Field(
+        default=64, ge=0, description="Requests waiting for a replica; past it: overload_status."
+    )
+    overload_status: Literal[503, 429] = Field(
+        default=503, description="Status when the queue is full (Serve backpressure)."
+    )
+    retry_after_s: int = Field(default=1, ge=0, description="Retry-After sent with overload.")
+    request_timeout_s: float = Field(
+        default=300.0, gt=0, description="Deadline of one request; past it: 408, calls cancelled."
+    )
+    max_records: int = Field(
+        default=1000, ge=1, description="Recent auction records kept in memory per replica."
+    )
+    num_replicas: int = Field(default=1, ge=1, description="Gateway replicas (each starts its pool).")
+    num_cpus: float = Field(default=0.0, ge=0, description="CPUs reserved per gateway replica.")
+
+
 class SaleConfig(_Strict):
     """The whole configuration of a run (YAML file = this model)."""
 
@@ -147,6 +301,16 @@ class SaleConfig(_Strict):
     )
     sandbox: SandboxConfig = Field(
         default_factory=SandboxConfig, description="Limits for running generated code."
+    )
+    auctioneer: AuctioneerConfig = Field(
+        default_factory=AuctioneerConfig, description="Admission, batching and the run budget."
+    )
+    cache: CacheConfig = Field(
+        default_factory=CacheConfig, description="Response cache (temperature-0 reruns are free)."
+    )
+    eval: EvalConfig = Field(default_factory=EvalConfig, description="`sale-ray eval` settings.")
+    serve: ServeConfig = Field(
+        default_factory=ServeConfig, description="The online endpoint (`sale-ray serve`)."
     )
 
 

@@ -14,7 +14,7 @@ from typing import Any
 from ..auction import jury as jurylib
 from ..auction.scoring import mean_entropy
 from ..config import AgentSpec, SaleConfig
-from ..errors import ModelError, TruncatedOutput
+from ..errors import MalformedOutput, ModelError, TruncatedOutput
 from ..types import Bid, Execution, JuryVerdict, Task, Usage
 from . import prompts
 from .llm import ChatClient, ChatResult
@@ -34,6 +34,17 @@ def resolve_prices(spec: AgentSpec) -> tuple[float, float]:
     pin = spec.price_in_per_mtok if spec.price_in_per_mtok is not None else default
     pout = spec.price_out_per_mtok if spec.price_out_per_mtok is not None else default
     return pin, pout
+
+
+def _task_block(task: Task) -> str:
+    """The task as the model is most used to seeing it: code prompts in a python fence.
+
+    Measured on HumanEval with Qwen2.5-Coder-0.5B: the bare prompt under "follow your plan"
+    failed tasks the standard "complete this function" framing passes.
+    """
+    if task.kind == "code":
+        return f"Complete the following Python code.\n\n```python\n{task.prompt.rstrip()}\n```"
+    return f"TASK:\n{task.prompt}"
 
 
 class Agent:
@@ -217,7 +228,9 @@ class Agent:
             self._system(),
             {
                 "role": "user",
-                "content": prompts.render("execute", task=task.prompt, plan=plan, instructions=instr),
+                "content": prompts.render(
+                    "execute", task_block=_task_block(task), plan=plan, instructions=instr
+                ),
             },
         ]
         usage, checks, answer, turns = Usage(), [], "", 0
@@ -271,12 +284,17 @@ class Agent:
         if self._client is None:
             raise ModelError(f"agent {self.name} is not started")
         async with self._sem:
-            r = await self._client.chat(
-                messages,
-                max_tokens=params["max_tokens"],
-                temperature=params.get("temperature", 0.0),
-                timeout_s=params.get("timeout_s"),
-            )
+            try:
+                r = await self._client.chat(
+                    messages,
+                    max_tokens=params["max_tokens"],
+                    temperature=params.get("temperature", 0.0),
+                    timeout_s=params.get("timeout_s"),
+                )
+            except ModelError:
+                raise
+            except Exception as e:  # e.g. a 200 whose body is not JSON: the model's fault
+                raise MalformedOutput(f"{self.name}: unusable answer ({type(e).__name__})") from None
         return r, self._usage(r)
 
     async def complete_stream(
@@ -367,3 +385,12 @@ class Agent:
             raise ValueError(f"not a batchable method: {method!r}")
         async for group in serve_batch(getattr(self, method), calls):
             yield group
+
+    def endpoint(self) -> dict[str, Any]:
+        """Where this agent's model is served (base URL, and the host name it is local to), so
+        that a caller on the same host — or any caller, for a network URL — may reach it
+        without a hop through this agent (the endpoint's passthrough path)."""
+        import socket
+
+        url = self._server.base_url if self._server is not None else self.spec.base_url
+        return {"base_url": url, "host": socket.gethostname()}
