@@ -1,32 +1,277 @@
-"""Batch runs: a list of tasks in, ``auctions.parquet`` and a summary out.
+"""Batch runs: tasks streamed from a file (or a list) through the auctioneer actor into Parquet.
 
-Used by ``sale-ray run`` and ``jobs/run_auctions.py`` alike. Auctions run concurrently (bounded),
-each agent's own semaphore keeps its model server within its ``max_concurrency``.
+Used by ``sale-ray run`` and ``jobs/run_auctions.py`` alike (and so by ``ray job submit``)::
+
+    task file (JSONL / Parquet, local or s3://) --chunks--> Auctioneer actor --groups--> ResultSink
+
+The driver keeps a few chunks in flight (one streaming Ray call each), so it never holds the
+whole input, and the auctioneer's admission bounds the rest. Results are written as they
+arrive (:mod:`sale_ray.sink`); rerunning with the same ``--out`` skips every task id already
+written, so a killed job resumes where it stopped, without duplicates.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import sys
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pyarrow.parquet as pq
+from pydantic import ValidationError
 
-from .config import SaleConfig
+from .auctioneer import budget_refused
+from .config import SaleConfig, format_validation_error
+from .errors import InfraError, TaskValidationError
+from .sink import ResultSink, filesystem
 from .summary import Summary, summarize
 from .types import AuctionRecord, Evaluation, Task, records_table
 
+_TASK_FIELDS = set(Task.model_fields)
+
 
 def make_evaluator(config: SaleConfig):
-    """The verifier the protocol calls: sandboxed tests for code, exact match for answers."""
+    """The verifier the protocol calls: scripted answers for an all-scripted pool, else
+    sandboxed tests for code and exact match for answers (bounded: each is a subprocess)."""
+    if config.pool.agents and all(a.backend == "scripted" for a in config.pool.agents):
+        from .agents.scripted import scripted_evaluate
+
+        return scripted_evaluate
     from .evaluators import check_solution
 
+    sem = asyncio.Semaphore(config.auctioneer.evaluate_concurrency)
+
     async def evaluate(task: Task, answer: str) -> Evaluation:
-        return await asyncio.to_thread(check_solution, task, answer, config.sandbox)
+        async with sem:
+            return await asyncio.to_thread(check_solution, task, answer, config.sandbox)
 
     return evaluate
 
 
+# --- reading tasks -------------------------------------------------------------------------------
+def _task(row: dict, where: str) -> Task:
+    try:
+        return Task.model_validate({k: v for k, v in row.items() if v is not None})
+    except ValidationError as e:
+        raise TaskValidationError(f"{where}: {format_validation_error(e)}") from None
+
+
+def _lines(stream: Any, block: int = 1 << 20) -> Iterator[bytes]:
+    rest = b""
+    while chunk := stream.read(block):
+        rest += chunk
+        *lines, rest = rest.split(b"\n")
+        yield from lines
+    if rest:
+        yield rest
+
+
+def iter_tasks(uri: str, *, batch_size: int = 256, endpoint_url: str | None = None,
+               region: str = "us-east-1") -> Iterator[list[Task]]:
+    """Stream a task file (``.jsonl`` / ``.parquet``, local or ``s3://``) in chunks.
+
+    JSONL rows are strict (an unknown key is an error naming the line); Parquet files may carry
+    extra columns (a dataset's solutions, say): only the :class:`Task` fields are read."""
+    fs, path = filesystem(uri, endpoint_url=endpoint_url, region=region)
+    try:
+        if path.endswith(".parquet"):
+            pf = pq.ParquetFile(fs.open_input_file(path))
+            cols = [c for c in pf.schema_arrow.names if c in _TASK_FIELDS]
+            row_no = 0
+            for rb in pf.iter_batches(batch_size=batch_size, columns=cols):
+                out = []
+                for row in rb.to_pylist():
+                    row_no += 1
+                    out.append(_task(row, f"{uri}: row {row_no}"))
+                yield out
+            return
+        if not path.endswith((".jsonl", ".json")):
+            raise TaskValidationError(f"{uri}: task files are .jsonl or .parquet")
+        out = []
+        with fs.open_input_stream(path) as f:
+            for n, raw in enumerate(_lines(f), 1):
+                if not raw.strip():
+                    continue
+                try:
+                    row = json.loads(raw)
+                except json.JSONDecodeError as e:
+                    raise TaskValidationError(f"{uri}: line {n}: not JSON ({e.msg})") from None
+                if not isinstance(row, dict):
+                    raise TaskValidationError(f"{uri}: line {n}: not a JSON object")
+                out.append(_task(row, f"{uri}: line {n}"))
+                if len(out) >= batch_size:
+                    yield out
+                    out = []
+        if out:
+            yield out
+    except FileNotFoundError:
+        raise TaskValidationError(f"{uri}: task file not found") from None
+
+
+def _chunks(tasks: Iterable[Task], size: int) -> Iterator[list[Task]]:
+    out: list[Task] = []
+    for t in tasks:
+        out.append(t)
+        if len(out) >= size:
+            yield out
+            out = []
+    if out:
+        yield out
+
+
+# --- driving the auctioneer ----------------------------------------------------------------------
+@dataclass
+class BatchResult:
+    """What a batch run did: where the results are and how every input task was accounted for."""
+
+    path: str = ""
+    summary: Summary | None = None
+    written: int = 0  # results written by this run
+    skipped_done: int = 0  # already in the output (resume)
+    duplicate_input: int = 0  # the same id twice in the input: run once
+    refused: dict[str, str] = field(default_factory=dict)  # id -> why it was not run
+    duplicates_dropped: int = 0  # rows the final merge removed (crash between merge and cleanup)
+
+    def describe(self) -> str:
+        parts = [f"written {self.written}", f"skipped (already done) {self.skipped_done}"]
+        if self.duplicate_input:
+            parts.append(f"duplicate ids in input {self.duplicate_input}")
+        if self.refused:
+            why = next(iter(self.refused.values()))
+            parts.append(f"not run {len(self.refused)} ({why}; rerun to continue)")
+        return "run: " + ", ".join(parts)
+
+
+async def drive(auctioneer: Any, chunks: Iterable[list[Task]],
+                on_group: Callable[[dict[str, Any]], bool], *, streams_in_flight: int = 4) -> None:
+    """Send chunks to the auctioneer actor, ``streams_in_flight`` at a time, and hand every
+    group it streams back to ``on_group``; stop sending when ``on_group`` returns False."""
+    slots = asyncio.Semaphore(streams_in_flight)
+    stop = False
+    running: set[asyncio.Task] = set()
+
+    async def consume(chunk: list[Task]) -> None:
+        nonlocal stop
+        try:
+            async for ref in auctioneer.stream.remote(chunk):
+                if not on_group(await ref):
+                    stop = True
+        except BaseException:
+            stop = True  # the auctioneer is gone or broken: send nothing more
+            raise
+        finally:
+            slots.release()
+
+    for chunk in chunks:
+        await slots.acquire()
+        if stop:
+            slots.release()
+            break
+        running.add(asyncio.ensure_future(consume(chunk)))
+    results = await asyncio.gather(*running, return_exceptions=True)
+    for r in results:
+        if isinstance(r, BaseException):
+            raise r
+
+
+async def run_batch(
+    source: str | Iterable[Task],
+    out: str,
+    config: SaleConfig,
+    *,
+    resume: bool = True,
+    progress: bool = True,
+    chunk: int = 256,
+    streams_in_flight: int = 4,
+    endpoint_url: str | None = None,
+    region: str = "us-east-1",
+    flush_rows: int = 1000,
+    flush_s: float = 5.0,
+) -> BatchResult:
+    """Auction every task of ``source`` not yet in ``out`` and write the results (Ray must be
+    connected). Agents and the auctioneer live for this call only. A part file is written
+    every ``flush_rows`` results or ``flush_s`` seconds: what a crash can lose (a rerun redoes)."""
+    from tqdm import tqdm
+
+    from .runtime import start_agents, start_auctioneer
+
+    sink = ResultSink(out, endpoint_url=endpoint_url, region=region, flush_rows=flush_rows,
+                      flush_s=flush_s)
+    if not resume:
+        sink.reset()
+    done = sink.done_ids()
+    res = BatchResult()
+    seen: set[str] = set()
+    tasks = (iter_tasks(source, batch_size=chunk, endpoint_url=endpoint_url, region=region)
+             if isinstance(source, str) else _chunks(source, chunk))
+
+    def fresh() -> Iterator[list[Task]]:
+        for c in tasks:
+            keep = []
+            for t in c:
+                if t.id in done:
+                    res.skipped_done += 1
+                elif t.id in seen:
+                    res.duplicate_input += 1
+                else:
+                    seen.add(t.id)
+                    keep.append(t)
+            if keep:
+                yield keep
+
+    bar = tqdm(desc="auctions", unit="task", disable=not progress, file=sys.stderr)
+    passed = verified = 0
+    spent = 0.0
+
+    def on_group(g: dict[str, Any]) -> bool:
+        nonlocal passed, verified, spent
+        recs: list[AuctionRecord] = []
+        for r in g["records"]:
+            if budget_refused(r) and not r.cost_usd:
+                res.refused[r.task_id] = r.error or ""  # nothing spent, nothing to keep: not run
+            else:
+                recs.append(r)  # (a refusal that spent money is kept; a rerun retries it)
+        sink.add(recs)
+        res.written += len(recs)
+        res.refused.update(g["refused"])
+        for r in recs:
+            spent += r.cost_usd
+            if r.passed is not None:
+                verified += 1
+                passed += bool(r.passed)
+        p1 = f"{passed / verified:.3f}" if verified else "n/a"
+        bar.set_postfix_str(f"pass@1 {p1} spent ${spent:.6f} not-run {len(res.refused)}")
+        bar.update(len(recs))
+        # money is gone: stop feeding (what is in flight finishes; a rerun continues)
+        return not any(w.startswith("budget exhausted") for w in g["refused"].values())
+
+    pool = await start_agents(config)
+    try:
+        auctioneer = start_auctioneer(config, pool)
+        try:
+            await drive(auctioneer, fresh(), on_group, streams_in_flight=streams_in_flight)
+        except Exception as e:
+            sink.flush()  # keep what finished: a rerun resumes from it
+            raise InfraError(f"batch run failed ({type(e).__name__}: {str(e)[:200]}); "
+                             f"{res.written} results kept in {out}, rerun to resume") from e
+    finally:
+        bar.close()
+        await pool.stop()
+    res.path, table, res.duplicates_dropped = sink.finalize()
+    res.summary = summarize(table)
+    _write_summary(sink, res.summary)
+    return res
+
+
+def _write_summary(sink: ResultSink, summary: Summary) -> None:
+    with sink.fs.open_output_stream(f"{sink.root}/summary.json") as f:
+        f.write(json.dumps(summary.model_dump(), indent=2).encode())
+
+
+# --- in-memory API (tests, notebooks) ------------------------------------------------------------
 async def run_tasks(
     tasks: list[Task],
     config: SaleConfig,
@@ -34,36 +279,24 @@ async def run_tasks(
     concurrency: int = 2,
     progress: bool = True,
 ) -> list[AuctionRecord]:
-    """Start the agent actors (Ray must be connected), auction every task, stop the agents."""
-    from tqdm import tqdm
+    """Auction ``tasks`` through the auctioneer actor and return their records in task order
+    (Ray must be connected). ``concurrency``: auctions in flight."""
+    from .runtime import start_agents, start_auctioneer
 
-    from .auction.protocol import run_auction
-    from .runtime import start_agents
+    cfg = config.model_copy(update={
+        "auctioneer": config.auctioneer.model_copy(update={"max_in_flight": concurrency})})
+    pool = await start_agents(cfg)
+    got: dict[str, AuctionRecord] = {}
 
-    pool = await start_agents(config)
-    evaluate = make_evaluator(config)
-    sem = asyncio.Semaphore(concurrency)
-    bar = tqdm(total=len(tasks), desc="auctions", unit="task", disable=not progress)
-    records: list[AuctionRecord] = []
-    spent, passed = 0.0, 0
-
-    async def one(task: Task) -> AuctionRecord:
-        nonlocal spent, passed
-        async with sem:
-            rec = await run_auction(task, pool.handles, pool.prices, config, evaluate=evaluate)
-        records.append(rec)
-        spent += rec.cost_usd
-        passed += bool(rec.passed)
-        bar.set_postfix_str(f"pass@1 {passed / len(records):.2f} ${spent:.6f} won:{rec.winner}")
-        bar.update(1)
-        return rec
+    def on_group(g: dict[str, Any]) -> bool:
+        got.update((r.task_id, r) for r in g["records"])
+        return True
 
     try:
-        done = await asyncio.gather(*(one(t) for t in tasks))
+        await drive(start_auctioneer(cfg, pool), _chunks(tasks, 256), on_group)
     finally:
-        bar.close()
         await pool.stop()
-    return list(done)  # in task order
+    return [got[t.id] for t in tasks if t.id in got]
 
 
 def write_results(records: list[AuctionRecord], out_dir: str | Path) -> tuple[Path, Summary]:

@@ -113,6 +113,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip task ids already in --out (default); --no-resume starts afresh")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
     r.set_defaults(func=_cmd_run)
+
+    from .analytics import add_report_parser
+    from .evaluation import add_eval_parser
+
+    add_eval_parser(sub)  # sale-ray eval: every method on held-out tasks (docs/evaluation.md)
+    add_report_parser(sub)  # sale-ray report DIR|s3://…: Markdown + HTML + PNG plots
+    __import__("sale_ray.serve.cli", fromlist=["_"]).add_serve_parser(sub)  # sale-ray serve
     return p
 
 

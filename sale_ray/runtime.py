@@ -1,19 +1,25 @@
 """The one place that turns plain classes into Ray actors, and connects to a cluster.
 
-Agents become one actor each, pinned with the resources their :class:`AgentSpec` names
-(``num_gpus`` for a GPU agent, a custom quota resource for a hosted API). A local agent's actor
-owns its model server: the server lives and dies with the actor.
+* Agents become one actor each, pinned with the resources their :class:`AgentSpec` names
+  (``num_gpus`` for a GPU agent, a custom quota resource such as ``quota_openai`` for a hosted
+  API, which the cluster declares). A local agent's actor owns its model server.
+* :class:`ActorAgent` is the auctioneer's handle on an agent actor: concurrent ``bid`` /
+  ``judge`` / ``refine`` / ``execute`` calls are coalesced by a
+  :class:`~sale_ray.auctioneer.MicroBatcher` into one streaming ``call_many`` actor call.
+* The auctioneer runs in its own async actor (:class:`AuctioneerService`), next to nothing
+  else, so the driver (a batch job, a Serve replica) only ships tasks in and records out.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
+from .auctioneer import Auctioneer, MicroBatcher
 from .config import AgentSpec, SaleConfig
-from .types import Bid, Execution, JuryVerdict, Task
+from .types import AuctionRecord, Bid, Execution, JuryVerdict, Task
 
 # Loopback-only sockets and no usage reporting for clusters we start ourselves.
 LOCAL_RAY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
@@ -42,29 +48,51 @@ def connect(address: str | None = None, *, num_cpus: int | None = None) -> bool:
     return True
 
 
-def _agent_options(spec: AgentSpec) -> dict[str, Any]:
+def agent_options(spec: AgentSpec) -> dict[str, Any]:
+    """Ray actor options of one agent: its pinned resources and how many calls interleave."""
     r = spec.resources
     return {
         "num_cpus": r.num_cpus,
         "num_gpus": r.num_gpus,
         "resources": dict(r.custom),
-        # several auctions share one agent: let its async calls interleave
-        "max_concurrency": max(8, spec.max_concurrency * 4),
+        # batched calls from the auctioneer plus direct ones (Serve): let them interleave; the
+        # agent's own semaphore is what bounds its model server
+        "max_concurrency": max(64, spec.max_concurrency * 4),
     }
 
 
 class ActorAgent:
     """An :class:`~sale_ray.auction.protocol.AgentHandle` over a Ray actor.
 
+    ``batched=True`` (the default) sends calls through one :class:`MicroBatcher` per method;
+    ``batched=False`` makes one Ray call per call (the baseline the benchmark compares with).
     Awaiting an ``ObjectRef`` does not stop the remote call when the awaiting coroutine is
-    cancelled (auction deadline); here cancellation is forwarded with ``ray.cancel``.
-    """
+    cancelled (auction deadline), so cancellation is forwarded with ``ray.cancel``."""
 
-    def __init__(self, name: str, actor: Any) -> None:
+    def __init__(self, name: str, actor: Any, *, batched: bool = True, max_batch: int = 256,
+                 batches_in_flight: int = 4) -> None:
         self.name = name
         self.actor = actor
+        self.batched = batched
+        self._batchers = {
+            m: MicroBatcher(self._sender(m), max_batch=max_batch, max_in_flight=batches_in_flight)
+            for m in ("bid", "judge", "refine", "execute")
+        }
 
-    async def _call(self, ref: Any) -> Any:
+    def _sender(self, method: str):
+        async def send(items: list[tuple]) -> AsyncIterator[list]:
+            import ray
+
+            gen = self.actor.call_many.remote(method, items)
+            try:
+                async for ref in gen:
+                    yield await ref
+            finally:  # deadline or all callers gone: stop the items still running remotely
+                ray.cancel(gen)
+
+        return send
+
+    async def _direct(self, ref: Any) -> Any:
         import ray
 
         try:
@@ -73,47 +101,126 @@ class ActorAgent:
             ray.cancel(ref)
             raise
 
+    async def _call(self, method: str, *args: Any) -> Any:
+        if self.batched:
+            return await self._batchers[method].call(args)
+        return await self._direct(getattr(self.actor, method).remote(*args))
+
     async def bid(self, task: Task) -> Bid:
-        return await self._call(self.actor.bid.remote(task))
+        return await self._call("bid", task)
 
     async def judge(self, task: Task, plans: Sequence[tuple[str, str]]) -> JuryVerdict:
-        return await self._call(self.actor.judge.remote(task, list(plans)))
+        return await self._call("judge", task, list(plans))
 
     async def execute(self, task: Task, plan: str) -> Execution:
-        return await self._call(self.actor.execute.remote(task, plan))
+        return await self._call("execute", task, plan)
 
     async def refine(self, task: Task, plan: str, pairs: Sequence[Any]) -> Bid:
-        return await self._call(self.actor.refine.remote(task, plan, list(pairs)))
+        return await self._call("refine", task, plan, list(pairs))
+
+    def batch_stats(self) -> dict[str, float]:
+        b = [x for x in self._batchers.values() if x.batches]
+        items, batches = sum(x.items for x in b), sum(x.batches for x in b)
+        return {"calls": items, "ray_calls": batches, "mean_batch": items / batches if batches else 0}
 
 
 class AgentPool:
     """The started agent actors of one config, with their prices."""
 
-    def __init__(self, handles: dict[str, ActorAgent], prices: dict[str, float]) -> None:
-        self.handles = handles
-        self.prices = prices  # $/Mtok of completion tokens, the auction's cost term
+    def __init__(self, actors: dict[str, Any], infos: dict[str, dict], config: SaleConfig,
+                 *, batched: bool = True) -> None:
+        a = config.auctioneer
+        self.actors = actors
+        self.infos = infos  # name -> {"price_in", "price_out", "node_id"?}
+        self.handles = {
+            n: ActorAgent(n, act, batched=batched, max_batch=a.max_batch,
+                          batches_in_flight=a.batches_in_flight)
+            for n, act in actors.items()
+        }
+        self.prices = {n: i["price_out"] for n, i in infos.items()}  # the auction's cost term
+
+    @property
+    def price_pairs(self) -> dict[str, tuple[float, float]]:
+        return {n: (i["price_in"], i["price_out"]) for n, i in self.infos.items()}
 
     async def stop(self) -> None:
         import ray
 
         await asyncio.gather(
-            *(h.actor.stop.remote() for h in self.handles.values()), return_exceptions=True
+            *(a.stop.remote() for a in self.actors.values()), return_exceptions=True
         )
-        for h in self.handles.values():
-            ray.kill(h.actor)
+        for a in self.actors.values():
+            ray.kill(a)
 
 
-async def start_agents(config: SaleConfig) -> AgentPool:
+def _agent_class(spec: AgentSpec) -> type:
+    if spec.backend == "scripted":
+        from .agents.scripted import ScriptedAgent
+
+        return ScriptedAgent
+    from .agents.agent import Agent
+
+    return Agent
+
+
+async def start_agents(config: SaleConfig, *, batched: bool = True) -> AgentPool:
     """One actor per agent; waits until every agent's model is being served."""
     import ray
 
-    from .agents.agent import Agent
-
-    remote_agent = ray.remote(Agent)
     actors = {
-        spec.name: remote_agent.options(**_agent_options(spec)).remote(spec, config)
+        spec.name: ray.remote(_agent_class(spec)).options(**agent_options(spec)).remote(spec, config)
         for spec in config.pool.agents
     }
     infos = await asyncio.gather(*(a.start.remote() for a in actors.values()))
-    prices = {i["name"]: i["price_out"] for i in infos}
-    return AgentPool({n: ActorAgent(n, a) for n, a in actors.items()}, prices)
+    return AgentPool(actors, {i["name"]: i for i in infos}, config, batched=batched)
+
+
+# --- the auctioneer actor ------------------------------------------------------------------------
+class AuctioneerService:
+    """The body of the auctioneer actor: an :class:`Auctioneer` over batched agent handles."""
+
+    def __init__(self, config: SaleConfig, actors: dict[str, Any],
+                 prices: dict[str, tuple[float, float]], batched: bool = True) -> None:
+        a = config.auctioneer
+        self.handles = {
+            n: ActorAgent(n, act, batched=batched, max_batch=a.max_batch,
+                          batches_in_flight=a.batches_in_flight)
+            for n, act in actors.items()
+        }
+        from .batch import make_evaluator
+
+        self.core = Auctioneer(self.handles, prices, config, evaluate=make_evaluator(config))
+
+    async def submit(self, task: Task) -> AuctionRecord:
+        return await self.core.submit(task)
+
+    async def stream(self, tasks: list[Task]) -> AsyncIterator[dict[str, Any]]:
+        """Records (and refusals) of ``tasks`` in groups as they finish (a streaming call)."""
+        async for group in self.core.stream(tasks):
+            yield group
+
+    def stats(self) -> dict[str, Any]:
+        s = self.core.stats()
+        s["batching"] = {n: h.batch_stats() for n, h in self.handles.items()}
+        return s
+
+    def take_timings(self) -> list[tuple[str, float, float]]:
+        return self.core.take_timings()
+
+    def ping(self) -> int:
+        return 1
+
+
+def start_auctioneer(config: SaleConfig, pool: AgentPool, *, batched: bool = True,
+                     name: str | None = None) -> Any:
+    """The auctioneer actor for ``pool``. It needs no CPU of its own (it only awaits), so it
+    fits beside the agents on a small machine; ``max_concurrency`` bounds the calls into it
+    (streams and single submits), not the auctions, which ``max_in_flight`` bounds."""
+    import ray
+
+    opts: dict[str, Any] = {"num_cpus": 0, "max_concurrency": 10_000}
+    if name:
+        opts["name"] = name
+    return ray.remote(AuctioneerService).options(**opts).remote(
+        config, pool.actors, pool.price_pairs, batched
+    )

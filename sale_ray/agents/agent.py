@@ -341,8 +341,8 @@ class Agent:
             self._system(),
             {
                 "role": "user",
-                "content": prompts.render(
-                    "execute", task=task.prompt, plan=plan,
+                "content": prompts.render(  # the same prompt as execute() (a test holds it)
+                    "execute", task_block=_task_block(task), plan=plan,
                     instructions=prompts.render("execute_answer"),
                 ),
             },

@@ -2,8 +2,8 @@
 
 The same client talks to a local llama.cpp server, a vLLM server or a hosted API. The
 ``openai`` client is created lazily (importing this module needs no key and no network).
-Retries: the official client's own (bounded count, honours ``Retry-After``), inside an overall
-per-call timeout. Errors come out as :mod:`sale_ray.errors` model errors whose text never
+Retries: the official client's own (bounded count, honours ``Retry-After``); the timeout is per
+attempt, so a call ends within ``(1 + max_retries) x timeout`` plus back-off. Errors come out as :mod:`sale_ray.errors` model errors whose text never
 contains the API key — only the *name* of the variable that holds it.
 """
 
@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import ModelError, ModelHTTPError, ModelTimeout
+from ..errors import MalformedOutput, ModelError, ModelHTTPError, ModelTimeout
 
 # Local servers ignore the key, but the openai client insists on one.
 _NO_KEY = "sale-ray-no-key"
@@ -116,6 +117,8 @@ class ChatClient:
             raise ModelHTTPError(f"{self.model}: connection failed ({type(e).__name__})") from None
         except openai.OpenAIError as e:
             raise ModelError(f"{self.model}: {type(e).__name__}") from None
+        except ValueError:  # a 200 whose body is not JSON (json.JSONDecodeError is a ValueError)
+            raise MalformedOutput(f"{self.model}: response body is not valid JSON") from None
         latency = time.perf_counter() - t0
         if not r.choices:
             raise ModelError(f"{self.model}: response has no choices")
@@ -139,3 +142,95 @@ class ChatClient:
         if self._client is not None:
             await self._client.close()
             self._client = None
+
+    async def chat_stream(
+        self,
+        messages: list[dict[str, str]],
+        *,
+        max_tokens: int,
+        temperature: float = 0.0,
+        timeout_s: float | None = None,
+    ) -> AsyncIterator[ChatDelta]:
+        """Stream one chat completion: text deltas, then one last delta with the finish reason
+        and the usage. ``timeout_s`` bounds the whole stream, not each read.
+
+        A stream that ends or breaks before any ``finish_reason`` raises :class:`TruncatedOutput`:
+        a cut answer never looks like a success. Closing this generator early (or cancelling the
+        task iterating it) closes the HTTP response, so the server stops generating.
+        """
+        import asyncio
+
+        import openai
+
+        from ..errors import MalformedOutput, TruncatedOutput
+
+        limit = timeout_s or self.timeout_s
+        # asyncio.timeout, not wait_for: on 3.11 wait_for drops a cancellation that lands just
+        # as the awaited call finishes, and the stream would then run on with nobody reading
+        deadline = asyncio.get_running_loop().time() + limit
+        t0 = time.perf_counter()
+        stream: Any = None
+        finish: str | None = None
+        prompt_tokens = completion_tokens = None
+        deltas = 0
+        try:
+            async with asyncio.timeout_at(deadline):
+                stream = await self._get().chat.completions.create(
+                    model=self.model,
+                    messages=messages,
+                    max_tokens=max_tokens,
+                    temperature=temperature,
+                    stream=True,
+                    stream_options={"include_usage": True},
+                    timeout=limit,
+                )
+            chunks = stream.__aiter__()
+            while True:
+                try:
+                    async with asyncio.timeout_at(deadline):  # no yield inside: safe here
+                        chunk = await chunks.__anext__()
+                except StopAsyncIteration:
+                    break
+                if chunk.usage is not None:
+                    prompt_tokens = chunk.usage.prompt_tokens
+                    completion_tokens = chunk.usage.completion_tokens
+                for ch in chunk.choices[:1]:
+                    if ch.delta is not None and ch.delta.content:
+                        deltas += 1
+                        yield ChatDelta(text=ch.delta.content)
+                    if ch.finish_reason:
+                        finish = ch.finish_reason
+        except (TimeoutError, openai.APITimeoutError):
+            raise ModelTimeout(f"{self.model}: stream not finished within {limit:g}s") from None
+        except openai.APIStatusError as e:
+            raise ModelHTTPError(f"{self.model}: HTTP {e.status_code} after retries") from None
+        except openai.APIConnectionError as e:
+            if stream is not None:  # the stream had started: what we got is a cut answer
+                raise TruncatedOutput(f"{self.model}: stream broke before it finished") from None
+            raise ModelHTTPError(f"{self.model}: connection failed ({type(e).__name__})") from None
+        except openai.OpenAIError as e:
+            raise ModelError(f"{self.model}: {type(e).__name__}") from None
+        except ValueError:  # a chunk that is not JSON
+            raise MalformedOutput(f"{self.model}: stream chunk is not valid JSON") from None
+        finally:
+            if stream is not None:
+                await stream.close()
+        if finish is None:
+            raise TruncatedOutput(f"{self.model}: stream closed before a finish_reason")
+        yield ChatDelta(
+            finish_reason=finish,
+            prompt_tokens=prompt_tokens or 0,
+            completion_tokens=completion_tokens if completion_tokens is not None else deltas,
+            latency_s=time.perf_counter() - t0,
+        )
+
+
+@dataclass(frozen=True)
+class ChatDelta:
+    """One piece of a streamed completion: text, or (last) the finish reason and usage."""
+
+    text: str = ""
+    finish_reason: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    latency_s: float = 0.0
