@@ -25,6 +25,7 @@ from typing import Any
 
 from .agents.quota import AgentGate, Budget, BudgetExhausted, GatedAgent, estimate_call
 from .auction.protocol import Evaluator, Refiner, run_auction
+from .auction.refinement import ContrastMemory, MemoryRefiner
 from .config import SaleConfig
 from .errors import SaleRayError
 from .types import AuctionRecord, Evaluation, Task
@@ -166,6 +167,7 @@ class Auctioneer:
         *,
         evaluate: Evaluator | None = None,
         refine: Refiner | None = None,
+        memory: ContrastMemory | None = None,
     ) -> None:
         self.config = config
         s = config.auctioneer
@@ -177,6 +179,10 @@ class Auctioneer:
         self.handles = {n: GatedAgent(h, self.gates[n], config) for n, h in agents.items()}
         self.prices_out = {n: prices[n][1] for n in agents}
         self.evaluate, self.refine = evaluate, refine
+        self.remember: Callable[[Task, AuctionRecord], Awaitable[None]] | None = None
+        if memory is not None:  # SALE with memory: refine through the gated handles, remember all
+            refiner = MemoryRefiner(memory, self.handles, config)
+            self.refine, self.remember = refine or refiner, refiner.remember
         self._slots = asyncio.Semaphore(s.max_in_flight)
         self._running: dict[str, asyncio.Future] = {}  # task id -> its auction (in flight)
         self._done: OrderedDict[str, AuctionRecord] = OrderedDict()  # finished, LRU-bounded
@@ -293,6 +299,11 @@ class Auctioneer:
             )
         if rec.execution is None and _mentions_budget(rec):
             rec = rec.model_copy(update={"error": f"{BUDGET_REFUSED}: {rec.error or ''}"[:500]})
+        if self.remember is not None:
+            try:
+                await self.remember(task, rec)
+            except Exception:  # memory is an optimisation: losing one entry never loses the task
+                self.counts["memory_write_failed"] += 1
         return rec
 
     def _remember(self, task_id: str, rec: AuctionRecord) -> None:

@@ -13,6 +13,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import ConfigError
+from .memory.config import MemoryConfig, StorageConfig
 
 
 class _Strict(BaseModel):
@@ -311,6 +312,12 @@ class SaleConfig(_Strict):
     eval: EvalConfig = Field(default_factory=EvalConfig, description="`sale-ray eval` settings.")
     serve: ServeConfig = Field(
         default_factory=ServeConfig, description="The online endpoint (`sale-ray serve`)."
+    )
+    memory: MemoryConfig = Field(
+        default_factory=MemoryConfig, description="Auction memory and refinement (SALE step 6)."
+    )
+    storage: StorageConfig = Field(
+        default_factory=StorageConfig, description="Where memory snapshots go (S3 or a folder)."
     )
 
 

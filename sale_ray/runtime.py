@@ -189,7 +189,14 @@ class AuctioneerService:
         }
         from .batch import make_evaluator
 
-        self.core = Auctioneer(self.handles, prices, config, evaluate=make_evaluator(config))
+        self.memory = None
+        if config.memory.enabled:
+            from .memory.remote import start_memory
+
+            self.memory = start_memory(config.memory, config.storage)
+        self.core = Auctioneer(
+            self.handles, prices, config, evaluate=make_evaluator(config), memory=self.memory
+        )
 
     async def submit(self, task: Task) -> AuctionRecord:
         return await self.core.submit(task)
