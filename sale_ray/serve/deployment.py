@@ -1,0 +1,135 @@
+"""The thin Ray Serve deployment: start the agent pool, hand Serve a gateway's FastAPI app.
+
+Everything the endpoint does lives in plain classes (:mod:`.gateway`, :mod:`.app`); this module
+only wires them to Serve. Each replica starts its own agent actors (they live and die with it),
+so keep ``serve.num_replicas: 1`` for a pool of local models; scale hosted-API pools freely.
+
+Entry points: :func:`build_app` (Python, ``sale-ray serve``) and :func:`app_builder`
+(``serve run`` / ``serve deploy`` with ``import_path: sale_ray.serve.deployment:app_builder``).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request, Response
+from ray import serve
+from ray.serve import Application
+
+from ..config import SaleConfig, ServeConfig, load_config
+
+log = logging.getLogger(__name__)
+PROXY_TIMEOUT_MARGIN_S = 10.0  # Serve's own 408 is a backstop behind the app's deadline
+
+
+@serve.deployment(name="SaleGateway")
+@serve.ingress()
+class SaleGateway:
+    """One replica: an agent pool and the gateway over it (built at replica start)."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self._config = SaleConfig.model_validate(config)
+        self._pool: Any = None
+
+    async def __serve_build_asgi_app__(self) -> FastAPI:
+        from ..batch import make_evaluator
+        from ..runtime import start_agents
+        from .app import create_app
+        from .auth import ApiKeys
+        from .gateway import Gateway
+        from .handles import RayAgent, direct_agent
+
+        keys = ApiKeys.load(self._config.serve)  # before any model starts: fail fast
+        self._pool = await start_agents(self._config)
+        specs = {a.name: a for a in self._config.pool.agents}
+        agents = {
+            n: RayAgent(n, h, h.actor, await direct_agent(specs[n], self._config, h.actor))
+            for n, h in self._pool.handles.items()
+        }
+        gateway = Gateway(
+            agents, self._pool.prices, self._config, evaluate=make_evaluator(self._config)
+        )
+        # Serve cancels a handler whose client left: no need to watch the connection here
+        return create_app(gateway, keys, on_shutdown=self._pool.stop, watch_disconnect=False)
+
+
+def deployment_options(sc: ServeConfig) -> dict[str, Any]:
+    """Serve options from the ``serve:`` section (backpressure answers with Retry-After)."""
+    return {
+        "num_replicas": sc.num_replicas,
+        "max_ongoing_requests": sc.max_ongoing_requests,
+        "max_queued_requests": sc.max_queued_requests,
+        "backpressure_config": {
+            "status_code": sc.overload_status,
+            "retry_after_s": sc.retry_after_s,
+        },
+        "ray_actor_options": {"num_cpus": sc.num_cpus},
+    }
+
+
+def build_app(config: SaleConfig) -> Application:
+    """The Serve application for ``config`` (its pool, its ``serve:`` limits)."""
+    opts = deployment_options(config.serve)
+    return SaleGateway.options(**opts).bind(config.model_dump(mode="json"))
+
+
+def app_builder(args: dict[str, Any]) -> Application:
+    """``serve run`` / ``serve deploy`` builder. ``args``: ``config`` (path of a sale-ray YAML;
+    absolute, since the builder may run in another directory) and/or ``sale_ray`` (the same
+    config inline; wins over the file)."""
+    unknown = set(args) - {"config", "sale_ray"}
+    if unknown:
+        raise ValueError(f"app_builder: unknown args {sorted(unknown)}; use config / sale_ray")
+    config = load_config(Path(args["config"]).expanduser()) if args.get("config") else None
+    if args.get("sale_ray") is not None:
+        config = SaleConfig.model_validate(args["sale_ray"])
+    return build_app(config or SaleConfig())
+
+
+def running_port() -> int | None:
+    """HTTP port of the Serve instance already running on this cluster, if any."""
+    from ray.serve.context import _get_global_client
+
+    client = _get_global_client(raise_if_no_controller_running=False)
+    return None if client is None else int(client.http_config.port)
+
+
+def start_serve(sc: ServeConfig) -> int:
+    """Start Serve's proxy on ``sc.host:sc.port`` (an explicit port: Serve never reports 0) and
+    return the port. If Serve already runs, its options stay as they are (Serve cannot change
+    them live): the port it listens on is returned, and a different one is logged."""
+    port = running_port()
+    if port is not None:
+        if port != sc.port:
+            log.warning(
+                "Serve already runs on port %d; serve.port %d is not applied", port, sc.port
+            )
+        return port
+    serve.start(
+        http_options={
+            "host": sc.host,
+            "port": sc.port,
+            "request_timeout_s": sc.request_timeout_s + PROXY_TIMEOUT_MARGIN_S,
+        }
+    )
+    return sc.port
+
+
+# --- Serve's floor, for benchmarks/serve_overhead.py --------------------------------------------
+def echo_app() -> FastAPI:
+    """The trivial app: ``POST /echo`` returns its body. Same app under uvicorn and Serve."""
+    app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
+
+    @app.post("/echo")
+    async def echo(request: Request) -> Response:
+        return Response(await request.body(), media_type="application/json")
+
+    return app
+
+
+@serve.deployment(name="Echo", ray_actor_options={"num_cpus": 0})
+@serve.ingress(echo_app)
+class Echo:
+    """``echo_app`` as a Serve deployment."""

@@ -1,0 +1,313 @@
+"""The endpoint over real HTTP on 127.0.0.1, without Ray: the gateway's FastAPI app under plain
+uvicorn, real :class:`Agent` objects (``backend: openai``) talking to a scripted upstream, and the
+official ``openai`` client. RELIABILITY rows 9 (disconnect), 10 (auth), 11 (no key in logs),
+13 (bad bodies), plus 408, upstream faults and cut streams."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import socket
+import time
+
+import httpx2 as httpx
+import openai
+import pytest
+
+from sale_ray.agents.agent import Agent
+from sale_ray.config import AgentSpec, AuctionConfig, PoolSpec, SaleConfig, ServeConfig
+from sale_ray.serve.app import create_app
+from sale_ray.serve.auth import ApiKeys
+from sale_ray.serve.gateway import Gateway
+from sale_ray.serve.handles import InProcessAgent
+from sale_ray.serve.scripted import AppThread, ScriptedUpstream
+
+KEY = "unit-key-5f0c8a2e9b7d4c1a"
+WRONG = "wrong-key-77e1d0c4b2a9f3e8"
+
+
+def _config(base_url: str, **serve: object) -> SaleConfig:
+    def spec(name: str, price: float) -> AgentSpec:
+        return AgentSpec(
+            name=name,
+            backend="openai",
+            base_url=base_url,
+            model=f"{name}-m",
+            price_in_per_mtok=price,
+            price_out_per_mtok=2 * price,
+        )
+
+    return SaleConfig(
+        pool=PoolSpec(agents=[spec("cheap", 0.1), spec("dear", 1.0)]),
+        auction=AuctionConfig(bid_timeout_s=5, jury_timeout_s=5),
+        serve=ServeConfig(**{"request_timeout_s": 5.0, **serve}),
+    )
+
+
+def _serve(config: SaleConfig) -> AppThread:
+    agents = {s.name: Agent(s, config) for s in config.pool.agents}
+    for a in agents.values():
+        asyncio.run(a.start())  # builds the client only: no network, no loop binding
+    gw = Gateway(
+        {n: InProcessAgent(a) for n, a in agents.items()},
+        {n: a.price_out for n, a in agents.items()},
+        config,
+    )
+    return AppThread(create_app(gw, ApiKeys.from_keys([KEY]))).start()
+
+
+@pytest.fixture(scope="module")
+def upstream():
+    up = ScriptedUpstream().start()
+    yield up
+    up.stop()
+
+
+@pytest.fixture(scope="module")
+def server(upstream):
+    app = _serve(_config(upstream.base_url))
+    yield app
+    app.stop()
+
+
+@pytest.fixture
+def client(server):
+    return openai.OpenAI(base_url=server.url + "/v1", api_key=KEY, max_retries=0)
+
+
+def _user(text: str) -> list[dict]:
+    return [{"role": "user", "content": text}]
+
+
+def test_models_lists_the_auction_and_every_agent(client):
+    assert [m.id for m in client.models.list()] == ["sale", "cheap", "dear"]
+
+
+def test_an_auction_answers_in_openai_format_and_explains_itself(client, server):
+    raw = client.chat.completions.with_raw_response.create(model="sale", messages=_user("2+2?"))
+    done = raw.parse()
+    sale = done.model_extra["sale"]
+    # equal plans and jury scores: the cheaper agent has the lower C − V and wins
+    assert raw.headers["x-sale-winner"] == sale["winner"] == "cheap"
+    assert done.choices[0].message.content.startswith("echo(cheap-m):")
+    assert done.choices[0].finish_reason == "stop" and done.model == "sale"
+    assert sale["cost_usd"] > 0
+    assert float(raw.headers["x-sale-cost-usd"]) == pytest.approx(sale["cost_usd"])
+    assert raw.headers["x-sale-scores"].startswith("cheap=-")
+    assert {s["agent"] for s in sale["scores"]} == {"cheap", "dear"}
+    assert "cheap won with the lowest C − V" in sale["reason"]
+    assert done.usage.total_tokens > 0
+    rec = httpx.get(
+        f"{server.url}/v1/auctions/{raw.headers['x-sale-auction-id']}",
+        headers={"authorization": f"Bearer {KEY}"},
+    ).json()
+    assert rec["winner"] == "cheap" and len(rec["bids"]) == 2 and rec["verdicts"]
+
+
+def test_a_model_named_after_an_agent_passes_straight_through(client, upstream):
+    raw = client.chat.completions.with_raw_response.create(
+        model="dear",
+        messages=[{"role": "system", "content": "s"}, *_user("hi [id:pt]")],
+        max_tokens=7,
+        temperature=0.5,
+    )
+    done = raw.parse()
+    assert done.choices[0].message.content == "echo(dear-m): hi [id:pt]"
+    assert raw.headers["x-sale-winner"] == "dear" and "x-sale-auction-id" not in raw.headers
+    assert done.model_extra["sale"]["cost_usd"] > 0
+    assert ("answered", "pt") in upstream.events
+
+
+@pytest.mark.parametrize("model", ["sale", "cheap"])
+def test_streaming_works_with_the_official_client(client, model):
+    chunks = list(
+        client.chat.completions.create(
+            model=model,
+            messages=_user("stream me please"),
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text.startswith("echo(cheap-m):") and "stream me please" in text
+    finish = [c for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert finish[-1].choices[0].finish_reason == "stop"
+    assert finish[-1].model_extra["sale"]["winner"] == "cheap"
+    assert chunks[-1].usage.total_tokens > 0  # include_usage: a last chunk with the usage
+
+
+def test_a_task_returns_its_result_verdict_and_full_record(server):
+    r = httpx.post(
+        f"{server.url}/v1/tasks",
+        headers={"authorization": f"Bearer {KEY}"},
+        json={"prompt": "say hi", "kind": "answer", "expected": "hi"},
+        timeout=30,
+    )
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["winner"] == "cheap" and body["answer"].startswith("echo(")
+    assert body["passed"] is False  # the echo is not "hi": verified, not assumed
+    assert body["record"]["auction_id"] == body["auction_id"] == r.headers["x-sale-auction-id"]
+    assert body["sale"]["scores"] and body["cost_usd"] > 0
+
+
+def test_auth_401_without_key_403_with_wrong_key_and_the_key_is_never_echoed(server, caplog):
+    caplog.set_level(logging.DEBUG)
+    url = f"{server.url}/v1/chat/completions"
+    body = {"model": "cheap", "messages": _user("x")}
+    r = httpx.post(url, json=body)
+    assert r.status_code == 401 and r.headers["www-authenticate"].startswith("Bearer")
+    r = httpx.post(url, json=body, headers={"authorization": f"Bearer {WRONG}"})
+    assert r.status_code == 403
+    assert WRONG not in r.text and WRONG not in str(r.headers)
+    for path in ["/v1/models", "/metrics", "/v1/auctions/x"]:
+        assert httpx.get(server.url + path).status_code == 401
+    assert httpx.get(server.url + "/healthz").json()["status"] == "ok"  # for load balancers
+    bad = openai.OpenAI(base_url=server.url + "/v1", api_key=WRONG, max_retries=0)
+    with pytest.raises(openai.PermissionDeniedError) as e:
+        bad.chat.completions.create(model="sale", messages=_user("x"))
+    assert WRONG not in str(e.value)
+    ok = httpx.post(url, json=body, headers={"authorization": f"Bearer {KEY}"})
+    assert ok.status_code == 200 and KEY not in ok.text
+    assert WRONG not in caplog.text and KEY not in caplog.text
+
+
+def test_bad_bodies_get_4xx_naming_the_field(upstream):
+    app = _serve(_config(upstream.base_url, max_body_bytes=4096, max_prompt_chars=100))
+    h = {"authorization": f"Bearer {KEY}"}
+    url = f"{app.url}/v1/chat/completions"
+    try:
+        cases = [
+            (json.dumps({"model": "sale", "messages": _user("x" * 5000)}), 413, None),
+            (json.dumps({"model": "sale", "messages": _user("x" * 101)}), 422, "messages"),
+            (json.dumps({"model": "sale", "messages": _user("x"), "tools": []}), 422, "tools"),
+            (json.dumps({"model": "sale", "messages": _user("   ")}), 422, "messages"),
+            (json.dumps({"model": "nope", "messages": _user("x")}), 404, "model"),
+            (json.dumps({"model": "cheap", "messages": _user("x"), "sale": {}}), 422, "sale"),
+            (
+                json.dumps(
+                    {"model": "sale", "messages": _user("x"), "sale": {"task_id": "bad id"}}
+                ),
+                422,
+                "sale.task_id",
+            ),
+            ('{"model": "sale", "messages": ' + "[" * 1500 + "]" * 1500 + "}", 422, None),
+            ("{oops", 422, None),
+        ]
+        for body, status, param in cases:
+            r = httpx.post(url, content=body, headers={**h, "content-type": "application/json"})
+            assert r.status_code == status, (body[:80], r.text)
+            err = r.json()["error"]
+            assert err["message"]
+            if param:
+                assert err["param"] == param, err
+        for body, param in [
+            ({"prompt": "x", "bin": 9}, "bin"),
+            ({"prompt": " "}, "prompt"),
+            ({"prompt": "x" * 101, "kind": "answer"}, "prompt"),
+            ({"prompt": "x", "kind": "essay"}, "kind"),
+        ]:
+            r = httpx.post(f"{app.url}/v1/tasks", headers=h, json=body)
+            assert r.status_code == 422 and r.json()["error"]["param"] == param, r.text
+        nested = '{"prompt": "x", "metadata": ' + "[" * 1500 + "]" * 1500 + "}"
+        r = httpx.post(f"{app.url}/v1/tasks", headers=h, content=nested)
+        assert r.status_code == 422
+        r = httpx.get(f"{app.url}/v1/auctions/no-such-auction", headers=h)
+        assert r.status_code == 404 and r.json()["error"]["param"] == "auction_id"
+        chunked = httpx.post(url, headers=h, content=iter([b"{" + b" " * 3000, b" " * 3000]))
+        assert chunked.status_code == 413  # no content-length: counted as it arrives
+    finally:
+        app.stop()
+
+
+@pytest.mark.parametrize(
+    "mark, status",
+    [("[status:500]", 502), ("[status:429]", 502), ("[garbage]", 502), ("[cut]", 502)],
+)
+def test_upstream_failures_are_502_never_a_success(client, mark, status):
+    for model in ["cheap", "sale"]:
+        with pytest.raises(openai.APIStatusError) as e:
+            client.chat.completions.create(model=model, messages=_user(f"x {mark}"))
+        assert e.value.status_code == status
+
+
+def test_a_length_cut_is_an_answer_for_passthrough_but_a_failure_for_an_auction(client):
+    r = client.chat.completions.create(model="cheap", messages=_user("x [length]"))
+    assert r.choices[0].finish_reason == "length"  # the caller chose max_tokens
+    with pytest.raises(openai.APIStatusError) as e:
+        client.chat.completions.create(model="sale", messages=_user("x [length]"))
+    assert e.value.status_code == 502 and "TruncatedOutput" in str(e.value)
+
+
+@pytest.mark.parametrize("model", ["cheap", "sale"])
+def test_a_stream_cut_upstream_ends_in_an_error_not_a_finish(client, model):
+    stream = client.chat.completions.create(
+        model=model, messages=_user("one two three [cut]"), stream=True
+    )
+    got = []
+    with pytest.raises(openai.APIError):
+        for c in stream:
+            got.append(c)
+    assert not any(c.choices and c.choices[0].finish_reason for c in got)
+
+
+def test_a_slow_request_answers_408_and_its_model_call_is_cancelled(upstream):
+    app = _serve(_config(upstream.base_url, request_timeout_s=1.0))
+    c = openai.OpenAI(base_url=app.url + "/v1", api_key=KEY, max_retries=0)
+    try:
+        for model, tag in [("cheap", "t1"), ("sale", "t2")]:
+            t0 = time.monotonic()
+            with pytest.raises(openai.APIStatusError) as e:
+                c.chat.completions.create(model=model, messages=_user(f"x [hang][id:{tag}]"))
+            assert e.value.status_code == 408
+            assert time.monotonic() - t0 < 6  # 1 s deadline + cancel grace + a loaded box
+            assert upstream.wait_for("disconnect", tag, 15), upstream.events[-5:]
+        stream = c.chat.completions.create(
+            model="cheap", messages=_user("a b c [drip:0.4]"), stream=True
+        )
+        with pytest.raises(openai.APIError, match="not finished within"):
+            list(stream)  # started in time, could not finish in time: an error event
+        with socket.create_connection(("127.0.0.1", app.port), timeout=10) as sock:
+            sock.sendall(  # a body that trickles: 10 of 100 bytes, then nothing
+                b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n"
+                + f"authorization: Bearer {KEY}\r\n".encode()
+                + b'content-type: application/json\r\ncontent-length: 100\r\n\r\n{"model":'
+            )
+            assert sock.recv(4096).startswith(b"HTTP/1.1 408")
+    finally:
+        app.stop()
+
+
+def test_a_client_that_disconnects_cancels_the_upstream_call(server, upstream):
+    url = f"{server.url}/v1/chat/completions"
+    h = {"authorization": f"Bearer {KEY}"}
+    for model, tag in [("cheap", "d1"), ("sale", "d2")]:
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(
+                url,
+                headers=h,
+                timeout=0.5,
+                json={"model": model, "messages": _user(f"x [hang][id:{tag}]")},
+            )
+        assert upstream.wait_for("disconnect", tag, 15), upstream.events[-5:]
+    for model, tag in [("cheap", "d3"), ("sale", "d4")]:
+        body = {
+            "model": model,
+            "stream": True,
+            "messages": _user(f"w1 w2 w3 w4 w5 w6 w7 [drip:1][id:{tag}]"),
+        }
+        with httpx.stream("POST", url, headers=h, json=body, timeout=10) as r:
+            assert r.status_code == 200
+            next(r.iter_lines())
+        assert upstream.wait_for("disconnect", tag, 15), upstream.events[-5:]
+
+
+def test_metrics_count_requests_spend_and_wins(client, server):
+    client.chat.completions.create(model="sale", messages=_user("count me"))
+    text = httpx.get(server.url + "/metrics", headers={"authorization": f"Bearer {KEY}"}).text
+    assert 'sale_requests_total{route="chat",status="200"}' in text
+    assert 'sale_spend_usd_total{agent="cheap"}' in text
+    assert 'sale_auction_wins_total{agent="cheap"}' in text
+    assert 'sale_winner_share{agent="cheap"}' in text
+    assert "sale_request_seconds_bucket" in text
