@@ -78,6 +78,12 @@ class StorageConfig(_Strict):
         "ignores AWS_ENDPOINT_URL, so this is the only place it is read from.",
     )
     region: str = Field(default="us-east-1", description="S3 region.")
+    keep_snapshots: int = Field(
+        default=3,
+        ge=0,
+        description="Committed snapshots kept; older ones (and debris of crashed ones) are "
+        "deleted after each new commit. 0 = keep all.",
+    )
     conditional_pointer: bool = Field(
         default=True,
         description="Compare-and-swap the snapshot pointer with S3 conditional writes "

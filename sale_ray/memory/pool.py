@@ -1,0 +1,95 @@
+"""Where shards live: the :class:`ShardPool` seam, its in-process form, and the functions that
+shards run on themselves (snapshot file writes, staged restores).
+
+:mod:`.remote` implements the same seam over Ray actors; nothing here imports Ray.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, Protocol
+
+import pyarrow as pa
+
+from ..errors import InfraError
+from . import snapshot as snap
+from .shard import MemoryShard
+
+
+class ShardUnavailable(InfraError):
+    """A shard did not answer (its actor died); :meth:`ShardedMemory.recover` replaces it."""
+
+    def __init__(self, shard: int, cause: str = "") -> None:
+        super().__init__(f"memory shard {shard} unavailable{': ' + cause if cause else ''}")
+        self.shard = shard
+
+
+class ShardPool(Protocol):
+    """Where shards live. ``submit`` starts a call and returns a pending handle; ``result``
+    waits for it and raises :class:`ShardUnavailable` if the shard is gone."""
+
+    size: int
+
+    def submit(self, i: int, method: str, *args: Any) -> Any: ...
+    def result(self, i: int, pending: Any) -> Any: ...
+    async def aresult(self, i: int, pending: Any) -> Any: ...
+    def restart(self, i: int) -> None: ...
+
+
+class LocalShardPool:
+    """Plain in-process shards; calls run on a thread pool (numpy and pyarrow release the GIL)."""
+
+    def __init__(self, shards: Sequence[MemoryShard], threads: int | None = None) -> None:
+        self.shards = list(shards)
+        self.size = len(self.shards)
+        self._exec = ThreadPoolExecutor(threads or min(self.size, 8), "memory-shard")
+
+    def submit(self, i: int, method: str, *args: Any) -> Future:
+        shard = self.shards[i]
+        if method == "apply":  # run a function on the shard (rare operations: snapshot, restore)
+            return self._exec.submit(args[0], shard, *args[1:])
+        return self._exec.submit(getattr(shard, method), *args)
+
+    def result(self, i: int, pending: Future) -> Any:
+        return pending.result()
+
+    async def aresult(self, i: int, pending: Future) -> Any:
+        return await asyncio.wrap_future(pending)
+
+    def restart(self, i: int) -> None:
+        old = self.shards[i]
+        self.shards[i] = MemoryShard(old.dim, old.max_records, old.max_segments)
+
+
+# --- run by a shard on itself, through ``apply`` (in the shard's process) ---------------------
+def write_file(
+    shard: MemoryShard, store: snap.SnapshotStore, sid: str, i: int
+) -> list[snap.FileInfo]:
+    return snap.write_shard_files(store, sid, i, shard.to_table())
+
+
+def restore_file(
+    shard: MemoryShard, store: snap.SnapshotStore, manifest: snap.Manifest, i: int
+) -> int:
+    return shard.load_table(snap.read_shard(store, manifest, i))
+
+
+# Verified tables waiting to be swapped in, per shard object, in the shard's own process.
+_STAGED: dict[int, pa.Table] = {}
+
+
+def stage_file(
+    shard: MemoryShard, store: snap.SnapshotStore, manifest: snap.Manifest, i: int
+) -> int:
+    _STAGED[id(shard)] = table = snap.read_shard(store, manifest, i)
+    return table.num_rows
+
+
+def load_staged(shard: MemoryShard) -> int:
+    return shard.load_table(_STAGED.pop(id(shard)))
+
+
+def drop_staged(shard: MemoryShard) -> None:
+    _STAGED.pop(id(shard), None)

@@ -1,0 +1,302 @@
+"""One memory shard: immutable Arrow segments of entries plus a float32 embedding matrix.
+
+A plain class (no Ray): :mod:`.remote` wraps it in an actor and passes a ``seal`` hook that moves
+each segment into the object store. Search is exact cosine top-k: vectors are L2-normalised on
+write, so a query is one matrix-vector product plus ``argpartition``.
+
+Why float32 and not float16: numpy has no float16 BLAS, so a float16 scan of 250k x 384 took
+~215 ms against ~15 ms in float32 here (measured); the memory saved is not worth 15x latency.
+
+Bound and compaction policy (documented, tested):
+
+* **Eviction — oldest first.** Records are kept in insertion order. When a write takes the shard
+  past ``max_records``, the oldest records are dropped until ``max_records - slack`` remain
+  (``slack`` = 10 % of the bound, at least 1). The slack makes evictions, which shift the matrix,
+  happen once per ~``max_records / 10`` new records instead of on every write.
+* **Compaction — size-tiered.** Each write appends one segment; while the newest segment is at
+  least half the size of the one before, the two are merged. Segments thus grow geometrically:
+  at most ~log2(records) of them, and each record is copied O(log n) times over its life.
+  ``max_segments`` is a hard cap on top (everything is merged into one past it).
+* **Idempotency.** A write is keyed by ``auction_id``: a record already present (or repeated
+  within the batch) is skipped, first write wins. An id evicted long ago can be written again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, NamedTuple
+
+import numpy as np
+import pyarrow as pa
+
+from .entry import ENTRY_SCHEMA, MemoryEntry, entries_table
+
+EMBEDDING = "embedding"
+Seal = Callable[[pa.Table], tuple[pa.Table, Any]]
+
+
+class Hit(NamedTuple):
+    """One search result: cosine similarity and the entry."""
+
+    score: float
+    entry: MemoryEntry
+
+
+class _Segment:
+    __slots__ = ("table", "ref")
+
+    def __init__(self, table: pa.Table, ref: Any = None) -> None:
+        self.table = table
+        self.ref = ref  # keeps an object-store copy alive while the segment is in use
+
+
+def normalise_rows(m: np.ndarray) -> np.ndarray:
+    """float32 ``m`` (1-d or 2-d) with unit rows; zero rows stay zero.
+
+    Rows already of unit norm (within 1e-6) are left bit-for-bit as they are, so normalising is
+    idempotent and a snapshot restores exactly the vectors it saved.
+    """
+    m = np.atleast_2d(np.asarray(m, dtype=np.float32))
+    norms = np.linalg.norm(m, axis=1, keepdims=True)
+    scale = np.where(np.abs(norms - 1.0) <= 1e-6, 1.0, 1.0 / np.maximum(norms, 1e-12))
+    return (m * scale.astype(np.float32)).astype(np.float32, copy=False)
+
+
+def storage_schema(dim: int) -> pa.Schema:
+    """Schema of a shard's table form (snapshots): the entry columns plus the embedding."""
+    return ENTRY_SCHEMA.append(pa.field(EMBEDDING, pa.list_(pa.float32(), dim)))
+
+
+class MemoryShard:
+    """Bounded, idempotent store of memory entries with exact cosine top-k search."""
+
+    def __init__(
+        self,
+        dim: int = 384,
+        max_records: int = 250_000,
+        max_segments: int = 32,
+        seal: Seal | None = None,
+    ) -> None:
+        if max_records < 1 or max_segments < 1:
+            raise ValueError("max_records and max_segments must be >= 1")
+        self.dim = dim
+        self.max_records = max_records
+        self.max_segments = max_segments
+        self._seal = seal or (lambda t: (t, None))
+        self._segments: list[_Segment] = []
+        self._vecs = np.zeros((0, dim), dtype=np.float32)
+        self._n = 0
+        self._ids: set[str] = set()  # auction ids present: the idempotency key
+        self._counts = {"writes": 0, "added": 0, "duplicates": 0, "evicted": 0, "compactions": 0}
+
+    # --- writes ---------------------------------------------------------------------------------
+    def write(self, entries: Sequence[MemoryEntry], vectors: np.ndarray) -> int:
+        """Add entries with their task-text embeddings; returns how many were new."""
+        return self.write_table(entries_table(entries), vectors)
+
+    def write_table(self, table: pa.Table, vectors: np.ndarray | None = None) -> int:
+        """Add rows of an entry table; vectors come from ``vectors`` or the table's embedding
+        column. Returns how many rows were new (duplicates by ``auction_id`` are skipped)."""
+        self._counts["writes"] += 1
+        return self._write(table, vectors)
+
+    def _write(self, table: pa.Table, vectors: np.ndarray | None) -> int:
+        if vectors is None:
+            if EMBEDDING not in table.column_names:
+                raise ValueError(f"table has no {EMBEDDING!r} column and no vectors were given")
+            vectors = _embedding_matrix(table, self.dim)
+        vectors = np.asarray(vectors, dtype=np.float32)
+        if vectors.ndim != 2 or vectors.shape != (table.num_rows, self.dim):
+            raise ValueError(f"vectors must be ({table.num_rows}, {self.dim}), got {vectors.shape}")
+        ids = table.column("auction_id").to_pylist()
+        keep, seen = [], set()
+        for i, aid in enumerate(ids):
+            if aid is None:
+                raise ValueError("auction_id must not be null")
+            if aid in self._ids or aid in seen:
+                continue
+            seen.add(aid)
+            keep.append(i)
+        self._counts["duplicates"] += len(ids) - len(keep)
+        if not keep:
+            return 0
+        if len(keep) < len(ids):
+            table, vectors = table.take(keep), vectors[keep]
+        self._append(table.select(ENTRY_SCHEMA.names).cast(ENTRY_SCHEMA), normalise_rows(vectors))
+        self._ids.update(seen)
+        self._counts["added"] += len(keep)
+        if self._n > self.max_records:
+            slack = max(1, self.max_records // 10)
+            self._evict(self._n - max(1, self.max_records - slack))
+        self._compact()
+        return len(keep)
+
+    def _append(self, table: pa.Table, vecs: np.ndarray) -> None:
+        m = len(vecs)
+        if self._n + m > len(self._vecs):
+            # Grow geometrically (amortised O(1) per row), never past the bound plus this batch.
+            cap = max(self._n + m, min(2 * len(self._vecs), self.max_records + m), 64)
+            grown = np.empty((cap, self.dim), dtype=np.float32)
+            grown[: self._n] = self._vecs[: self._n]
+            self._vecs = grown
+        self._vecs[self._n : self._n + m] = vecs
+        self._n += m
+        self._segments.append(_Segment(*self._seal(table.combine_chunks())))
+
+    def _evict(self, count: int) -> None:
+        """Drop the ``count`` oldest rows (segments are sliced zero-copy, the matrix shifted)."""
+        count = min(count, self._n)
+        dropped, left = [], count
+        while left:
+            seg = self._segments[0]
+            rows = seg.table.num_rows
+            if rows <= left:
+                dropped.append(seg.table.column("auction_id"))
+                self._segments.pop(0)
+                left -= rows
+            else:
+                dropped.append(seg.table.column("auction_id").slice(0, left))
+                self._segments[0] = _Segment(seg.table.slice(left), seg.ref)
+                left = 0
+        for col in dropped:
+            self._ids.difference_update(col.to_pylist())
+        self._vecs[: self._n - count] = self._vecs[count : self._n]
+        self._n -= count
+        self._counts["evicted"] += count
+
+    def _compact(self) -> None:
+        segs = self._segments
+        while len(segs) >= 2 and 2 * segs[-1].table.num_rows >= segs[-2].table.num_rows:
+            self._merge(len(segs) - 2)
+        if len(segs) > self.max_segments:
+            self._merge(0)
+
+    def _merge(self, start: int) -> None:
+        merged = pa.concat_tables([s.table for s in self._segments[start:]]).combine_chunks()
+        del self._segments[start:]
+        self._segments.append(_Segment(*self._seal(merged)))
+        self._counts["compactions"] += 1
+
+    # --- reads ----------------------------------------------------------------------------------
+    def search(self, query_vecs: np.ndarray, k: int) -> list[list[Hit]]:
+        """Cosine top-``k`` per query row (best first); a 1-d query is one row."""
+        return [
+            [Hit(sc, MemoryEntry.model_validate(row)) for sc, row in hits]
+            for hits in self.search_rows(query_vecs, k)
+        ]
+
+    def search_rows(self, query_vecs: np.ndarray, k: int) -> list[list[tuple[float, dict]]]:
+        """Like :meth:`search` with plain dict rows instead of entries. This is what crosses
+        process boundaries: dicts pickle several times faster than pydantic models, and the
+        caller validates only the k rows that survive the merge over shards."""
+        q = normalise_rows(query_vecs)
+        if q.shape[1] != self.dim:
+            raise ValueError(f"query dim {q.shape[1]} != shard dim {self.dim}")
+        rows, scores = self.top_rows(q, k)
+        flat = self.rows_at(np.concatenate(rows)) if rows else []
+        out, at = [], 0
+        for sc in scores:
+            out.append([(float(x), flat[at + j]) for j, x in enumerate(sc)])
+            at += len(sc)
+        return out
+
+    def top_rows(self, q: np.ndarray, k: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """Row indices and scores of the top-``k`` per (already normalised) query, best first."""
+        n = self._n
+        if n == 0 or k <= 0:
+            return [np.empty(0, np.int64)] * len(q), [np.empty(0, np.float32)] * len(q)
+        m = self._vecs[:n]
+        sims = (m @ q[0])[None, :] if len(q) == 1 else q @ m.T
+        kk = min(k, n)
+        part = np.argpartition(sims, n - kk, axis=1)[:, n - kk :] if kk < n else None
+        out_rows, out_scores = [], []
+        for i in range(len(q)):
+            cand = part[i] if part is not None else np.arange(n)
+            sc = sims[i, cand]
+            order = np.lexsort((cand, -sc))  # best score first, ties by older row
+            out_rows.append(cand[order])
+            out_scores.append(sc[order])
+        return out_rows, out_scores
+
+    def entries_at(self, rows: Iterable[int]) -> list[MemoryEntry]:
+        """Entries at the given row positions (insertion order, oldest = 0)."""
+        return [MemoryEntry.model_validate(r) for r in self.rows_at(np.fromiter(rows, np.int64))]
+
+    def rows_at(self, rows: np.ndarray) -> list[dict]:
+        """Entry dicts at the given row positions: one ``take`` per segment touched."""
+        out: list[dict] = [{}] * len(rows)
+        if not len(rows):
+            return out
+        starts = np.array(self._starts())
+        seg = np.searchsorted(starts, rows, side="right") - 1
+        for si in np.unique(seg):
+            pos = np.flatnonzero(seg == si)
+            got = self._segments[si].table.take(rows[pos] - starts[si]).to_pylist()
+            for p, row in zip(pos, got, strict=True):
+                out[p] = row
+        return out
+
+    def _starts(self) -> list[int]:
+        starts, acc = [], 0
+        for s in self._segments:
+            starts.append(acc)
+            acc += s.table.num_rows
+        return starts
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __contains__(self, auction_id: object) -> bool:
+        return auction_id in self._ids
+
+    def missing(self, auction_ids: Iterable[str]) -> list[str]:
+        """The given ids that this shard does not hold (for loss reports after a restart)."""
+        return [a for a in auction_ids if a not in self._ids]
+
+    def stats(self) -> dict[str, Any]:
+        """Counts and sizes: records, segments, bytes, writes, duplicates, evictions..."""
+        return {
+            "records": self._n,
+            "max_records": self.max_records,
+            "segments": len(self._segments),
+            "segment_rows": [s.table.num_rows for s in self._segments],
+            "record_bytes": sum(s.table.nbytes for s in self._segments),
+            "matrix_bytes": int(self._n * self.dim * 4),
+            "dim": self.dim,
+            **self._counts,
+        }
+
+    # --- table form (snapshots) -----------------------------------------------------------------
+    def to_table(self) -> pa.Table:
+        """All records, oldest first, with an ``embedding`` column (a copy: safe to keep)."""
+        if self._segments:
+            recs = pa.concat_tables([s.table for s in self._segments])
+        else:
+            recs = ENTRY_SCHEMA.empty_table()
+        flat = pa.array(np.array(self._vecs[: self._n]).reshape(-1))
+        emb = pa.FixedSizeListArray.from_arrays(flat, self.dim)
+        return recs.append_column(pa.field(EMBEDDING, emb.type), emb)
+
+    def load_table(self, table: pa.Table) -> int:
+        """Replace the contents with a table from :meth:`to_table` (restore); returns rows."""
+        vectors = _embedding_matrix(table, self.dim)  # validate before dropping anything
+        self.__init__(self.dim, self.max_records, self.max_segments, self._seal)  # type: ignore[misc]
+        return self._write(table, vectors)
+
+    @classmethod
+    def from_table(cls, table: pa.Table, **kwargs: Any) -> MemoryShard:
+        """A new shard holding the rows of ``table`` (dim taken from its embedding column)."""
+        dim = table.schema.field(EMBEDDING).type.list_size
+        shard = cls(dim=dim, **kwargs)
+        shard.load_table(table)
+        return shard
+
+
+def _embedding_matrix(table: pa.Table, dim: int) -> np.ndarray:
+    col = table.column(EMBEDDING).combine_chunks()
+    if not pa.types.is_fixed_size_list(col.type) or col.type.list_size != dim:
+        raise ValueError(f"{EMBEDDING!r} must be fixed_size_list<float>[{dim}], got {col.type}")
+    if col.null_count:
+        raise ValueError(f"{EMBEDDING!r} has null rows")
+    flat = col.flatten().to_numpy(zero_copy_only=False)
+    return np.asarray(flat, dtype=np.float32).reshape(len(col), dim)
