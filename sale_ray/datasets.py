@@ -219,7 +219,78 @@ def load_humaneval(limit: int | None = None) -> list[Task]:
     return tasks
 
 
-DATASETS: dict[str, Callable[[int | None], list[Task]]] = {"humaneval": load_humaneval}
+# --- reasoning-gym (a second, non-coding domain) -------------------------------------------------
+# Task families whose reasoning-gym curriculum has difficulty levels; bin = level 0..4 (an
+# attribute with fewer levels stays at its hardest). Tasks interleave families and levels, so any
+# --limit covers every bin. Verified by reasoning-gym's own score_answer (see verify_answer).
+REASONING_GYM_FAMILIES = ("basic_arithmetic", "leg_counting", "chain_sum")
+REASONING_GYM_SIZE = 150  # tasks in the full set: 10 per (family, level)
+REASONING_GYM_SEED = 0
+
+
+def load_reasoning_gym(limit: int | None = None) -> list[Task]:
+    """reasoning-gym tasks (kind ``answer``) at curriculum levels 0-4, deterministic (seeded).
+
+    The generated entry (question, answer, metadata) rides along as JSON in
+    ``metadata["rg_entry"]`` so :func:`verify_answer` can call the family's ``score_answer``.
+    """
+    if limit is not None and limit < 0:
+        raise UserError(f"limit must be >= 0, got {limit}")
+    try:
+        import reasoning_gym as rg
+        from reasoning_gym.coaching.attributes import RangeAttributeDefinition
+        from reasoning_gym.factory import create_curriculum
+    except ImportError:
+        raise UserError(
+            "the reasoning-gym dataset needs: pip install reasoning-gym==0.1.25"
+        ) from None
+    fams, levels = REASONING_GYM_FAMILIES, 5
+    per = REASONING_GYM_SIZE // (len(fams) * levels)
+    n = REASONING_GYM_SIZE if limit is None else min(limit, REASONING_GYM_SIZE)
+    pools: dict[tuple[str, int], list[dict]] = {}
+    tasks = []
+    for i in range(n):
+        fam, level, k = fams[i % len(fams)], (i // len(fams)) % levels, i // (len(fams) * levels)
+        if (fam, level) not in pools:
+            args: dict[str, Any] = {"seed": REASONING_GYM_SEED + 1000 * level, "size": per}
+            for a in create_curriculum(fam).attributes.values():
+                v = a.levels[min(level, len(a.levels) - 1)]
+                if isinstance(a, RangeAttributeDefinition):
+                    args[a.lower_field_name] = args[a.upper_field_name] = v
+                else:
+                    args[a.field_name] = v
+            pools[(fam, level)] = list(rg.create_dataset(fam, **args))
+        entry = pools[(fam, level)][k]
+        tasks.append(Task(
+            id=f"rg/{fam}/L{level}/{k}", prompt=entry["question"], kind="answer",
+            expected=str(entry["answer"]), bin=level,
+            metadata={"dataset": "reasoning_gym", "verifier": "reasoning_gym",
+                      "rg_dataset": fam, "rg_entry": json.dumps(entry, default=str)},
+        ))
+    return tasks
+
+
+def verify_answer(task: Task, answer: str):
+    """reasoning-gym's own verifier for a task from :func:`load_reasoning_gym` (else None):
+    ``score_answer(answer, entry) == 1.0`` passes. The answer's last non-blank line is scored
+    (the execution prompt asks for the answer alone on one line)."""
+    from .types import Evaluation
+
+    if task.metadata.get("verifier") != "reasoning_gym":
+        return None
+    from reasoning_gym.factory import get_score_answer_fn
+
+    lines = [ln.strip() for ln in answer.strip().splitlines() if ln.strip()]
+    final = lines[-1] if lines else ""
+    entry = json.loads(task.metadata["rg_entry"])
+    score = get_score_answer_fn(task.metadata["rg_dataset"])(final, entry)
+    return Evaluation(passed=score == 1.0, detail=f"score_answer={score:g}")
+
+
+DATASETS: dict[str, Callable[[int | None], list[Task]]] = {
+    "humaneval": load_humaneval,
+    "reasoning_gym": load_reasoning_gym,
+}
 
 
 def load_dataset(name: str, limit: int | None = None) -> list[Task]:

@@ -1,0 +1,323 @@
+"""Offline analytics: Parquet logs (local folder or ``s3://``) -> Markdown + HTML report with plots.
+
+``sale-ray report DIR|s3://bucket/prefix`` reads what ``sale-ray eval`` wrote there
+(``decisions.parquet``: one row per method x held-out task; ``matrix.parquet``: every agent's
+bid, verdict and execution per task; ``summary.json``) — or a plain ``sale-ray run`` folder
+(``auctions.parquet`` only) — with pyarrow, and writes ``report.md``, ``report.html`` and PNG
+plots (matplotlib, extra ``report``; without it the report has tables only).
+
+The numbers (pass@1, cost, reliance on the largest agent, per-bin figures, signal AUCs) are
+computed here by the same functions the evaluation uses for ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .auction.matrix import COST_PHASES
+from .errors import UserError
+
+AUCTION_PHASES = ("bid", "jury", "refine")
+
+
+# --- statistics ---------------------------------------------------------------------------------
+def auc(scores: Sequence[float], labels: Sequence[bool]) -> float | None:
+    """Area under the ROC curve of ``scores`` predicting ``labels`` (ties count half).
+
+    None when either class is missing. 0.5 is chance; below 0.5 the signal points the wrong way.
+    """
+    pts = [(float(s), bool(y)) for s, y in zip(scores, labels, strict=True)
+           if s is not None and not math.isnan(float(s))]
+    pos = [s for s, y in pts if y]
+    neg = [s for s, y in pts if not y]
+    if not pos or not neg:
+        return None
+    from scipy.stats import rankdata
+
+    ranks = rankdata([s for s, _ in pts])
+    r_pos = sum(r for r, (_, y) in zip(ranks, pts, strict=True) if y)
+    return float((r_pos - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
+
+
+def _ratio(a: float, b: float) -> float | None:
+    return a / b if b else None
+
+
+def method_stats(rows: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per method: pass@1, total cost, reliance on the largest agent, phase split, per bin.
+
+    ``rows`` are :data:`~sale_ray.auction.matrix.DECISION_SCHEMA` dicts.
+    """
+    by_method: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        by_method[r["method"]].append(r)
+    out: dict[str, dict[str, Any]] = {}
+    for m, rs in by_method.items():
+        n = len(rs)
+        tokens = {p: int(sum(r[f"{p}_tokens"] or 0 for r in rs)) for p in COST_PHASES}
+        cost = {p: float(sum(r[f"{p}_cost_usd"] or 0.0 for r in rs)) for p in COST_PHASES}
+        auction_tokens = sum(tokens[p] for p in AUCTION_PHASES)
+        winners: dict[str, float] = defaultdict(float)
+        for r in rs:
+            if r["agent"]:
+                winners[r["agent"]] += 1 / n
+        bins: dict[str, dict[str, Any]] = {}
+        for b in sorted({r["bin"] for r in rs}, key=lambda x: (x is None, x)):
+            br = [r for r in rs if r["bin"] == b]
+            bins[str(b)] = {
+                "tasks": len(br),
+                "pass_at_1": float(np.mean([bool(r["passed"]) for r in br])),
+                "cost_usd": float(sum(r["cost_usd"] for r in br)),
+                "largest_share": float(np.mean([bool(r["largest"]) for r in br])),
+            }
+        notes = sorted({r["note"] for r in rs if r.get("note")})
+        out[m] = {
+            "pass_at_1": float(np.mean([bool(r["passed"]) for r in rs])) if n else None,
+            "cost_usd": float(sum(r["cost_usd"] for r in rs)),
+            "largest_share": float(np.mean([bool(r["largest"]) for r in rs])) if n else None,
+            "tasks": n,
+            "passed": int(sum(bool(r["passed"]) for r in rs)),
+            "executions_per_task": float(np.mean([len(r["executed"] or []) for r in rs])),
+            "tokens_by_phase": tokens,
+            "cost_usd_by_phase": cost,
+            "auction_overhead": _ratio(auction_tokens, tokens["execute"]),
+            "auction_cost_share": _ratio(sum(cost[p] for p in AUCTION_PHASES), sum(cost.values())),
+            "winner_share": dict(sorted(winners.items())),
+            "per_bin": bins,
+            "notes": notes[:5],
+        }
+    return out
+
+
+def compare_to_oracle(stats: dict[str, dict[str, Any]], method: str = "sale") -> dict[str, Any]:
+    """How far ``method`` goes from largest-only towards the oracle, and the issue's targets."""
+    lg, orc, m = stats.get("largest"), stats.get("oracle"), stats.get(method)
+    if not (lg and orc and m):
+        return {}
+    saving = lg["cost_usd"] - orc["cost_usd"]
+    gain = orc["pass_at_1"] - lg["pass_at_1"]
+    out: dict[str, Any] = {
+        "method": method,
+        "cost_vs_largest": _ratio(m["cost_usd"], lg["cost_usd"]),
+        "oracle_cost_vs_largest": _ratio(orc["cost_usd"], lg["cost_usd"]),
+        "oracle_saving_captured": _ratio(lg["cost_usd"] - m["cost_usd"], saving),
+        "oracle_gain_captured": _ratio(m["pass_at_1"] - lg["pass_at_1"], gain),
+        "pass_at_1_minus_largest": m["pass_at_1"] - lg["pass_at_1"],
+    }
+    frontier = {}
+    for other in ("knn", "cascade"):
+        o = stats.get(other)
+        if o:  # at or beyond: not dominated (no better pass@1 at lower-or-equal cost)
+            dominated = (o["pass_at_1"] >= m["pass_at_1"] and o["cost_usd"] <= m["cost_usd"]
+                         and (o["pass_at_1"], -o["cost_usd"]) != (m["pass_at_1"], -m["cost_usd"]))
+            frontier[other] = not dominated
+    out["targets"] = {
+        "pass_at_1_ge_largest": m["pass_at_1"] >= lg["pass_at_1"],
+        "cost_le_0.60_largest": (out["cost_vs_largest"] or 0) <= 0.60,
+        "largest_share_le_0.40": m["largest_share"] <= 0.40,
+        "not_dominated_by": frontier,
+    }
+    return out
+
+
+def target_lines(stats: dict[str, dict[str, Any]], method: str = "sale") -> list[str]:
+    """The issue's targets for ``method``, each met or missed and by how much, and where the
+    money went (phase shares, worst bins)."""
+    c = compare_to_oracle(stats, method)
+    if not c:
+        return []
+    m, lg = stats[method], stats["largest"]
+    d_pass = m["pass_at_1"] - lg["pass_at_1"]
+    ratio = c["cost_vs_largest"] or 0.0
+    share = m["largest_share"]
+    out = [
+        f"pass@1 {m['pass_at_1']:.3f} vs largest {lg['pass_at_1']:.3f} ({d_pass:+.3f}; "
+        f"target >= 0): {'met' if d_pass >= 0 else 'missed'}",
+        f"cost {ratio:.2f} x largest (target <= 0.60): "
+        + ("met" if ratio <= 0.60 else f"missed by {ratio - 0.60:.2f} x largest"),
+        f"largest share {share:.1%} (target <= 40 %): "
+        + ("met" if share <= 0.40 else f"missed by {share - 0.40:.1%}"),
+    ]
+    for other, ok in c["targets"]["not_dominated_by"].items():
+        o = stats[other]
+        out.append(f"vs {other} ({o['pass_at_1']:.3f} at ${o['cost_usd']:.6f}): "
+                   + ("not dominated" if ok else "dominated (better or equal pass@1 for less)"))
+    total = sum(m["cost_usd_by_phase"].values()) or 1.0
+    out.append("spend by phase: " + ", ".join(
+        f"{p} {v / total:.0%}" for p, v in m["cost_usd_by_phase"].items() if v))
+    gain, save = c["oracle_gain_captured"], c["oracle_saving_captured"]
+    out.append(f"of the oracle's pass@1 gain over the largest it captures "
+               f"{'n/a' if gain is None else f'{gain:.0%}'}; of its saving "
+               f"{'n/a' if save is None else f'{save:.0%}'}")
+    worst = sorted(m["per_bin"].items(), key=lambda kv: kv[1]["pass_at_1"]
+                   - lg["per_bin"].get(kv[0], {}).get("pass_at_1", 0.0))[:2]
+    out.append("bins where it trails the largest most: " + ", ".join(
+        f"bin {b} ({v['pass_at_1']:.2f} vs {lg['per_bin'].get(b, {}).get('pass_at_1', 0):.2f})"
+        for b, v in worst))
+    return out
+
+
+def signal_aucs(matrix: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """Which signals predict that an agent's own execution passes (SALE.md: measure them).
+
+    Per bidding agent, per bin and pooled: ``-entropy`` (low doubt), ``jury_mean`` (mean score
+    its plan got), ``jury_self`` (its own score of its plan), ``-plan_tokens`` (short plans) and
+    ``self_check`` (its run on the prompt's examples); per juror, the score it gave each agent's
+    plan. Also each juror's parse-failure rate. Values are AUCs (n = cells scored).
+    """
+    cells = [r for r in matrix if r.get("passed") is not None]
+    sig = {
+        "neg_entropy": lambda r: None if r["entropy"] is None else -r["entropy"],
+        "jury_mean": lambda r: r["jury_mean"],
+        "jury_self": lambda r: r["jury_self"],
+        "neg_plan_tokens": lambda r: -r["plan_tokens"],
+        "self_check": lambda r: None if r["self_check"] is None else float(r["self_check"]),
+    }
+
+    def table(rs: list[dict[str, Any]]) -> dict[str, Any]:
+        res: dict[str, Any] = {"n": len(rs), "pass_rate": float(np.mean([r["passed"] for r in rs]))
+                               if rs else None}
+        for name, f in sig.items():
+            pts = [(f(r), r["passed"]) for r in rs if f(r) is not None]
+            res[name] = auc([p[0] for p in pts], [p[1] for p in pts]) if pts else None
+        return res
+
+    out: dict[str, Any] = {"all": table(cells), "by_agent": {}, "by_bin": {}, "by_juror": {},
+                           "jury_parse_failure": {}}
+    for a in sorted({r["agent"] for r in cells}):
+        out["by_agent"][a] = table([r for r in cells if r["agent"] == a])
+    for b in sorted({r["bin"] for r in cells}, key=lambda x: (x is None, x)):
+        out["by_bin"][str(b)] = table([r for r in cells if r["bin"] == b])
+    # juror -> bidder -> AUC of the score it gave that bidder's plan
+    scores: dict[tuple[str, str], list[tuple[float, bool]]] = defaultdict(list)
+    passed = {(r["task_id"], r["agent"]): r["passed"] for r in cells}
+    for r in matrix:
+        if not r.get("verdict_json"):
+            continue
+        v = json.loads(r["verdict_json"])
+        for bidder, s in (v.get("scores") or {}).items():
+            if v.get("error") is None and (r["task_id"], bidder) in passed:
+                scores[(r["agent"], bidder)].append((s, passed[(r["task_id"], bidder)]))
+    for juror in sorted({r["agent"] for r in matrix}):
+        out["by_juror"][juror] = {
+            b: auc([p[0] for p in pts], [p[1] for p in pts])
+            for (j, b), pts in sorted(scores.items()) if j == juror
+        }
+        asked = [r for r in matrix if r["agent"] == juror and r.get("verdict_json")]
+        failed = [r for r in asked if r.get("jury_error")]
+        out["jury_parse_failure"][juror] = len(failed) / len(asked) if asked else None
+    return out
+
+
+# --- reading logs (local or S3) -----------------------------------------------------------------
+def _fs(src: str, endpoint_url: str | None = None) -> tuple[Any, str]:
+    from pyarrow import fs
+
+    if src.startswith("s3://"):
+        if endpoint_url:  # pyarrow ignores AWS_ENDPOINT_URL: pass it explicitly
+            scheme, _, host = endpoint_url.partition("://")
+            return fs.S3FileSystem(endpoint_override=host, scheme=scheme), src[len("s3://"):]
+        return fs.FileSystem.from_uri(src)
+    return fs.LocalFileSystem(), str(Path(src).expanduser().resolve())
+
+
+def read_logs(src: str, endpoint_url: str | None = None) -> dict[str, Any]:
+    """The tables and summary found under ``src``: keys ``decisions``, ``matrix``, ``auctions``
+    (Arrow tables or None) and ``summary`` (dict or None)."""
+    from pyarrow import fs as pafs
+
+    filesystem, base = _fs(src, endpoint_url)
+    out: dict[str, Any] = {}
+    for name in ("decisions", "matrix", "auctions"):
+        path = f"{base.rstrip('/')}/{name}.parquet"
+        info = filesystem.get_file_info(path)
+        out[name] = (pq.read_table(path, filesystem=filesystem)
+                     if info.type == pafs.FileType.File else None)
+    spath = f"{base.rstrip('/')}/summary.json"
+    out["summary"] = None
+    if filesystem.get_file_info(spath).type == pafs.FileType.File:
+        with filesystem.open_input_stream(spath) as f:
+            out["summary"] = json.loads(f.read().decode())
+    if all(out[k] is None for k in ("decisions", "matrix", "auctions")):
+        raise UserError(f"{src}: no decisions.parquet, matrix.parquet or auctions.parquet there")
+    return out
+
+
+def decisions_from_auctions(table: pa.Table, method: str = "run") -> list[dict[str, Any]]:
+    """Decision rows from a ``sale-ray run`` log. The largest agent is inferred from the bids'
+    prices ($ per token), since the auction log does not carry the pool."""
+    rows = table.to_pylist()
+    price: dict[str, float] = {}
+    for r in rows:
+        for b in r["bids"] or []:
+            toks = (b["prompt_tokens"] or 0) + (b["plan_tokens"] or 0)
+            if toks and b["cost_usd"]:
+                price[b["agent"]] = max(price.get(b["agent"], 0.0), b["cost_usd"] / toks)
+    largest = max(price, key=lambda a: price[a]) if price else None
+    out = []
+    for i, r in enumerate(sorted(rows, key=lambda r: r["started_at"] or 0.0)):
+        d = {"method": method, "task_id": r["task_id"], "bin": r["bin"], "order": i,
+             "agent": r["winner"], "executed": [r["winner"]] if r["winner"] else [],
+             "provisional": r["provisional_winner"], "passed": bool(r["passed"]),
+             "largest": r["winner"] is not None and r["winner"] == largest,
+             "note": r["error"] or ""}
+        for p in COST_PHASES:
+            d[f"{p}_tokens"] = r.get(f"{p}_tokens") or 0
+            d[f"{p}_cost_usd"] = r.get(f"{p}_cost_usd") or 0.0
+        d["cost_usd"] = sum(d[f"{p}_cost_usd"] for p in COST_PHASES)
+        out.append(d)
+    return out
+
+
+# --- the report ---------------------------------------------------------------------------------
+def write_report(src: str, out_dir: str | Path | None = None, *,
+                 endpoint_url: str | None = None, plots: bool = True) -> Path:
+    """Read ``src`` and write ``report.md`` + ``report.html`` (+ PNGs) into ``out_dir``
+    (default: ``src/report`` for a local folder). Returns the Markdown path."""
+    from .report_render import build_blocks, render_html, render_markdown
+
+    logs = read_logs(src, endpoint_url)
+    if out_dir is None:
+        if src.startswith("s3://"):
+            raise UserError("an s3:// source needs --out (a local folder for the report)")
+        out_dir = Path(src) / "report"
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if logs["decisions"] is not None:
+        decisions = logs["decisions"].to_pylist()
+    else:
+        decisions = decisions_from_auctions(logs["auctions"]) if logs["auctions"] else []
+    matrix = logs["matrix"].to_pylist() if logs["matrix"] is not None else []
+    stats = method_stats(decisions)
+    blocks = build_blocks(stats, decisions, matrix, logs["summary"], out if plots else None)
+    md = out / "report.md"
+    md.write_text(render_markdown(blocks))
+    (out / "report.html").write_text(render_html(blocks, title=f"sale-ray report: {src}"))
+    return md
+
+
+def add_report_parser(sub: Any) -> None:
+    """``sale-ray report`` (wired into :mod:`sale_ray.cli`)."""
+    r = sub.add_parser("report", help="Markdown + HTML report with plots from Parquet logs")
+    r.add_argument("src", help="folder or s3://bucket/prefix written by `sale-ray eval` / `run`")
+    r.add_argument("--out", default=None, help="report folder (default: SRC/report)")
+    r.add_argument("--endpoint-url", default=None, help="S3-compatible endpoint (http://…)")
+    r.add_argument("--no-plots", action="store_true", help="tables only (no matplotlib)")
+    r.set_defaults(func=cmd_report)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    path = write_report(args.src, args.out, endpoint_url=args.endpoint_url,
+                        plots=not args.no_plots)
+    print(f"wrote {path} and {path.with_suffix('.html')}")
+    return 0
