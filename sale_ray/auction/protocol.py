@@ -149,10 +149,15 @@ async def run_auction(
 
     # 6-7. refinement by strictly cheaper agents, then the final winner
     final = provisional
+    notes: list[str] = []
     eligible = scoring.refinement_eligible(provisional.bid.agent, prices)
     if refine is not None and eligible:
         t = time.perf_counter()
-        new_bids, new_verdicts = await refine(task, provisional, scored, eligible)
+        try:
+            new_bids, new_verdicts = await refine(task, provisional, scored, eligible)
+        except Exception as e:  # memory down: the provisional winner stands, and we say so
+            new_bids, new_verdicts = [], []
+            notes.append(f"refinement skipped: {_describe(e)}")
         seconds["refine"] = time.perf_counter() - t
         usage["refine"] = _sum([b.usage for b in new_bids] + [v.usage for v in new_verdicts])
         jurors = [v.juror for v in verdicts]  # same jury, same scale as the original bids
@@ -202,6 +207,7 @@ async def run_auction(
         phase_usage=usage,
         phase_seconds=seconds,
         error=error if execution is None else None,
+        notes=notes + ([error] if error and execution is not None else []),
     )
 
 

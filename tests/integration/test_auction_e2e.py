@@ -17,7 +17,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.models]
 def _pool_installed():
     from sale_ray.agents import catalog
 
-    return all(catalog.model_status(m).installed for m in ("smollm2-135m", "qwen2.5-coder-0.5b"))
+    return all(catalog.model_status(m).assembled for m in ("smollm2-135m", "qwen2.5-coder-0.5b"))
 
 
 @pytest.fixture(scope="module")

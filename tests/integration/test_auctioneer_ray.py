@@ -15,6 +15,7 @@ from sale_ray.config import (
     SaleConfig,
     ScriptedSpec,
 )
+from sale_ray.memory.config import MemoryConfig
 from sale_ray.runtime import start_agents, start_auctioneer
 from sale_ray.types import Task
 
@@ -31,7 +32,8 @@ def config(latency=(0, 0), *, slow=None, bid_timeout=10.0, in_flight=300):
     ]
     return SaleConfig(pool=PoolSpec(agents=agents),
                       auction=AuctionConfig(bid_timeout_s=bid_timeout, jury_timeout_s=bid_timeout),
-                      auctioneer=AuctioneerConfig(max_in_flight=in_flight))
+                      auctioneer=AuctioneerConfig(max_in_flight=in_flight),
+                      memory=MemoryConfig(enabled=False))  # orchestration only
 
 
 def tasks(n, tag):

@@ -25,7 +25,7 @@ MODELS = ("smollm2-135m", "qwen2.5-coder-0.5b")
 def _installed():
     from sale_ray.agents import catalog
 
-    return all(catalog.model_status(m).installed for m in MODELS)
+    return all(catalog.model_status(m).assembled for m in MODELS)
 
 
 def test_eval_on_real_models_and_a_free_cached_rerun(ray_cluster, tmp_path):

