@@ -225,8 +225,13 @@ def _fs(src: str, endpoint_url: str | None = None) -> tuple[Any, str]:
 
     if src.startswith("s3://"):
         if endpoint_url:  # pyarrow ignores AWS_ENDPOINT_URL: pass it explicitly
+            import os
+
             scheme, _, host = endpoint_url.partition("://")
-            return fs.S3FileSystem(endpoint_override=host, scheme=scheme), src[len("s3://"):]
+            region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+            kw = {"region": region} if region else {}
+            return (fs.S3FileSystem(endpoint_override=host, scheme=scheme, **kw),
+                    src[len("s3://"):])
         return fs.FileSystem.from_uri(src)
     return fs.LocalFileSystem(), str(Path(src).expanduser().resolve())
 
@@ -286,11 +291,11 @@ def write_report(src: str, out_dir: str | Path | None = None, *,
     (default: ``src/report`` for a local folder). Returns the Markdown path."""
     from .report_render import build_blocks, render_html, render_markdown
 
-    logs = read_logs(src, endpoint_url)
     if out_dir is None:
         if src.startswith("s3://"):
             raise UserError("an s3:// source needs --out (a local folder for the report)")
         out_dir = Path(src) / "report"
+    logs = read_logs(src, endpoint_url)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if logs["decisions"] is not None:

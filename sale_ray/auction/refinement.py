@@ -48,8 +48,9 @@ class MemoryRefiner:
         if not candidates:
             return [], []
         pairs = await self.memory.acontrast(task.prompt, candidates)
+        cap = self.config.memory.max_pairs  # pairs come most similar first
         jobs = {
-            a: [(p.task_text, p.losing_plan, p.winning_plan) for p in pairs.get(a, [])]
+            a: [(p.task_text, p.losing_plan, p.winning_plan) for p in pairs.get(a, [])[:cap]]
             for a in candidates
         }
         jobs = {a: ps for a, ps in jobs.items() if ps}

@@ -122,3 +122,21 @@ def test_report_without_plots_and_from_a_plain_run_log(tmp_path):
 def test_report_on_an_empty_folder_is_a_clear_user_error(tmp_path):
     with pytest.raises(UserError, match="no decisions.parquet"):
         write_report(str(tmp_path))
+
+
+def test_target_lines_say_met_or_missed_and_by_how_much():
+    from sale_ray.analytics import target_lines
+
+    rows = []
+    for i in range(4):
+        rows.append(_decision("largest", i, i < 2, 1.0, True))
+        rows.append(_decision("oracle", i, True, 0.2, False))
+        rows.append(_decision("knn", i, i < 2, 0.5, False))
+        rows.append(_decision("sale", i, i < 3, 0.9, i < 2))
+    lines = target_lines(method_stats(rows), "sale")
+    text = "\n".join(lines)
+    assert "(+0.250; target >= 0): met" in text
+    assert "cost 0.90 x largest (target <= 0.60): missed by 0.30 x largest" in text
+    assert "largest share 50.0% (target <= 40 %): missed by 10.0%" in text
+    assert "vs knn" in text and "not dominated" in text
+    assert target_lines(method_stats(rows), "absent") == []
