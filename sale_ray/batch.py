@@ -253,6 +253,8 @@ async def run_batch(
         auctioneer = start_auctioneer(config, pool)
         try:
             await drive(auctioneer, fresh(), on_group, streams_in_flight=streams_in_flight)
+            # the memory dies with this run's actors: its durable copy is the snapshot
+            await auctioneer.snapshot.remote()
         except Exception as e:
             sink.flush()  # keep what finished: a rerun resumes from it
             raise InfraError(f"batch run failed ({type(e).__name__}: {str(e)[:200]}); "

@@ -217,6 +217,13 @@ class AuctioneerService:
     def ping(self) -> int:
         return 1
 
+    async def snapshot(self) -> str | None:
+        """Snapshot the memory to ``storage.snapshot_uri`` (None when there is nowhere to)."""
+        if self.memory is None or self.memory.store is None:
+            return None
+        manifest = await asyncio.to_thread(self.memory.snapshot)
+        return getattr(manifest, "snapshot_id", None) or str(manifest)[:200]
+
 
 def start_auctioneer(config: SaleConfig, pool: AgentPool, *, batched: bool = True,
                      name: str | None = None) -> Any:

@@ -33,3 +33,24 @@ def test_later_auctions_refine_from_earlier_ones(ray_cluster):
         cheaper = {s.bid.agent for s in r.bids if s.bid.refined}
         assert all(a != r.provisional_winner for a in cheaper)
         assert "refine" in r.phase_usage and r.phase_usage["refine"].calls > 0
+
+
+def test_a_batch_run_leaves_a_memory_snapshot_the_next_run_restores(ray_cluster, tmp_path):
+    from sale_ray.batch import run_batch
+    from sale_ray.memory.config import StorageConfig
+    from sale_ray.memory.snapshot import read_manifest, restore_snapshot
+
+    agents = [
+        AgentSpec(name=f"s{i}", backend="scripted", model="s", price_in_per_mtok=p,
+                  price_out_per_mtok=p, max_concurrency=64, scripted=ScriptedSpec(seed=i))
+        for i, p in enumerate([0.05, 0.36])
+    ]
+    storage = StorageConfig(snapshot_uri=str(tmp_path / "memory"))
+    cfg = SaleConfig(pool=PoolSpec(agents=agents), storage=storage,
+                     memory=MemoryConfig(shards=2, embedder="hashing"))
+    tasks = [Task(id=f"b{i}", prompt=f"task {i}", kind="answer", expected="x") for i in range(12)]
+    asyncio.run(run_batch(tasks, str(tmp_path / "out"), cfg, progress=False))
+    manifest = read_manifest(storage.snapshot_uri, storage)
+    assert manifest is not None
+    restored = restore_snapshot(storage.snapshot_uri, storage)
+    assert sum(t.num_rows for t in restored) == 12  # every decided auction, once
