@@ -41,8 +41,9 @@ def test_run_eval_writes_every_method_and_resumes(ray_cluster, tmp_path):
     on_disk = json.loads((out / "summary.json").read_text())
     for m in REQUIRED_METHODS:
         assert {"pass_at_1", "cost_usd", "largest_share", "tasks"} <= set(on_disk[m]), m
-    assert on_disk["sale"]["pass_at_1"] == on_disk["sale_no_memory"]["pass_at_1"]
-    assert "sale == sale_no_memory" in on_disk["_run"]["sale_note"]
+    # SALE with memory runs live (refinement from the training split's auctions)
+    assert on_disk["sale"]["tasks"] == on_disk["sale_no_memory"]["tasks"]
+    assert "memory" in on_disk["_run"]["sale_note"]
     n_test = on_disk["_run"]["test_tasks"]
     assert pq.read_table(out / "decisions.parquet").num_rows == n_test * len(on_disk["_run"]["methods"])
     assert pq.read_table(out / "matrix.parquet").num_rows == 3 * len(tasks)
