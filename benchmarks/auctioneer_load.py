@@ -90,22 +90,33 @@ class PeakRSS(threading.Thread):
 # --- the run ------------------------------------------------------------------------------------
 def make_config(n_agents: int, latency: tuple[float, float], in_flight: int) -> SaleConfig:
     agents = [
-        AgentSpec(name=f"s{i}", backend="scripted", model="scripted",
-                  price_in_per_mtok=PRICES[i % 4], price_out_per_mtok=PRICES[i % 4],
-                  max_concurrency=1024, scripted=ScriptedSpec(latency_ms=latency, seed=i))
+        AgentSpec(
+            name=f"s{i}",
+            backend="scripted",
+            model="scripted",
+            price_in_per_mtok=PRICES[i % 4],
+            price_out_per_mtok=PRICES[i % 4],
+            max_concurrency=1024,
+            scripted=ScriptedSpec(latency_ms=latency, seed=i),
+        )
         for i in range(n_agents)
     ]
     # memory off: this measures orchestration (the memory has its own benchmark)
-    return SaleConfig(pool=PoolSpec(agents=agents), memory=MemoryConfig(enabled=False),
-                      auction=AuctionConfig(bid_timeout_s=120, jury_timeout_s=120,
-                                            execute_timeout_s=120),
-                      auctioneer=AuctioneerConfig(max_in_flight=in_flight, max_queued=1_000_000,
-                                                  max_batch=512, batches_in_flight=4))
+    return SaleConfig(
+        pool=PoolSpec(agents=agents),
+        memory=MemoryConfig(enabled=False),
+        auction=AuctionConfig(bid_timeout_s=120, jury_timeout_s=120, execute_timeout_s=120),
+        auctioneer=AuctioneerConfig(
+            max_in_flight=in_flight, max_queued=1_000_000, max_batch=512, batches_in_flight=4
+        ),
+    )
 
 
 def tasks(n: int, tag: str) -> list[Task]:
-    return [Task(id=f"{tag}-{i}", prompt=f"load test task {i}", kind="answer", expected="x")
-            for i in range(n)]
+    return [
+        Task(id=f"{tag}-{i}", prompt=f"load test task {i}", kind="answer", expected="x")
+        for i in range(n)
+    ]
 
 
 def raw_rate(actor, seconds: float) -> float:
@@ -127,8 +138,9 @@ def simulated_path_ms(cfg: SaleConfig, rec) -> float:
     lat = {}
     for a in cfg.pool.agents:
         lo, hi = a.scripted.latency_ms
-        lat[a.name] = lambda tid, m, a=a, lo=lo, hi=hi: lo + (hi - lo) * _unit(
-            a.scripted.seed, a.name, tid, m)
+        lat[a.name] = lambda tid, m, a=a, lo=lo, hi=hi: (
+            lo + (hi - lo) * _unit(a.scripted.seed, a.name, tid, m)
+        )
     names = list(lat)
     path = max(lat[n](rec.task_id, "bid") for n in names)
     if rec.verdicts:
@@ -154,20 +166,32 @@ async def run_once(cfg: SaleConfig, pool, batch: list[Task], *, batched: bool = 
         return True
 
     t0 = time.perf_counter()
-    await drive(auc, [batch[i:i + 1000] for i in range(0, len(batch), 1000)], on_group,
-                streams_in_flight=len(batch) // 1000 + 1)
+    await drive(
+        auc,
+        [batch[i : i + 1000] for i in range(0, len(batch), 1000)],
+        on_group,
+        streams_in_flight=len(batch) // 1000 + 1,
+    )
     wall = time.perf_counter() - t0
     timings = await auc.take_timings.remote()
     stats = await auc.stats.remote()
     ray.kill(auc)
-    added = sorted(run_s * 1e3 - simulated_path_ms(cfg, got[tid])
-                   for tid, _, run_s in timings if tid in got)
-    pick = (lambda q: round(added[min(len(added) - 1, int(q * len(added)))], 2)) if added else (
-        lambda q: None)
+    added = sorted(
+        run_s * 1e3 - simulated_path_ms(cfg, got[tid]) for tid, _, run_s in timings if tid in got
+    )
+    pick = (
+        (lambda q: round(added[min(len(added) - 1, int(q * len(added)))], 2))
+        if added
+        else (lambda q: None)
+    )
     return {
-        "tasks": len(batch), "wall_s": round(wall, 3), "auctions_per_s": round(len(got) / wall, 1),
-        "p50_added_ms": pick(0.5), "p99_added_ms": pick(0.99),
-        "lost": len(batch) - len(got), "duplicate_records": dupes,
+        "tasks": len(batch),
+        "wall_s": round(wall, 3),
+        "auctions_per_s": round(len(got) / wall, 1),
+        "p50_added_ms": pick(0.5),
+        "p99_added_ms": pick(0.99),
+        "lost": len(batch) - len(got),
+        "duplicate_records": dupes,
         "winners": sum(1 for r in got.values() if r.winner),
         "mean_batch": {n: round(b["mean_batch"], 1) for n, b in stats["batching"].items()},
     }
@@ -181,9 +205,14 @@ async def main(args: argparse.Namespace) -> dict:
     pool = await start_agents(cfg)
     raw = raw_rate(next(iter(pool.actors.values())), args.raw_seconds)
     calls_per_auction = 2 * args.agents + 1  # a bid and a verdict per agent, one execution
-    out: dict = {"tasks": args.tasks, "agents": args.agents, "latency_ms": list(latency),
-                 "raw_calls_per_s": round(raw, 1), "calls_per_auction": calls_per_auction,
-                 "unbatched_ceiling": round(raw / calls_per_auction, 1)}
+    out: dict = {
+        "tasks": args.tasks,
+        "agents": args.agents,
+        "latency_ms": list(latency),
+        "raw_calls_per_s": round(raw, 1),
+        "calls_per_auction": calls_per_auction,
+        "unbatched_ceiling": round(raw / calls_per_auction, 1),
+    }
     rss = PeakRSS()
     rss.start()
     runs = []
@@ -192,10 +221,16 @@ async def main(args: argparse.Namespace) -> dict:
         r = await run_once(run_cfg, pool, tasks(args.tasks, f"c{c}"))
         runs.append({"concurrency": c, **r})
     if args.unbatched:
-        u = await run_once(make_config(args.agents, latency, args.concurrency[-1]), pool,
-                           tasks(args.unbatched, "unbatched"), batched=False)
-        out["unbatched_measured"] = {"tasks": args.unbatched, **{
-            k: u[k] for k in ("auctions_per_s", "p50_added_ms", "p99_added_ms", "lost")}}
+        u = await run_once(
+            make_config(args.agents, latency, args.concurrency[-1]),
+            pool,
+            tasks(args.unbatched, "unbatched"),
+            batched=False,
+        )
+        out["unbatched_measured"] = {
+            "tasks": args.unbatched,
+            **{k: u[k] for k in ("auctions_per_s", "p50_added_ms", "p99_added_ms", "lost")},
+        }
     execs = await asyncio.gather(*(a.executions.remote() for a in pool.actors.values()))
     out["peak_rss_mib"] = round(rss.stop(), 1)
     per_task: dict[str, int] = {}
@@ -203,15 +238,25 @@ async def main(args: argparse.Namespace) -> dict:
         for tid, n in e.items():
             per_task[tid] = per_task.get(tid, 0) + n
     best = max(runs, key=lambda r: r["auctions_per_s"])
-    out.update({k: best[k] for k in ("auctions_per_s", "p50_added_ms", "p99_added_ms",
-                                     "wall_s", "mean_batch")})
+    out.update(
+        {
+            k: best[k]
+            for k in ("auctions_per_s", "p50_added_ms", "p99_added_ms", "wall_s", "mean_batch")
+        }
+    )
     out["speedup_vs_ceiling"] = round(best["auctions_per_s"] / out["unbatched_ceiling"], 2)
     out["lost"] = sum(r["lost"] for r in runs)
     out["double_awards"] = sum(r["duplicate_records"] for r in runs) + sum(
-        1 for n in per_task.values() if n > 1)
+        1 for n in per_task.values() if n > 1
+    )
     if len(runs) > 1:
-        out["scaling"] = [{k: r[k] for k in ("concurrency", "auctions_per_s", "p50_added_ms",
-                                             "p99_added_ms", "wall_s")} for r in runs]
+        out["scaling"] = [
+            {
+                k: r[k]
+                for k in ("concurrency", "auctions_per_s", "p50_added_ms", "p99_added_ms", "wall_s")
+            }
+            for r in runs
+        ]
     await pool.stop()
     ray.shutdown()
     return out
@@ -222,8 +267,13 @@ if __name__ == "__main__":
     ap.add_argument("--tasks", type=int, default=10_000)
     ap.add_argument("--agents", type=int, default=4)
     ap.add_argument("--latency-ms", type=float, nargs=2, default=[0.0, 0.0], metavar=("LO", "HI"))
-    ap.add_argument("--concurrency", type=int, nargs="+", default=[2000],
-                    help="auctions in flight; several values = a scaling sweep")
+    ap.add_argument(
+        "--concurrency",
+        type=int,
+        nargs="+",
+        default=[2000],
+        help="auctions in flight; several values = a scaling sweep",
+    )
     ap.add_argument("--unbatched", type=int, default=0, help="also run N tasks unbatched")
     ap.add_argument("--raw-seconds", type=float, default=3.0)
     ap.add_argument("--json", action="store_true", help="print one JSON object")

@@ -48,10 +48,18 @@ def main(argv: list[str] | None = None) -> int:
         big_m=e.big_m,
         time_limit_s=e.fit_time_limit_s,
     )
-    path = write_weights(res, args.out, config if args.config else None,
-                         provenance={"matrix": args.matrix, "split": args.split})
-    print(json.dumps({"weights": res.weights.model_dump(), "status": res.status,
-                      "train": res.train}, indent=2))
+    path = write_weights(
+        res,
+        args.out,
+        config if args.config else None,
+        provenance={"matrix": args.matrix, "split": args.split},
+    )
+    print(
+        json.dumps(
+            {"weights": res.weights.model_dump(), "status": res.status, "train": res.train},
+            indent=2,
+        )
+    )
     print(f"wrote {path}")
     return 0
 

@@ -33,21 +33,34 @@ p.add_argument("--config", default=None, help="YAML config (a cluster file's sal
 p.add_argument("--address", default=None, help="Ray address (default: RAY_ADDRESS or local)")
 p.add_argument("--budget", type=float, default=None, help="$ this run may spend")
 p.add_argument("--concurrency", type=int, default=None, help="auctions in flight")
-p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
-               help="skip task ids already in --out (default)")
+p.add_argument(
+    "--resume",
+    action=argparse.BooleanOptionalAction,
+    default=True,
+    help="skip task ids already in --out (default)",
+)
 p.add_argument("--s3-endpoint", default=None, help="S3-compatible endpoint URL (not AWS)")
-p.add_argument("--flush-every", type=int, default=1000,
-               help="write a results part every N rows (or 5 s): what a crash may redo")
+p.add_argument(
+    "--flush-every",
+    type=int,
+    default=1000,
+    help="write a results part every N rows (or 5 s): what a crash may redo",
+)
 p.add_argument("--no-progress", action="store_true")
 args = p.parse_args()
 
 try:
     config = load_config(args.config)
-    over = {k: v for k, v in {"budget_usd": args.budget, "max_in_flight": args.concurrency}.items()
-            if v is not None}
+    over = {
+        k: v
+        for k, v in {"budget_usd": args.budget, "max_in_flight": args.concurrency}.items()
+        if v is not None
+    }
     config = config.model_copy(update={"auctioneer": config.auctioneer.model_copy(update=over)})
     if args.tasks:
-        source = itertools.chain.from_iterable(iter_tasks(args.tasks, endpoint_url=args.s3_endpoint))
+        source = itertools.chain.from_iterable(
+            iter_tasks(args.tasks, endpoint_url=args.s3_endpoint)
+        )
     else:
         from sale_ray.datasets import load_dataset
 
@@ -56,9 +69,17 @@ try:
         source = itertools.islice(source, args.limit)
 
     started = connect(args.address)
-    result = asyncio.run(run_batch(source, args.out, config, resume=args.resume,
-                                   progress=not args.no_progress, endpoint_url=args.s3_endpoint,
-                                   flush_rows=args.flush_every))
+    result = asyncio.run(
+        run_batch(
+            source,
+            args.out,
+            config,
+            resume=args.resume,
+            progress=not args.no_progress,
+            endpoint_url=args.s3_endpoint,
+            flush_rows=args.flush_every,
+        )
+    )
 except UserError as e:
     print(f"run_auctions: error: {e}", file=sys.stderr)
     sys.exit(2)

@@ -36,8 +36,11 @@ def auc(scores: Sequence[float], labels: Sequence[bool]) -> float | None:
 
     None when either class is missing. 0.5 is chance; below 0.5 the signal points the wrong way.
     """
-    pts = [(float(s), bool(y)) for s, y in zip(scores, labels, strict=True)
-           if s is not None and not math.isnan(float(s))]
+    pts = [
+        (float(s), bool(y))
+        for s, y in zip(scores, labels, strict=True)
+        if s is not None and not math.isnan(float(s))
+    ]
     pos = [s for s, y in pts if y]
     neg = [s for s, y in pts if not y]
     if not pos or not neg:
@@ -118,8 +121,11 @@ def compare_to_oracle(stats: dict[str, dict[str, Any]], method: str = "sale") ->
     for other in ("knn", "cascade"):
         o = stats.get(other)
         if o:  # at or beyond: not dominated (no better pass@1 at lower-or-equal cost)
-            dominated = (o["pass_at_1"] >= m["pass_at_1"] and o["cost_usd"] <= m["cost_usd"]
-                         and (o["pass_at_1"], -o["cost_usd"]) != (m["pass_at_1"], -m["cost_usd"]))
+            dominated = (
+                o["pass_at_1"] >= m["pass_at_1"]
+                and o["cost_usd"] <= m["cost_usd"]
+                and (o["pass_at_1"], -o["cost_usd"]) != (m["pass_at_1"], -m["cost_usd"])
+            )
             frontier[other] = not dominated
     out["targets"] = {
         "pass_at_1_ge_largest": m["pass_at_1"] >= lg["pass_at_1"],
@@ -150,20 +156,32 @@ def target_lines(stats: dict[str, dict[str, Any]], method: str = "sale") -> list
     ]
     for other, ok in c["targets"]["not_dominated_by"].items():
         o = stats[other]
-        out.append(f"vs {other} ({o['pass_at_1']:.3f} at ${o['cost_usd']:.6f}): "
-                   + ("not dominated" if ok else "dominated (better or equal pass@1 for less)"))
+        out.append(
+            f"vs {other} ({o['pass_at_1']:.3f} at ${o['cost_usd']:.6f}): "
+            + ("not dominated" if ok else "dominated (better or equal pass@1 for less)")
+        )
     total = sum(m["cost_usd_by_phase"].values()) or 1.0
-    out.append("spend by phase: " + ", ".join(
-        f"{p} {v / total:.0%}" for p, v in m["cost_usd_by_phase"].items() if v))
+    out.append(
+        "spend by phase: "
+        + ", ".join(f"{p} {v / total:.0%}" for p, v in m["cost_usd_by_phase"].items() if v)
+    )
     gain, save = c["oracle_gain_captured"], c["oracle_saving_captured"]
-    out.append(f"of the oracle's pass@1 gain over the largest it captures "
-               f"{'n/a' if gain is None else f'{gain:.0%}'}; of its saving "
-               f"{'n/a' if save is None else f'{save:.0%}'}")
-    worst = sorted(m["per_bin"].items(), key=lambda kv: kv[1]["pass_at_1"]
-                   - lg["per_bin"].get(kv[0], {}).get("pass_at_1", 0.0))[:2]
-    out.append("bins where it trails the largest most: " + ", ".join(
-        f"bin {b} ({v['pass_at_1']:.2f} vs {lg['per_bin'].get(b, {}).get('pass_at_1', 0):.2f})"
-        for b, v in worst))
+    out.append(
+        f"of the oracle's pass@1 gain over the largest it captures "
+        f"{'n/a' if gain is None else f'{gain:.0%}'}; of its saving "
+        f"{'n/a' if save is None else f'{save:.0%}'}"
+    )
+    worst = sorted(
+        m["per_bin"].items(),
+        key=lambda kv: kv[1]["pass_at_1"] - lg["per_bin"].get(kv[0], {}).get("pass_at_1", 0.0),
+    )[:2]
+    out.append(
+        "bins where it trails the largest most: "
+        + ", ".join(
+            f"bin {b} ({v['pass_at_1']:.2f} vs {lg['per_bin'].get(b, {}).get('pass_at_1', 0):.2f})"
+            for b, v in worst
+        )
+    )
     return out
 
 
@@ -185,15 +203,22 @@ def signal_aucs(matrix: Iterable[dict[str, Any]]) -> dict[str, Any]:
     }
 
     def table(rs: list[dict[str, Any]]) -> dict[str, Any]:
-        res: dict[str, Any] = {"n": len(rs), "pass_rate": float(np.mean([r["passed"] for r in rs]))
-                               if rs else None}
+        res: dict[str, Any] = {
+            "n": len(rs),
+            "pass_rate": float(np.mean([r["passed"] for r in rs])) if rs else None,
+        }
         for name, f in sig.items():
             pts = [(f(r), r["passed"]) for r in rs if f(r) is not None]
             res[name] = auc([p[0] for p in pts], [p[1] for p in pts]) if pts else None
         return res
 
-    out: dict[str, Any] = {"all": table(cells), "by_agent": {}, "by_bin": {}, "by_juror": {},
-                           "jury_parse_failure": {}}
+    out: dict[str, Any] = {
+        "all": table(cells),
+        "by_agent": {},
+        "by_bin": {},
+        "by_juror": {},
+        "jury_parse_failure": {},
+    }
     for a in sorted({r["agent"] for r in cells}):
         out["by_agent"][a] = table([r for r in cells if r["agent"] == a])
     for b in sorted({r["bin"] for r in cells}, key=lambda x: (x is None, x)):
@@ -211,7 +236,8 @@ def signal_aucs(matrix: Iterable[dict[str, Any]]) -> dict[str, Any]:
     for juror in sorted({r["agent"] for r in matrix}):
         out["by_juror"][juror] = {
             b: auc([p[0] for p in pts], [p[1] for p in pts])
-            for (j, b), pts in sorted(scores.items()) if j == juror
+            for (j, b), pts in sorted(scores.items())
+            if j == juror
         }
         asked = [r for r in matrix if r["agent"] == juror and r.get("verdict_json")]
         failed = [r for r in asked if r.get("jury_error")]
@@ -230,8 +256,10 @@ def _fs(src: str, endpoint_url: str | None = None) -> tuple[Any, str]:
             scheme, _, host = endpoint_url.partition("://")
             region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
             kw = {"region": region} if region else {}
-            return (fs.S3FileSystem(endpoint_override=host, scheme=scheme, **kw),
-                    src[len("s3://"):])
+            return (
+                fs.S3FileSystem(endpoint_override=host, scheme=scheme, **kw),
+                src[len("s3://") :],
+            )
         return fs.FileSystem.from_uri(src)
     return fs.LocalFileSystem(), str(Path(src).expanduser().resolve())
 
@@ -246,8 +274,9 @@ def read_logs(src: str, endpoint_url: str | None = None) -> dict[str, Any]:
     for name in ("decisions", "matrix", "auctions"):
         path = f"{base.rstrip('/')}/{name}.parquet"
         info = filesystem.get_file_info(path)
-        out[name] = (pq.read_table(path, filesystem=filesystem)
-                     if info.type == pafs.FileType.File else None)
+        out[name] = (
+            pq.read_table(path, filesystem=filesystem) if info.type == pafs.FileType.File else None
+        )
     spath = f"{base.rstrip('/')}/summary.json"
     out["summary"] = None
     if filesystem.get_file_info(spath).type == pafs.FileType.File:
@@ -271,11 +300,18 @@ def decisions_from_auctions(table: pa.Table, method: str = "run") -> list[dict[s
     largest = max(price, key=lambda a: price[a]) if price else None
     out = []
     for i, r in enumerate(sorted(rows, key=lambda r: r["started_at"] or 0.0)):
-        d = {"method": method, "task_id": r["task_id"], "bin": r["bin"], "order": i,
-             "agent": r["winner"], "executed": [r["winner"]] if r["winner"] else [],
-             "provisional": r["provisional_winner"], "passed": bool(r["passed"]),
-             "largest": r["winner"] is not None and r["winner"] == largest,
-             "note": r["error"] or ""}
+        d = {
+            "method": method,
+            "task_id": r["task_id"],
+            "bin": r["bin"],
+            "order": i,
+            "agent": r["winner"],
+            "executed": [r["winner"]] if r["winner"] else [],
+            "provisional": r["provisional_winner"],
+            "passed": bool(r["passed"]),
+            "largest": r["winner"] is not None and r["winner"] == largest,
+            "note": r["error"] or "",
+        }
         for p in COST_PHASES:
             d[f"{p}_tokens"] = r.get(f"{p}_tokens") or 0
             d[f"{p}_cost_usd"] = r.get(f"{p}_cost_usd") or 0.0
@@ -285,8 +321,13 @@ def decisions_from_auctions(table: pa.Table, method: str = "run") -> list[dict[s
 
 
 # --- the report ---------------------------------------------------------------------------------
-def write_report(src: str, out_dir: str | Path | None = None, *,
-                 endpoint_url: str | None = None, plots: bool = True) -> Path:
+def write_report(
+    src: str,
+    out_dir: str | Path | None = None,
+    *,
+    endpoint_url: str | None = None,
+    plots: bool = True,
+) -> Path:
     """Read ``src`` and write ``report.md`` + ``report.html`` (+ PNGs) into ``out_dir``
     (default: ``src/report`` for a local folder). Returns the Markdown path."""
     from .report_render import build_blocks, render_html, render_markdown
@@ -322,7 +363,6 @@ def add_report_parser(sub: Any) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    path = write_report(args.src, args.out, endpoint_url=args.endpoint_url,
-                        plots=not args.no_plots)
+    path = write_report(args.src, args.out, endpoint_url=args.endpoint_url, plots=not args.no_plots)
     print(f"wrote {path} and {path.with_suffix('.html')}")
     return 0

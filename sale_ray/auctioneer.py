@@ -44,7 +44,9 @@ class AgentCallError(SaleRayError):
 
 
 # --- the agent's side of a batched call ----------------------------------------------------------
-async def serve_batch(fn: Callable[..., Awaitable[Any]], calls: Sequence[tuple]) -> AsyncIterator[Group]:
+async def serve_batch(
+    fn: Callable[..., Awaitable[Any]], calls: Sequence[tuple]
+) -> AsyncIterator[Group]:
     """Run ``fn(*args)`` for every args tuple concurrently; yield finished groups as they come.
 
     Errors are returned as data (one failing item must not fail its batch-mates). Closing the
@@ -190,8 +192,15 @@ class Auctioneer:
         self.queued = 0
         self._committed = 0.0  # $ held for the auctions running (run budget only)
         self._holding = 0  # how many auctions hold some of it
-        self.counts = {"admitted": 0, "finished": 0, "duplicates": 0, "refused": 0,
-                       "budget_refused": 0, "crashed": 0, "memory_write_failed": 0}
+        self.counts = {
+            "admitted": 0,
+            "finished": 0,
+            "duplicates": 0,
+            "refused": 0,
+            "budget_refused": 0,
+            "crashed": 0,
+            "memory_write_failed": 0,
+        }
         self.timings: deque[tuple[str, float, float]] = deque(maxlen=200_000)  # id, queue_s, run_s
 
     # -- admission ---------------------------------------------------------------------------
@@ -263,8 +272,11 @@ class Auctioneer:
         """Pessimistic $ of one whole auction: every bid and verdict, the dearest execution."""
         n = len(self.gates)
         bid = sum(g.price(estimate_call("bid", task, self.config)) for g in self.gates.values())
-        jury = sum(g.price(estimate_call("judge", task, self.config, n))
-                   for g in self.gates.values()) if self.config.auction.jury else 0.0
+        jury = (
+            sum(g.price(estimate_call("judge", task, self.config, n)) for g in self.gates.values())
+            if self.config.auction.jury
+            else 0.0
+        )
         exe = max(g.price(estimate_call("execute", task, self.config)) for g in self.gates.values())
         return bid + jury + exe
 
@@ -287,14 +299,23 @@ class Auctioneer:
         aid = f"{task.id}#{uuid.uuid4().hex[:12]}"
         try:
             rec = await run_auction(
-                task, self.handles, self.prices_out, self.config,
-                evaluate=self.evaluate, refine=self.refine, auction_id=aid,
+                task,
+                self.handles,
+                self.prices_out,
+                self.config,
+                evaluate=self.evaluate,
+                refine=self.refine,
+                auction_id=aid,
             )
         except Exception as e:  # a bug must cost one task, never the run: record it
             self.counts["crashed"] += 1
             return AuctionRecord(
-                auction_id=aid, task_id=task.id, kind=task.kind, bin=task.bin,
-                error=f"auction crashed: {type(e).__name__}: {e}"[:500], started_at=time.time(),
+                auction_id=aid,
+                task_id=task.id,
+                kind=task.kind,
+                bin=task.bin,
+                error=f"auction crashed: {type(e).__name__}: {e}"[:500],
+                started_at=time.time(),
                 evaluation=Evaluation(passed=False if task.tests or task.expected else None),
             )
         if rec.execution is None and _mentions_budget(rec):
@@ -314,7 +335,10 @@ class Auctioneer:
 
     def _forgotten_record(self, task: Task) -> AuctionRecord:
         return AuctionRecord(
-            auction_id=f"{task.id}#duplicate", task_id=task.id, kind=task.kind, bin=task.bin,
+            auction_id=f"{task.id}#duplicate",
+            task_id=task.id,
+            kind=task.kind,
+            bin=task.bin,
             error="duplicate task id: already auctioned (see the results log)",
         )
 

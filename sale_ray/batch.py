@@ -69,8 +69,9 @@ def _lines(stream: Any, block: int = 1 << 20) -> Iterator[bytes]:
         yield rest
 
 
-def iter_tasks(uri: str, *, batch_size: int = 256, endpoint_url: str | None = None,
-               region: str = "us-east-1") -> Iterator[list[Task]]:
+def iter_tasks(
+    uri: str, *, batch_size: int = 256, endpoint_url: str | None = None, region: str = "us-east-1"
+) -> Iterator[list[Task]]:
     """Stream a task file (``.jsonl`` / ``.parquet``, local or ``s3://``) in chunks.
 
     JSONL rows are strict (an unknown key is an error naming the line); Parquet files may carry
@@ -145,8 +146,13 @@ class BatchResult:
         return "run: " + ", ".join(parts)
 
 
-async def drive(auctioneer: Any, chunks: Iterable[list[Task]],
-                on_group: Callable[[dict[str, Any]], bool], *, streams_in_flight: int = 4) -> None:
+async def drive(
+    auctioneer: Any,
+    chunks: Iterable[list[Task]],
+    on_group: Callable[[dict[str, Any]], bool],
+    *,
+    streams_in_flight: int = 4,
+) -> None:
     """Send chunks to the auctioneer actor, ``streams_in_flight`` at a time, and hand every
     group it streams back to ``on_group``; stop sending when ``on_group`` returns False."""
     slots = asyncio.Semaphore(streams_in_flight)
@@ -198,15 +204,19 @@ async def run_batch(
 
     from .runtime import start_agents, start_auctioneer
 
-    sink = ResultSink(out, endpoint_url=endpoint_url, region=region, flush_rows=flush_rows,
-                      flush_s=flush_s)
+    sink = ResultSink(
+        out, endpoint_url=endpoint_url, region=region, flush_rows=flush_rows, flush_s=flush_s
+    )
     if not resume:
         sink.reset()
     done = sink.done_ids()
     res = BatchResult()
     seen: set[str] = set()
-    tasks = (iter_tasks(source, batch_size=chunk, endpoint_url=endpoint_url, region=region)
-             if isinstance(source, str) else _chunks(source, chunk))
+    tasks = (
+        iter_tasks(source, batch_size=chunk, endpoint_url=endpoint_url, region=region)
+        if isinstance(source, str)
+        else _chunks(source, chunk)
+    )
 
     def fresh() -> Iterator[list[Task]]:
         for c in tasks:
@@ -257,8 +267,10 @@ async def run_batch(
             await auctioneer.snapshot.remote()
         except Exception as e:
             sink.flush()  # keep what finished: a rerun resumes from it
-            raise InfraError(f"batch run failed ({type(e).__name__}: {str(e)[:200]}); "
-                             f"{res.written} results kept in {out}, rerun to resume") from e
+            raise InfraError(
+                f"batch run failed ({type(e).__name__}: {str(e)[:200]}); "
+                f"{res.written} results kept in {out}, rerun to resume"
+            ) from e
     finally:
         bar.close()
         await pool.stop()
@@ -285,8 +297,9 @@ async def run_tasks(
     (Ray must be connected). ``concurrency``: auctions in flight."""
     from .runtime import start_agents, start_auctioneer
 
-    cfg = config.model_copy(update={
-        "auctioneer": config.auctioneer.model_copy(update={"max_in_flight": concurrency})})
+    cfg = config.model_copy(
+        update={"auctioneer": config.auctioneer.model_copy(update={"max_in_flight": concurrency})}
+    )
     pool = await start_agents(cfg)
     got: dict[str, AuctionRecord] = {}
 

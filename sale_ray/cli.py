@@ -51,29 +51,38 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     config = load_config(args.config)
     a = config.auctioneer
-    config = config.model_copy(update={"auctioneer": a.model_copy(update={
-        "max_in_flight": args.concurrency or a.max_in_flight,
-        "budget_usd": args.budget if args.budget is not None else a.budget_usd,
-    })})
+    config = config.model_copy(
+        update={
+            "auctioneer": a.model_copy(
+                update={
+                    "max_in_flight": args.concurrency or a.max_in_flight,
+                    "budget_usd": args.budget if args.budget is not None else a.budget_usd,
+                }
+            )
+        }
+    )
     if args.tasks:  # streamed (local or s3://), never held whole in memory
         source = args.tasks
         if args.limit:
             from .batch import iter_tasks
 
-            source = itertools.islice(itertools.chain.from_iterable(iter_tasks(args.tasks)),
-                                      args.limit)
+            source = itertools.islice(
+                itertools.chain.from_iterable(iter_tasks(args.tasks)), args.limit
+            )
     else:
         from .datasets import load_dataset
 
         source = load_dataset(args.dataset, args.limit)
         if not source:
             raise UserError("no tasks to run")
-    print(f"sale-ray: agents {[a.name for a in config.pool.agents]}, out {args.out}",
-          file=sys.stderr)
+    print(
+        f"sale-ray: agents {[a.name for a in config.pool.agents]}, out {args.out}", file=sys.stderr
+    )
     started = connect(args.address)
     try:
-        res = asyncio.run(run_batch(source, args.out, config, resume=args.resume,
-                                    progress=not args.no_progress))
+        res = asyncio.run(
+            run_batch(source, args.out, config, resume=args.resume, progress=not args.no_progress)
+        )
     finally:
         if started:
             import ray
@@ -105,12 +114,24 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", required=True, help="output folder")
     r.add_argument("--config", default=None, help="YAML config (default: embedded local pool)")
     r.add_argument("--address", default=None, help="Ray cluster address (default: start local)")
-    r.add_argument("--concurrency", type=int, default=2,
-                   help="auctions in flight (default 2; 0 = the config's auctioneer.max_in_flight)")
-    r.add_argument("--budget", type=float, default=None,
-                   help="$ this run may spend (overrides auctioneer.budget_usd)")
-    r.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
-                   help="skip task ids already in --out (default); --no-resume starts afresh")
+    r.add_argument(
+        "--concurrency",
+        type=int,
+        default=2,
+        help="auctions in flight (default 2; 0 = the config's auctioneer.max_in_flight)",
+    )
+    r.add_argument(
+        "--budget",
+        type=float,
+        default=None,
+        help="$ this run may spend (overrides auctioneer.budget_usd)",
+    )
+    r.add_argument(
+        "--resume",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="skip task ids already in --out (default); --no-resume starts afresh",
+    )
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
     r.set_defaults(func=_cmd_run)
 

@@ -261,12 +261,21 @@ def load_reasoning_gym(limit: int | None = None) -> list[Task]:
                     args[a.field_name] = v
             pools[(fam, level)] = list(rg.create_dataset(fam, **args))
         entry = pools[(fam, level)][k]
-        tasks.append(Task(
-            id=f"rg/{fam}/L{level}/{k}", prompt=entry["question"], kind="answer",
-            expected=str(entry["answer"]), bin=level,
-            metadata={"dataset": "reasoning_gym", "verifier": "reasoning_gym",
-                      "rg_dataset": fam, "rg_entry": json.dumps(entry, default=str)},
-        ))
+        tasks.append(
+            Task(
+                id=f"rg/{fam}/L{level}/{k}",
+                prompt=entry["question"],
+                kind="answer",
+                expected=str(entry["answer"]),
+                bin=level,
+                metadata={
+                    "dataset": "reasoning_gym",
+                    "verifier": "reasoning_gym",
+                    "rg_dataset": fam,
+                    "rg_entry": json.dumps(entry, default=str),
+                },
+            )
+        )
     return tasks
 
 

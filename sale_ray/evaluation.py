@@ -47,12 +47,23 @@ from .errors import UserError
 from .live_eval import memory_available, sale_with_memory
 from .types import Evaluation, Task
 
-DEFAULT_METHODS = (*REQUIRED_METHODS[:6], "sale_default", "sale_lean", "sale_lean_nojury",
-                   "sale_lean_verify", *REQUIRED_METHODS[6:])
+DEFAULT_METHODS = (
+    *REQUIRED_METHODS[:6],
+    "sale_default",
+    "sale_lean",
+    "sale_lean_nojury",
+    "sale_lean_verify",
+    *REQUIRED_METHODS[6:],
+)
 LAMBDA_SWEEP = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0)
-ABLATIONS = {"no_cost": ("entropy", "jury"), "no_entropy": ("cost", "jury"),
-             "no_jury": ("cost", "entropy"), "cost_only": ("cost",), "entropy_only": ("entropy",),
-             "jury_only": ("jury",)}
+ABLATIONS = {
+    "no_cost": ("entropy", "jury"),
+    "no_entropy": ("cost", "jury"),
+    "no_jury": ("cost", "entropy"),
+    "cost_only": ("cost",),
+    "entropy_only": ("entropy",),
+    "jury_only": ("jury",),
+}
 Evaluator = Callable[[Task, str], Awaitable[Evaluation]]
 
 
@@ -86,8 +97,14 @@ def save_matrix(rows: Sequence[TaskRow], path: Path) -> None:
 
 
 async def build_matrix(
-    tasks: Sequence[Task], splits: dict[str, Split], pool: Any, config: SaleConfig,
-    evaluate: Evaluator, *, path: Path | None = None, done: Sequence[TaskRow] = (),
+    tasks: Sequence[Task],
+    splits: dict[str, Split],
+    pool: Any,
+    config: SaleConfig,
+    evaluate: Evaluator,
+    *,
+    path: Path | None = None,
+    done: Sequence[TaskRow] = (),
     progress: bool = True,
 ) -> list[TaskRow]:
     """Rows for ``tasks`` (in stream order), reusing ``done`` ones and saving to ``path``."""
@@ -108,9 +125,15 @@ async def build_matrix(
     async def one(i: int, t: Task) -> None:
         async with sem:
             rows[t.id] = await build_row(
-                t, pool.handles, pool.price_pairs, evaluate, bid_timeout_s=a.bid_timeout_s,
-                jury_timeout_s=a.jury_timeout_s, execute_timeout_s=a.execute_timeout_s,
-                split=splits[t.id], order=i,
+                t,
+                pool.handles,
+                pool.price_pairs,
+                evaluate,
+                bid_timeout_s=a.bid_timeout_s,
+                jury_timeout_s=a.jury_timeout_s,
+                execute_timeout_s=a.execute_timeout_s,
+                split=splits[t.id],
+                order=i,
             )
         ok = sum(c.passed for c in rows[t.id].cells.values())
         bar.set_postfix_str(f"{t.id}: {ok}/{len(rows[t.id].cells)} agents pass")
@@ -140,8 +163,12 @@ def make_eval_evaluator(config: SaleConfig) -> Evaluator:
 
 
 # --- 3 + 5. fit and route -------------------------------------------------------------------------------
-def fit(train: Sequence[TaskRow], config: SaleConfig, features: Sequence[str] = FEATURES,
-        cost_lambda: float | None = None) -> FitResult:
+def fit(
+    train: Sequence[TaskRow],
+    config: SaleConfig,
+    features: Sequence[str] = FEATURES,
+    cost_lambda: float | None = None,
+) -> FitResult:
     """SALE's weights on the training rows, with the config's fit settings."""
     over: dict[str, Any] = {"features": features}
     if cost_lambda is not None:
@@ -149,8 +176,9 @@ def fit(train: Sequence[TaskRow], config: SaleConfig, features: Sequence[str] = 
     return fit_with(train, config.eval, **over)
 
 
-def route_all(rows: Sequence[TaskRow], methods: Sequence[str], ctx: RouterContext
-              ) -> list[Decision]:
+def route_all(
+    rows: Sequence[TaskRow], methods: Sequence[str], ctx: RouterContext
+) -> list[Decision]:
     train = [r for r in rows if r.split == "train"]
     test = [r for r in rows if r.split == "test"]
     out = []
@@ -163,33 +191,50 @@ def route_all(rows: Sequence[TaskRow], methods: Sequence[str], ctx: RouterContex
 
 def _point(decisions: Sequence[Decision]) -> dict[str, float]:
     n = max(len(decisions), 1)
-    return {"pass_at_1": sum(d.passed for d in decisions) / n,
-            "cost_usd": sum(d.total_cost for d in decisions)}
+    return {
+        "pass_at_1": sum(d.passed for d in decisions) / n,
+        "cost_usd": sum(d.total_cost for d in decisions),
+    }
 
 
-def analyse(rows: Sequence[TaskRow], config: SaleConfig, methods: Sequence[str],
-            live: dict[str, Decision] | None = None, sweep: bool = True
-            ) -> tuple[list[Decision], dict[str, Any]]:
+def analyse(
+    rows: Sequence[TaskRow],
+    config: SaleConfig,
+    methods: Sequence[str],
+    live: dict[str, Decision] | None = None,
+    sweep: bool = True,
+) -> tuple[list[Decision], dict[str, Any]]:
     """Fit on the training rows, route the held-out rows: (decisions, summary extras)."""
     train = [r for r in rows if r.split == "train"]
     test = [r for r in rows if r.split == "test"]
     if not train or not test:
-        raise UserError(f"need training and held-out tasks (got {len(train)} / {len(test)}); "
-                        "raise --limit")
+        raise UserError(
+            f"need training and held-out tasks (got {len(train)} / {len(test)}); raise --limit"
+        )
     res = fit(train, config)
-    ctx = RouterContext(eval=config.eval, weights=res.weights,
-                        default_weights=config.auction.weights, live=live)
+    ctx = RouterContext(
+        eval=config.eval, weights=res.weights, default_weights=config.auction.weights, live=live
+    )
     decisions = route_all(rows, methods, ctx)
-    extras: dict[str, Any] = {"_fit": {"weights": res.weights.model_dump(), "status": res.status,
-                                       "objective": res.objective, "seconds": res.seconds,
-                                       "train": res.train, "settings": res.settings},
-                              "_fit_result": res}
+    extras: dict[str, Any] = {
+        "_fit": {
+            "weights": res.weights.model_dump(),
+            "status": res.status,
+            "objective": res.objective,
+            "seconds": res.seconds,
+            "train": res.train,
+            "settings": res.settings,
+        },
+        "_fit_result": res,
+    }
     abl = {}
     for name, feats in ABLATIONS.items():
         r = fit(train, config, feats)
         c = RouterContext(eval=config.eval, weights=r.weights)
-        abl[name] = {**_point(route_all(rows, ["sale_no_memory"], c)),
-                     "weights": r.weights.model_dump()}
+        abl[name] = {
+            **_point(route_all(rows, ["sale_no_memory"], c)),
+            "weights": r.weights.model_dump(),
+        }
     extras["_ablations"] = abl
     if sweep:
         front: dict[str, list[dict[str, float]]] = {"sale_no_memory": [], "knn": []}
@@ -197,15 +242,20 @@ def analyse(rows: Sequence[TaskRow], config: SaleConfig, methods: Sequence[str],
             ev = config.eval.model_copy(update={"cost_lambda": lam})
             w = fit(train, config, cost_lambda=lam).weights
             c = RouterContext(eval=ev, weights=w)
-            front["sale_no_memory"].append({"lambda": lam, **_point(
-                route_all(rows, ["sale_no_memory"], c))})
+            front["sale_no_memory"].append(
+                {"lambda": lam, **_point(route_all(rows, ["sale_no_memory"], c))}
+            )
             front["knn"].append({"lambda": lam, **_point(route_all(rows, ["knn"], c))})
         extras["_frontier"] = front
     return decisions, extras
 
 
-def summarize(rows: Sequence[TaskRow], decisions: Sequence[Decision], extras: dict[str, Any],
-              run: dict[str, Any]) -> dict[str, Any]:
+def summarize(
+    rows: Sequence[TaskRow],
+    decisions: Sequence[Decision],
+    extras: dict[str, Any],
+    run: dict[str, Any],
+) -> dict[str, Any]:
     """The ``summary.json`` document."""
     largest = rows[0].by_price()[-1]
     table = decisions_table(decisions, largest).to_pylist()
@@ -213,10 +263,13 @@ def summarize(rows: Sequence[TaskRow], decisions: Sequence[Decision], extras: di
     out: dict[str, Any] = {m: stats[m] for m in stats}
     sale = {m: analytics.compare_to_oracle(stats, m) for m in stats if m.startswith("sale")}
     out["_sale"] = sale
-    cached = {p: [c.cached.get(p) for r in rows for c in r.cells.values() if p in c.cached]
-              for p in ("bid", "jury", "execute")}
-    run["cache_hit_share"] = {p: (sum(map(bool, v)) / len(v) if v else None)
-                              for p, v in cached.items()}
+    cached = {
+        p: [c.cached.get(p) for r in rows for c in r.cells.values() if p in c.cached]
+        for p in ("bid", "jury", "execute")
+    }
+    run["cache_hit_share"] = {
+        p: (sum(map(bool, v)) / len(v) if v else None) for p, v in cached.items()
+    }
     out["_run"] = run
     out.update({k: v for k, v in extras.items() if not k.startswith("_fit_result")})
     out["_signals"] = analytics.signal_aucs(matrix_table(rows).to_pylist())
@@ -224,9 +277,15 @@ def summarize(rows: Sequence[TaskRow], decisions: Sequence[Decision], extras: di
 
 
 # --- the whole run ------------------------------------------------------------------------------------
-async def _live(tasks: list[Task], splits: dict[str, Split], config: SaleConfig, out: Path,
-                methods: Sequence[str], progress: bool, evaluate: Evaluator | None
-                ) -> tuple[list[TaskRow], dict[str, Decision] | None, str]:
+async def _live(
+    tasks: list[Task],
+    splits: dict[str, Split],
+    config: SaleConfig,
+    out: Path,
+    methods: Sequence[str],
+    progress: bool,
+    evaluate: Evaluator | None,
+) -> tuple[list[TaskRow], dict[str, Decision] | None, str]:
     from .runtime import start_agents
 
     done = load_matrix(out / "matrix.parquet")
@@ -235,31 +294,54 @@ async def _live(tasks: list[Task], splits: dict[str, Split], config: SaleConfig,
     need_live = "sale" in methods and memory_available()[0]
     have = {r.task_id for r in done}
     if all(t.id in have for t in tasks) and not need_live:  # all in the matrix file already
-        rows = await build_matrix(tasks, splits, None, config,
-                                  evaluate or make_eval_evaluator(config), done=done,
-                                  progress=False)
+        rows = await build_matrix(
+            tasks,
+            splits,
+            None,
+            config,
+            evaluate or make_eval_evaluator(config),
+            done=done,
+            progress=False,
+        )
         return rows, None, memory_available()[1] if "sale" in methods else "not requested"
     evaluate = evaluate or make_eval_evaluator(config)
     pool = await start_agents(config)
     try:
-        rows = await build_matrix(tasks, splits, pool, config, evaluate,
-                                  path=out / "matrix.parquet", done=done, progress=progress)
+        rows = await build_matrix(
+            tasks,
+            splits,
+            pool,
+            config,
+            evaluate,
+            path=out / "matrix.parquet",
+            done=done,
+            progress=progress,
+        )
         live, why = None, memory_available()[1] if "sale" in methods else "not requested"
         if need_live:
             train = [r for r in rows if r.split == "train"]
             w = fit(train, config).weights  # the same fit analyse() makes: deterministic
-            cfg = config.model_copy(update={"auction": config.auction.model_copy(
-                update={"weights": w})})
+            cfg = config.model_copy(
+                update={"auction": config.auction.model_copy(update={"weights": w})}
+            )
             live, why = await sale_with_memory(tasks, rows, pool, cfg, evaluate)
         return rows, live, why
     finally:
         await pool.stop()
 
 
-def run_eval(tasks: list[Task], config: SaleConfig, out_dir: str | Path, *,
-             methods: Sequence[str] = DEFAULT_METHODS, address: str | None = None,
-             dataset: str = "", progress: bool = True, report: bool = True,
-             evaluate: Evaluator | None = None) -> dict[str, Any]:
+def run_eval(
+    tasks: list[Task],
+    config: SaleConfig,
+    out_dir: str | Path,
+    *,
+    methods: Sequence[str] = DEFAULT_METHODS,
+    address: str | None = None,
+    dataset: str = "",
+    progress: bool = True,
+    report: bool = True,
+    evaluate: Evaluator | None = None,
+) -> dict[str, Any]:
     """The whole comparison; writes matrix / decisions Parquet, weights.yaml, summary.json."""
     from .runtime import connect
 
@@ -275,8 +357,9 @@ def run_eval(tasks: list[Task], config: SaleConfig, out_dir: str | Path, *,
     t0 = time.time()
     started = connect(address)
     try:
-        rows, live, why = asyncio.run(_live(tasks, splits, config, out, methods, progress,
-                                            evaluate))
+        rows, live, why = asyncio.run(
+            _live(tasks, splits, config, out, methods, progress, evaluate)
+        )
     finally:
         if started:
             import ray
@@ -285,19 +368,28 @@ def run_eval(tasks: list[Task], config: SaleConfig, out_dir: str | Path, *,
     save_matrix(rows, out / "matrix.parquet")
     decisions, extras = analyse(rows, config, methods, live)
     res = extras["_fit_result"]
-    write_weights(res, out / "weights.yaml",
-                  provenance={"train_tasks": [r.task_id for r in rows if r.split == "train"]})
+    write_weights(
+        res,
+        out / "weights.yaml",
+        provenance={"train_tasks": [r.task_id for r in rows if r.split == "train"]},
+    )
     largest = rows[0].by_price()[-1]
     pq.write_table(decisions_table(decisions, largest), out / "decisions.parquet")
-    run = {"dataset": dataset, "tasks": len(rows), "seed": config.eval.seed,
-           "train_tasks": sum(r.split == "train" for r in rows),
-           "test_tasks": sum(r.split == "test" for r in rows),
-           "test_ids": [r.task_id for r in rows if r.split == "test"],
-           "pool": {a: rows[0].cells[a].price_out for a in rows[0].by_price()},
-           "largest_agent": largest, "methods": list(methods),
-           "cost_lambda": config.eval.cost_lambda, "seconds": time.time() - t0,
-           "sale_memory": live is not None,
-           "sale_note": why if live is not None else f"sale == sale_no_memory: {why}"}
+    run = {
+        "dataset": dataset,
+        "tasks": len(rows),
+        "seed": config.eval.seed,
+        "train_tasks": sum(r.split == "train" for r in rows),
+        "test_tasks": sum(r.split == "test" for r in rows),
+        "test_ids": [r.task_id for r in rows if r.split == "test"],
+        "pool": {a: rows[0].cells[a].price_out for a in rows[0].by_price()},
+        "largest_agent": largest,
+        "methods": list(methods),
+        "cost_lambda": config.eval.cost_lambda,
+        "seconds": time.time() - t0,
+        "sale_memory": live is not None,
+        "sale_note": why if live is not None else f"sale == sale_no_memory: {why}",
+    }
     summary = summarize(rows, decisions, extras, run)
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     if report:
@@ -317,8 +409,11 @@ def add_eval_parser(sub: Any) -> None:
     e.add_argument("--limit", type=int, default=None, help="first N tasks only")
     e.add_argument("--out", required=True, help="output folder (resumable)")
     e.add_argument("--config", default=None, help="YAML config (default: embedded local pool)")
-    e.add_argument("--methods", default=",".join(DEFAULT_METHODS),
-                   help=f"comma-separated, from {','.join(sorted(ROUTERS))}")
+    e.add_argument(
+        "--methods",
+        default=",".join(DEFAULT_METHODS),
+        help=f"comma-separated, from {','.join(sorted(ROUTERS))}",
+    )
     e.add_argument("--seed", type=int, default=None, help="split seed (default: config)")
     e.add_argument("--train-fraction", type=float, default=None, help="(default: config)")
     e.add_argument("--cache", default=None, help="response cache folder (default: config)")
@@ -333,19 +428,30 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .datasets import load_dataset, load_task_file
 
     config = load_config(args.config)
-    ev = {k: v for k, v in (("seed", args.seed), ("train_fraction", args.train_fraction))
-          if v is not None}
+    ev = {
+        k: v
+        for k, v in (("seed", args.seed), ("train_fraction", args.train_fraction))
+        if v is not None
+    }
     config = config.model_copy(update={"eval": config.eval.model_copy(update=ev)})
     if args.cache:
-        config = config.model_copy(update={"cache": config.cache.model_copy(
-            update={"path": args.cache})})
+        config = config.model_copy(
+            update={"cache": config.cache.model_copy(update={"path": args.cache})}
+        )
     tasks = load_task_file(args.tasks) if args.tasks else load_dataset(args.dataset, args.limit)
     if args.tasks and args.limit:
         tasks = tasks[: args.limit]
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    s = run_eval(tasks, config, args.out, methods=methods, address=args.address,
-                 dataset=args.dataset or args.tasks, progress=not args.no_progress,
-                 report=not args.no_report)
+    s = run_eval(
+        tasks,
+        config,
+        args.out,
+        methods=methods,
+        address=args.address,
+        dataset=args.dataset or args.tasks,
+        progress=not args.no_progress,
+        report=not args.no_report,
+    )
     print(format_table(s), file=sys.stdout)
     print(f"wrote {Path(args.out) / 'summary.json'}")
     return 0
@@ -356,8 +462,10 @@ def format_table(summary: dict[str, Any]) -> str:
     lines = [f"{'method':<16} {'pass@1':>7} {'cost $':>11} {'largest':>8} {'tasks':>6}"]
     for m, s in summary.items():
         if not m.startswith("_"):
-            lines.append(f"{m:<16} {s['pass_at_1']:>7.3f} {s['cost_usd']:>11.6f} "
-                         f"{s['largest_share']:>8.1%} {s['tasks']:>6}")
+            lines.append(
+                f"{m:<16} {s['pass_at_1']:>7.3f} {s['cost_usd']:>11.6f} "
+                f"{s['largest_share']:>8.1%} {s['tasks']:>6}"
+            )
     stats = {m: s for m, s in summary.items() if not m.startswith("_")}
     for m in ("sale", "sale_lean"):
         if m in stats:

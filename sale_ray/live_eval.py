@@ -42,21 +42,35 @@ def memory_available() -> tuple[bool, str]:
 def decision_from_record(method: str, rec: AuctionRecord, order: int) -> Decision:
     """A live auction's record as a :class:`Decision` (every phase's tokens and dollars)."""
     tokens, cost = spend({p: [u] for p, u in rec.phase_usage.items() if p != "evaluate"})
-    return Decision(method=method, task_id=rec.task_id, bin=rec.bin, order=order,
-                    agent=rec.winner, executed=[rec.winner] if rec.winner else [],
-                    provisional=rec.provisional_winner, passed=bool(rec.passed), tokens=tokens,
-                    cost_usd=cost, note=rec.error or "")
+    return Decision(
+        method=method,
+        task_id=rec.task_id,
+        bin=rec.bin,
+        order=order,
+        agent=rec.winner,
+        executed=[rec.winner] if rec.winner else [],
+        provisional=rec.provisional_winner,
+        passed=bool(rec.passed),
+        tokens=tokens,
+        cost_usd=cost,
+        note=rec.error or "",
+    )
 
 
 def record_from_row(row: TaskRow, weights: Any) -> AuctionRecord:
     """The auction SALE without refinement holds on ``row`` (for warming the memory)."""
-    scored = scoring.score_bids([c.bid for c in row.cells.values()], row.verdicts, row.prices,
-                                weights)
+    scored = scoring.score_bids(
+        [c.bid for c in row.cells.values()], row.verdicts, row.prices, weights
+    )
     win = scoring.pick_winner(scored, row.prices)
     cell = row.cells[win.bid.agent] if win else None
     return AuctionRecord(
-        auction_id=f"matrix:{row.task_id}", task_id=row.task_id, kind=row.kind,  # type: ignore[arg-type]
-        bin=row.bin, bids=scored, verdicts=row.verdicts,
+        auction_id=f"matrix:{row.task_id}",
+        task_id=row.task_id,
+        kind=row.kind,  # type: ignore[arg-type]
+        bin=row.bin,
+        bids=scored,
+        verdicts=row.verdicts,
         provisional_winner=win.bid.agent if win else None,
         winner=win.bid.agent if win else None,
         execution=cell.execution if cell else None,
@@ -66,7 +80,10 @@ def record_from_row(row: TaskRow, weights: Any) -> AuctionRecord:
 
 
 async def sale_with_memory(
-    tasks: Sequence[Task], rows: Sequence[TaskRow], pool: Any, config: SaleConfig,
+    tasks: Sequence[Task],
+    rows: Sequence[TaskRow],
+    pool: Any,
+    config: SaleConfig,
     evaluate: Evaluator,
 ) -> tuple[dict[str, Decision] | None, str]:
     """Held-out decisions of SALE with memory by task id, or ``(None, why not)``.
@@ -84,8 +101,11 @@ async def sale_with_memory(
     base = getattr(config, "memory", None)
     if base is None:  # no memory section in this config: retrieve with the kNN's embedder
         emb = config.eval.embedder
-        base = MemoryConfig(embedder=emb) if emb in ("minilm", "minilm-torch", "hashing") \
+        base = (
+            MemoryConfig(embedder=emb)
+            if emb in ("minilm", "minilm-torch", "hashing")
             else MemoryConfig()
+        )
     memory = ShardedMemory.local(base.model_copy(update={"shards": 1, "restore_on_start": False}))
     refiner = MemoryRefiner(memory, pool.handles, config)
     by_id = {t.id: t for t in tasks}
@@ -97,8 +117,15 @@ async def sale_with_memory(
         if r.split != "test":
             continue
         t = by_id[r.task_id]
-        rec = await run_auction(t, pool.handles, pool.prices, config, evaluate=evaluate,
-                                refine=refiner, auction_id=f"eval:{t.id}")
+        rec = await run_auction(
+            t,
+            pool.handles,
+            pool.prices,
+            config,
+            evaluate=evaluate,
+            refine=refiner,
+            auction_id=f"eval:{t.id}",
+        )
         await refiner.remember(t, rec)
         out[t.id] = decision_from_record("sale", rec, r.order)
     return out, WARM_NOTE

@@ -10,11 +10,29 @@ from typing import Any
 
 from .analytics import COST_PHASES, compare_to_oracle, signal_aucs, target_lines
 
-METHOD_ORDER = ("largest", "smallest", "random", "cascade", "knn", "sale_default",
-                "sale_no_memory", "sale", "sale_lean", "sale_lean_nojury", "sale_lean_verify",
-                "oracle")
-SALE_METHODS = ("sale_default", "sale_no_memory", "sale", "sale_lean", "sale_lean_nojury",
-                "sale_lean_verify", "run")
+METHOD_ORDER = (
+    "largest",
+    "smallest",
+    "random",
+    "cascade",
+    "knn",
+    "sale_default",
+    "sale_no_memory",
+    "sale",
+    "sale_lean",
+    "sale_lean_nojury",
+    "sale_lean_verify",
+    "oracle",
+)
+SALE_METHODS = (
+    "sale_default",
+    "sale_no_memory",
+    "sale",
+    "sale_lean",
+    "sale_lean_nojury",
+    "sale_lean_verify",
+    "run",
+)
 Block = tuple[Any, ...]
 
 
@@ -36,96 +54,203 @@ def _pct(x: Any) -> str:
 
 
 # --- blocks ---------------------------------------------------------------------------------------
-def build_blocks(stats: dict[str, dict[str, Any]], decisions: list[dict[str, Any]],
-                 matrix: list[dict[str, Any]], summary: dict[str, Any] | None,
-                 plot_dir: Path | None) -> list[Block]:
+def build_blocks(
+    stats: dict[str, dict[str, Any]],
+    decisions: list[dict[str, Any]],
+    matrix: list[dict[str, Any]],
+    summary: dict[str, Any] | None,
+    plot_dir: Path | None,
+) -> list[Block]:
     """Everything the report shows, in order."""
     methods = _order(list(stats))
     run = (summary or {}).get("_run", {})
     b: list[Block] = [("h", 1, "sale-ray evaluation report")]
     if run:
-        b.append(("p", f"Dataset **{run.get('dataset')}**: {run.get('tasks')} tasks "
-                       f"({run.get('train_tasks')} train / {run.get('test_tasks')} held-out, "
-                       f"seed {run.get('seed')}); pool: {run.get('pool')}. "
-                       f"All numbers are on the held-out split; costs count every token of "
-                       f"every phase (bids, jury, refinement, execution; prompt and completion)."))
+        b.append(
+            (
+                "p",
+                f"Dataset **{run.get('dataset')}**: {run.get('tasks')} tasks "
+                f"({run.get('train_tasks')} train / {run.get('test_tasks')} held-out, "
+                f"seed {run.get('seed')}); pool: {run.get('pool')}. "
+                f"All numbers are on the held-out split; costs count every token of "
+                f"every phase (bids, jury, refinement, execution; prompt and completion).",
+            )
+        )
     lg = stats.get("largest", {}).get("cost_usd")
-    b += [("h", 2, "Methods"), ("table",
-          ["method", "pass@1", "passed", "cost $", "cost / largest", "largest share",
-           "auction overhead", "note"],
-          [[m, _f(s["pass_at_1"]), f"{s['passed']}/{s['tasks']}", _f(s["cost_usd"], "{:.6f}"),
-            _f(s["cost_usd"] / lg if lg else None, "{:.2f}"), _pct(s["largest_share"]),
-            _f(s["auction_overhead"], "{:.2f}"), "; ".join(s.get("notes", []))[:80]]
-           for m, s in ((m, stats[m]) for m in methods)])]
-    b.append(("p", "Auction overhead = (bid + jury + refinement tokens) / execution tokens. "
-                   "Single-agent routers pay the chosen agent's plan as part of its execution."))
+    b += [
+        ("h", 2, "Methods"),
+        (
+            "table",
+            [
+                "method",
+                "pass@1",
+                "passed",
+                "cost $",
+                "cost / largest",
+                "largest share",
+                "auction overhead",
+                "note",
+            ],
+            [
+                [
+                    m,
+                    _f(s["pass_at_1"]),
+                    f"{s['passed']}/{s['tasks']}",
+                    _f(s["cost_usd"], "{:.6f}"),
+                    _f(s["cost_usd"] / lg if lg else None, "{:.2f}"),
+                    _pct(s["largest_share"]),
+                    _f(s["auction_overhead"], "{:.2f}"),
+                    "; ".join(s.get("notes", []))[:80],
+                ]
+                for m, s in ((m, stats[m]) for m in methods)
+            ],
+        ),
+    ]
+    b.append(
+        (
+            "p",
+            "Auction overhead = (bid + jury + refinement tokens) / execution tokens. "
+            "Single-agent routers pay the chosen agent's plan as part of its execution.",
+        )
+    )
     plots = _plots(stats, decisions, summary, plot_dir) if plot_dir else {}
     if "frontier" in plots:
         b.append(("img", plots["frontier"], "cost vs pass@1"))
 
     cmp_rows = []
-    for m in ("sale", "sale_no_memory", "sale_default", "sale_lean", "sale_lean_nojury",
-              "sale_lean_verify"):
+    for m in (
+        "sale",
+        "sale_no_memory",
+        "sale_default",
+        "sale_lean",
+        "sale_lean_nojury",
+        "sale_lean_verify",
+    ):
         c = compare_to_oracle(stats, m)
         if c:
             t = c["targets"]
-            cmp_rows.append([m, _f(c["cost_vs_largest"], "{:.2f}"),
-                             _f(c["oracle_cost_vs_largest"], "{:.2f}"),
-                             _pct(c["oracle_saving_captured"]), _pct(c["oracle_gain_captured"]),
-                             _f(t["pass_at_1_ge_largest"]), _f(t["cost_le_0.60_largest"]),
-                             _f(t["largest_share_le_0.40"]),
-                             ", ".join(f"{k}: {_f(v)}" for k, v in t["not_dominated_by"].items())])
+            cmp_rows.append(
+                [
+                    m,
+                    _f(c["cost_vs_largest"], "{:.2f}"),
+                    _f(c["oracle_cost_vs_largest"], "{:.2f}"),
+                    _pct(c["oracle_saving_captured"]),
+                    _pct(c["oracle_gain_captured"]),
+                    _f(t["pass_at_1_ge_largest"]),
+                    _f(t["cost_le_0.60_largest"]),
+                    _f(t["largest_share_le_0.40"]),
+                    ", ".join(f"{k}: {_f(v)}" for k, v in t["not_dominated_by"].items()),
+                ]
+            )
     if cmp_rows:
-        b += [("h", 2, "SALE against the largest agent and the oracle"), ("table",
-              ["method", "cost / largest", "oracle cost / largest", "oracle saving captured",
-               "oracle pass@1 gain captured", "pass@1 >= largest", "cost <= 0.60 x largest",
-               "largest share <= 40 %", "not dominated by"], cmp_rows)]
+        b += [
+            ("h", 2, "SALE against the largest agent and the oracle"),
+            (
+                "table",
+                [
+                    "method",
+                    "cost / largest",
+                    "oracle cost / largest",
+                    "oracle saving captured",
+                    "oracle pass@1 gain captured",
+                    "pass@1 >= largest",
+                    "cost <= 0.60 x largest",
+                    "largest share <= 40 %",
+                    "not dominated by",
+                ],
+                cmp_rows,
+            ),
+        ]
     for m in ("sale", "sale_no_memory", "sale_lean", "sale_lean_verify"):
         lines = target_lines(stats, m)
         if lines:
             b += [("h", 3, f"Targets: {m}"), ("p", "; ".join(lines) + ".")]
-    b += [("h", 2, "Reliance on the largest agent"),
-          ("p", "Share of held-out tasks on which the largest agent executed (for the cascade: "
-                "was escalated to).")]
+    b += [
+        ("h", 2, "Reliance on the largest agent"),
+        (
+            "p",
+            "Share of held-out tasks on which the largest agent executed (for the cascade: "
+            "was escalated to).",
+        ),
+    ]
     if "largest" in plots:
         b.append(("img", plots["largest"], "largest share"))
     bins = sorted({k for s in stats.values() for k in s["per_bin"]})
     if bins:
-        b += [("h", 2, "Per complexity bin"), ("p", "pass@1 (tasks) per bin:"),
-              ("table", ["method"] + [f"bin {x}" for x in bins],
-               [[m] + [_f(stats[m]["per_bin"].get(x, {}).get("pass_at_1"))
-                       + f" ({stats[m]['per_bin'].get(x, {}).get('tasks', 0)})" for x in bins]
-                for m in methods]),
-              ("p", "cost $ per bin:"),
-              ("table", ["method"] + [f"bin {x}" for x in bins],
-               [[m] + [_f(stats[m]["per_bin"].get(x, {}).get("cost_usd"), "{:.6f}")
-                       for x in bins] for m in methods])]
+        b += [
+            ("h", 2, "Per complexity bin"),
+            ("p", "pass@1 (tasks) per bin:"),
+            (
+                "table",
+                ["method"] + [f"bin {x}" for x in bins],
+                [
+                    [m]
+                    + [
+                        _f(stats[m]["per_bin"].get(x, {}).get("pass_at_1"))
+                        + f" ({stats[m]['per_bin'].get(x, {}).get('tasks', 0)})"
+                        for x in bins
+                    ]
+                    for m in methods
+                ],
+            ),
+            ("p", "cost $ per bin:"),
+            (
+                "table",
+                ["method"] + [f"bin {x}" for x in bins],
+                [
+                    [m]
+                    + [_f(stats[m]["per_bin"].get(x, {}).get("cost_usd"), "{:.6f}") for x in bins]
+                    for m in methods
+                ],
+            ),
+        ]
         if "bins" in plots:
             b.append(("img", plots["bins"], "pass@1 and cost per bin"))
     sale = [m for m in methods if m in SALE_METHODS]
     if sale:
-        b += [("h", 2, "Winner share over the task stream"),
-              ("table", ["method", "stream part"] + sorted({a for m in sale
-                                                           for a in stats[m]["winner_share"]}),
-               _stream_rows(decisions, sale))]
+        b += [
+            ("h", 2, "Winner share over the task stream"),
+            (
+                "table",
+                ["method", "stream part"]
+                + sorted({a for m in sale for a in stats[m]["winner_share"]}),
+                _stream_rows(decisions, sale),
+            ),
+        ]
         if "stream" in plots:
             b.append(("img", plots["stream"], "winner share over the stream"))
-        b += [("h", 2, "Token overhead per auction phase"),
-              ("table", ["method"] + [f"{p} tokens" for p in COST_PHASES]
-               + [f"{p} $" for p in COST_PHASES] + ["overhead"],
-               [[m] + [str(stats[m]["tokens_by_phase"][p]) for p in COST_PHASES]
-                + [_f(stats[m]["cost_usd_by_phase"][p], "{:.6f}") for p in COST_PHASES]
-                + [_f(stats[m]["auction_overhead"], "{:.2f}")] for m in sale])]
+        b += [
+            ("h", 2, "Token overhead per auction phase"),
+            (
+                "table",
+                ["method"]
+                + [f"{p} tokens" for p in COST_PHASES]
+                + [f"{p} $" for p in COST_PHASES]
+                + ["overhead"],
+                [
+                    [m]
+                    + [str(stats[m]["tokens_by_phase"][p]) for p in COST_PHASES]
+                    + [_f(stats[m]["cost_usd_by_phase"][p], "{:.6f}") for p in COST_PHASES]
+                    + [_f(stats[m]["auction_overhead"], "{:.2f}")]
+                    for m in sale
+                ],
+            ),
+        ]
         if "phases" in plots:
             b.append(("img", plots["phases"], "tokens per phase"))
     if matrix:
         b += _signal_blocks(signal_aucs(matrix))
     fit = (summary or {}).get("_fit")
     if fit:
-        b += [("h", 2, "Fitted weights (training split only)"),
-              ("p", f"objective `{fit.get('settings', {}).get('objective')}`, status: "
-                    f"{fit.get('status')}; weights: `{fit.get('weights')}`; training figures: "
-                    f"`{fit.get('train')}`")]
+        b += [
+            ("h", 2, "Fitted weights (training split only)"),
+            (
+                "p",
+                f"objective `{fit.get('settings', {}).get('objective')}`, status: "
+                f"{fit.get('status')}; weights: `{fit.get('weights')}`; training figures: "
+                f"`{fit.get('train')}`",
+            ),
+        ]
     return b
 
 
@@ -133,15 +258,18 @@ def _stream_rows(decisions: list[dict[str, Any]], methods: Sequence[str]) -> lis
     rows = []
     for m in methods:
         ds = sorted((d for d in decisions if d["method"] == m), key=lambda d: d["order"])
-        agents = sorted({d["agent"] for x in methods for d in decisions
-                         if d["method"] == x and d["agent"]})
+        agents = sorted(
+            {d["agent"] for x in methods for d in decisions if d["method"] == x and d["agent"]}
+        )
         n = len(ds)
         for q in range(4):
-            part = ds[q * n // 4:(q + 1) * n // 4]
+            part = ds[q * n // 4 : (q + 1) * n // 4]
             if not part:
                 continue
-            rows.append([m, f"Q{q + 1} ({len(part)} tasks)"]
-                        + [_pct(sum(d["agent"] == a for d in part) / len(part)) for a in agents])
+            rows.append(
+                [m, f"Q{q + 1} ({len(part)} tasks)"]
+                + [_pct(sum(d["agent"] == a for d in part) / len(part)) for a in agents]
+            )
     return rows
 
 
@@ -150,8 +278,9 @@ def _signal_blocks(s: dict[str, Any]) -> list[Block]:
     head = ["group", "n", "pass rate"] + names
 
     def row(label: str, t: dict[str, Any]) -> list[str]:
-        return [label, str(t["n"]), _f(t["pass_rate"], "{:.2f}")] + [_f(t[x], "{:.2f}")
-                                                                     for x in names]
+        return [label, str(t["n"]), _f(t["pass_rate"], "{:.2f}")] + [
+            _f(t[x], "{:.2f}") for x in names
+        ]
 
     rows = [row("all cells", s["all"])]
     rows += [row(f"agent {a}", t) for a, t in s["by_agent"].items()]
@@ -159,16 +288,27 @@ def _signal_blocks(s: dict[str, Any]) -> list[Block]:
     bidders = sorted({b for t in s["by_juror"].values() for b in t})
     return [
         ("h", 2, "Signals: what predicts that an agent's own execution passes"),
-        ("p", "AUC of each signal (0.5 = chance; below 0.5 points the wrong way): the negated "
-              "plan entropy, the mean jury score a plan received, the bidder's score of its own "
-              "plan, the negated plan length, and the agent's own run of the prompt's examples "
-              "(the cascade's verifier)."),
+        (
+            "p",
+            "AUC of each signal (0.5 = chance; below 0.5 points the wrong way): the negated "
+            "plan entropy, the mean jury score a plan received, the bidder's score of its own "
+            "plan, the negated plan length, and the agent's own run of the prompt's examples "
+            "(the cascade's verifier).",
+        ),
         ("table", head, rows),
-        ("p", "Per juror: AUC of the score it gave each bidder's plan; parse failures = share "
-              "of its verdicts that could not be read."),
-        ("table", ["juror"] + [f"on {x}" for x in bidders] + ["parse failures"],
-         [[j] + [_f(t.get(x), "{:.2f}") for x in bidders] + [_pct(s["jury_parse_failure"][j])]
-          for j, t in s["by_juror"].items()]),
+        (
+            "p",
+            "Per juror: AUC of the score it gave each bidder's plan; parse failures = share "
+            "of its verdicts that could not be read.",
+        ),
+        (
+            "table",
+            ["juror"] + [f"on {x}" for x in bidders] + ["parse failures"],
+            [
+                [j] + [_f(t.get(x), "{:.2f}") for x in bidders] + [_pct(s["jury_parse_failure"][j])]
+                for j, t in s["by_juror"].items()
+            ],
+        ),
     ]
 
 
@@ -192,11 +332,13 @@ def render_markdown(blocks: list[Block]) -> str:
 
 def render_html(blocks: list[Block], title: str) -> str:
     e = html.escape
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{e(title)}</title>",
-             "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto}"
-             "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;"
-             "padding:3px 8px;text-align:right}td:first-child{text-align:left}"
-             "img{max-width:100%}</style></head><body>"]
+    parts = [
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{e(title)}</title>",
+        "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto}"
+        "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;"
+        "padding:3px 8px;text-align:right}td:first-child{text-align:left}"
+        "img{max-width:100%}</style></head><body>",
+    ]
     for blk in blocks:
         if blk[0] == "h":
             parts.append(f"<h{blk[1]}>{e(blk[2])}</h{blk[1]}>")
@@ -204,8 +346,10 @@ def render_html(blocks: list[Block], title: str) -> str:
             parts.append(f"<p>{e(blk[1]).replace('**', '')}</p>")
         elif blk[0] == "table":
             parts.append("<table><tr>" + "".join(f"<th>{e(h)}</th>" for h in blk[1]) + "</tr>")
-            parts += ["<tr>" + "".join(f"<td>{e(c).replace('**', '')}</td>" for c in r)
-                      + "</tr>" for r in blk[2]]
+            parts += [
+                "<tr>" + "".join(f"<td>{e(c).replace('**', '')}</td>" for c in r) + "</tr>"
+                for r in blk[2]
+            ]
             parts.append("</table>")
         elif blk[0] == "img":
             parts.append(f"<img src='{e(Path(blk[1]).name)}' alt='{e(blk[2])}'>")
@@ -213,8 +357,12 @@ def render_html(blocks: list[Block], title: str) -> str:
 
 
 # --- plots ----------------------------------------------------------------------------------------
-def _plots(stats: dict[str, dict[str, Any]], decisions: list[dict[str, Any]],
-           summary: dict[str, Any] | None, out: Path) -> dict[str, Path]:
+def _plots(
+    stats: dict[str, dict[str, Any]],
+    decisions: list[dict[str, Any]],
+    summary: dict[str, Any] | None,
+    out: Path,
+) -> dict[str, Path]:
     """PNG files by name; empty when matplotlib is not installed (extra ``report``)."""
     try:
         import matplotlib
@@ -233,8 +381,13 @@ def _plots(stats: dict[str, dict[str, Any]], decisions: list[dict[str, Any]],
         ax.annotate(m, (s["cost_usd"], s["pass_at_1"]), textcoords="offset points", xytext=(5, 4))
     for name, pts in ((summary or {}).get("_frontier") or {}).items():
         pts = sorted(pts, key=lambda p: p["cost_usd"])
-        ax.plot([p["cost_usd"] for p in pts], [p["pass_at_1"] for p in pts], "--", alpha=0.6,
-                label=f"{name} (cost weight sweep)")
+        ax.plot(
+            [p["cost_usd"] for p in pts],
+            [p["pass_at_1"] for p in pts],
+            "--",
+            alpha=0.6,
+            label=f"{name} (cost weight sweep)",
+        )
     if (summary or {}).get("_frontier"):
         ax.legend(fontsize=8)
     ax.set_xlabel("total cost on held-out tasks ($)")

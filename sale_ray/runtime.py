@@ -69,8 +69,15 @@ class ActorAgent:
     Awaiting an ``ObjectRef`` does not stop the remote call when the awaiting coroutine is
     cancelled (auction deadline), so cancellation is forwarded with ``ray.cancel``."""
 
-    def __init__(self, name: str, actor: Any, *, batched: bool = True, max_batch: int = 256,
-                 batches_in_flight: int = 4) -> None:
+    def __init__(
+        self,
+        name: str,
+        actor: Any,
+        *,
+        batched: bool = True,
+        max_batch: int = 256,
+        batches_in_flight: int = 4,
+    ) -> None:
         self.name = name
         self.actor = actor
         self.batched = batched
@@ -121,20 +128,35 @@ class ActorAgent:
     def batch_stats(self) -> dict[str, float]:
         b = [x for x in self._batchers.values() if x.batches]
         items, batches = sum(x.items for x in b), sum(x.batches for x in b)
-        return {"calls": items, "ray_calls": batches, "mean_batch": items / batches if batches else 0}
+        return {
+            "calls": items,
+            "ray_calls": batches,
+            "mean_batch": items / batches if batches else 0,
+        }
 
 
 class AgentPool:
     """The started agent actors of one config, with their prices."""
 
-    def __init__(self, actors: dict[str, Any], infos: dict[str, dict], config: SaleConfig,
-                 *, batched: bool = True) -> None:
+    def __init__(
+        self,
+        actors: dict[str, Any],
+        infos: dict[str, dict],
+        config: SaleConfig,
+        *,
+        batched: bool = True,
+    ) -> None:
         a = config.auctioneer
         self.actors = actors
         self.infos = infos  # name -> {"price_in", "price_out", "node_id"?}
         self.handles = {
-            n: ActorAgent(n, act, batched=batched, max_batch=a.max_batch,
-                          batches_in_flight=a.batches_in_flight)
+            n: ActorAgent(
+                n,
+                act,
+                batched=batched,
+                max_batch=a.max_batch,
+                batches_in_flight=a.batches_in_flight,
+            )
             for n, act in actors.items()
         }
         self.prices = {n: i["price_out"] for n, i in infos.items()}  # the auction's cost term
@@ -168,7 +190,9 @@ async def start_agents(config: SaleConfig, *, batched: bool = True) -> AgentPool
     import ray
 
     actors = {
-        spec.name: ray.remote(_agent_class(spec)).options(**agent_options(spec)).remote(spec, config)
+        spec.name: ray.remote(_agent_class(spec))
+        .options(**agent_options(spec))
+        .remote(spec, config)
         for spec in config.pool.agents
     }
     infos = await asyncio.gather(*(a.start.remote() for a in actors.values()))
@@ -179,12 +203,22 @@ async def start_agents(config: SaleConfig, *, batched: bool = True) -> AgentPool
 class AuctioneerService:
     """The body of the auctioneer actor: an :class:`Auctioneer` over batched agent handles."""
 
-    def __init__(self, config: SaleConfig, actors: dict[str, Any],
-                 prices: dict[str, tuple[float, float]], batched: bool = True) -> None:
+    def __init__(
+        self,
+        config: SaleConfig,
+        actors: dict[str, Any],
+        prices: dict[str, tuple[float, float]],
+        batched: bool = True,
+    ) -> None:
         a = config.auctioneer
         self.handles = {
-            n: ActorAgent(n, act, batched=batched, max_batch=a.max_batch,
-                          batches_in_flight=a.batches_in_flight)
+            n: ActorAgent(
+                n,
+                act,
+                batched=batched,
+                max_batch=a.max_batch,
+                batches_in_flight=a.batches_in_flight,
+            )
             for n, act in actors.items()
         }
         from .batch import make_evaluator
@@ -225,8 +259,9 @@ class AuctioneerService:
         return getattr(manifest, "snapshot_id", None) or str(manifest)[:200]
 
 
-def start_auctioneer(config: SaleConfig, pool: AgentPool, *, batched: bool = True,
-                     name: str | None = None) -> Any:
+def start_auctioneer(
+    config: SaleConfig, pool: AgentPool, *, batched: bool = True, name: str | None = None
+) -> Any:
     """The auctioneer actor for ``pool``. It needs no CPU of its own (it only awaits), so it
     fits beside the agents on a small machine; ``max_concurrency`` bounds the calls into it
     (streams and single submits), not the auctions, which ``max_in_flight`` bounds."""
@@ -235,6 +270,8 @@ def start_auctioneer(config: SaleConfig, pool: AgentPool, *, batched: bool = Tru
     opts: dict[str, Any] = {"num_cpus": 0, "max_concurrency": 10_000}
     if name:
         opts["name"] = name
-    return ray.remote(AuctioneerService).options(**opts).remote(
-        config, pool.actors, pool.price_pairs, batched
+    return (
+        ray.remote(AuctioneerService)
+        .options(**opts)
+        .remote(config, pool.actors, pool.price_pairs, batched)
     )

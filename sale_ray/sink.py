@@ -33,8 +33,9 @@ PARTS = "parts"
 _BUDGET_REFUSED = "budget exhausted"  # same prefix as sale_ray.auctioneer.BUDGET_REFUSED
 
 
-def filesystem(uri: str, *, endpoint_url: str | None = None,
-               region: str = "us-east-1") -> tuple[pafs.FileSystem, str]:
+def filesystem(
+    uri: str, *, endpoint_url: str | None = None, region: str = "us-east-1"
+) -> tuple[pafs.FileSystem, str]:
     """(filesystem, path inside it) for a local path or ``s3://bucket/prefix``.
 
     pyarrow ignores ``AWS_ENDPOINT_URL``, so an S3-compatible endpoint (moto, MinIO) must be
@@ -44,7 +45,7 @@ def filesystem(uri: str, *, endpoint_url: str | None = None,
         if endpoint_url:
             u = urlparse(endpoint_url)
             kw.update(endpoint_override=u.netloc or u.path, scheme=u.scheme or "https")
-        return pafs.S3FileSystem(**kw), uri[len("s3://"):].rstrip("/")
+        return pafs.S3FileSystem(**kw), uri[len("s3://") :].rstrip("/")
     import os
 
     return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(uri))
@@ -60,8 +61,15 @@ class ResultSink:
     ``flush_rows`` / ``flush_s``: a part is written when this many rows are buffered or this
     long has passed since the last part, whichever first (so a killed job loses at most that)."""
 
-    def __init__(self, uri: str, *, endpoint_url: str | None = None, region: str = "us-east-1",
-                 flush_rows: int = 1000, flush_s: float = 5.0) -> None:
+    def __init__(
+        self,
+        uri: str,
+        *,
+        endpoint_url: str | None = None,
+        region: str = "us-east-1",
+        flush_rows: int = 1000,
+        flush_s: float = 5.0,
+    ) -> None:
         self.uri = uri
         self.fs, self.root = filesystem(uri, endpoint_url=endpoint_url, region=region)
         self.local = isinstance(self.fs, pafs.LocalFileSystem)
@@ -82,8 +90,10 @@ class ResultSink:
             out.append(final)
         sel = pafs.FileSelector(f"{self.root}/{PARTS}", allow_not_found=True)
         parts = sorted(
-            i.path for i in self.fs.get_file_info(sel)
-            if i.type == pafs.FileType.File and i.base_name.endswith(".parquet")
+            i.path
+            for i in self.fs.get_file_info(sel)
+            if i.type == pafs.FileType.File
+            and i.base_name.endswith(".parquet")
             and not i.base_name.startswith((".", "_"))
         )
         return out + parts
@@ -100,8 +110,9 @@ class ResultSink:
         for f in self._files():
             t = self._read(f, ["task_id", "error"])
             ids = t.column("task_id").to_pylist()
-            done.update(i for i, ok in zip(ids, _is_done(t.column("error").to_pylist()),
-                                           strict=True) if ok)
+            done.update(
+                i for i, ok in zip(ids, _is_done(t.column("error").to_pylist()), strict=True) if ok
+            )
         return done
 
     # -- writing -----------------------------------------------------------------------------
@@ -167,4 +178,3 @@ class ResultSink:
         """Forget earlier results under this output (a fresh run, ``--no-resume``)."""
         for f in self._files():
             self.fs.delete_file(f)
-

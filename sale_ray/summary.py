@@ -49,8 +49,9 @@ def summarize(table: pa.Table) -> Summary:
         cost_usd=sum(r["cost_usd"] or 0.0 for r in rows),
         cost_usd_by_phase={p: sum(r[f"{p}_cost_usd"] or 0.0 for r in rows) for p in PHASES},
         tokens_by_phase=tokens,
-        seconds_by_phase={p: (sum(r[f"{p}_s"] or 0.0 for r in rows) / n if n else 0.0)
-                          for p in PHASES},
+        seconds_by_phase={
+            p: (sum(r[f"{p}_s"] or 0.0 for r in rows) / n if n else 0.0) for p in PHASES
+        },
         winner_share={a: c / n for a, c in sorted(winners.items())},
         auction_overhead=auction_tokens / tokens["execute"] if tokens["execute"] else None,
         errors=sum(1 for r in rows if r["error"]),

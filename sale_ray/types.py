@@ -32,10 +32,16 @@ class Task(_Frozen):
     ``kind="answer"``: the answer is text, compared with ``expected`` (normalised exact match).
     """
 
-    id: str = Field(description="Unique, stable id (letters, digits, _ . : / -; at most 200 chars).")
+    id: str = Field(
+        description="Unique, stable id (letters, digits, _ . : / -; at most 200 chars)."
+    )
     prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS, description="What to solve.")
-    kind: TaskKind = Field(default="code", description="'code' (Python + tests) or 'answer' (text).")
-    entry_point: str | None = Field(default=None, description="Function the tests call (code tasks).")
+    kind: TaskKind = Field(
+        default="code", description="'code' (Python + tests) or 'answer' (text)."
+    )
+    entry_point: str | None = Field(
+        default=None, description="Function the tests call (code tasks)."
+    )
     tests: str | None = Field(
         default=None, max_length=MAX_TESTS_CHARS, description="Hidden test script (code tasks)."
     )

@@ -70,9 +70,7 @@ class Agent:
                 base_url = self._server.base_url
             else:
                 base_url = self.spec.base_url
-            self._client = ChatClient(
-                base_url, self.spec.model, api_key_env=self.spec.api_key_env
-            )
+            self._client = ChatClient(base_url, self.spec.model, api_key_env=self.spec.api_key_env)
         if self.config.cache.enabled and not getattr(self._client, "is_cached", False):
             from ..cache import cached_client  # temperature-0 reruns answered from Parquet
 
@@ -178,7 +176,10 @@ class Agent:
             for i, (t, lost, won) in enumerate(pairs, 1)
         )
         msg = prompts.render(
-            "refine", pairs=shown, task=task.prompt, plan=plan,
+            "refine",
+            pairs=shown,
+            task=task.prompt,
+            plan=plan,
             max_words=int(cfg.plan_max_tokens * 0.7),
         )
         return await self._plan(msg, refined=True)
@@ -264,8 +265,12 @@ class Agent:
                 ]
         except ModelError as e:
             return Execution(
-                agent=self.name, answer=answer, turns=turns, self_checks_passed=checks,
-                usage=usage, error=f"{type(e).__name__}: {e}",
+                agent=self.name,
+                answer=answer,
+                turns=turns,
+                self_checks_passed=checks,
+                usage=usage,
+                error=f"{type(e).__name__}: {e}",
             )
         return Execution(
             agent=self.name, answer=answer, turns=turns, self_checks_passed=checks, usage=usage
@@ -294,7 +299,9 @@ class Agent:
             except ModelError:
                 raise
             except Exception as e:  # e.g. a 200 whose body is not JSON: the model's fault
-                raise MalformedOutput(f"{self.name}: unusable answer ({type(e).__name__})") from None
+                raise MalformedOutput(
+                    f"{self.name}: unusable answer ({type(e).__name__})"
+                ) from None
         return r, self._usage(r)
 
     async def complete_stream(
@@ -316,9 +323,17 @@ class Agent:
                 if d.finish_reason is None:
                     yield d.text
                 else:
-                    yield d.finish_reason, self._usage(
-                        ChatResult("", d.finish_reason, d.prompt_tokens, d.completion_tokens,
-                                   d.latency_s)
+                    yield (
+                        d.finish_reason,
+                        self._usage(
+                            ChatResult(
+                                "",
+                                d.finish_reason,
+                                d.prompt_tokens,
+                                d.completion_tokens,
+                                d.latency_s,
+                            )
+                        ),
                     )
 
     async def execute_stream(self, task: Task, plan: str) -> AsyncIterator[str | Execution]:
@@ -342,7 +357,9 @@ class Agent:
             {
                 "role": "user",
                 "content": prompts.render(  # the same prompt as execute() (a test holds it)
-                    "execute", task_block=_task_block(task), plan=plan,
+                    "execute",
+                    task_block=_task_block(task),
+                    plan=plan,
                     instructions=prompts.render("execute_answer"),
                 ),
             },
@@ -352,26 +369,37 @@ class Agent:
         try:
             async with self._sem:
                 async for d in self._client.chat_stream(
-                    messages, max_tokens=max_tokens, temperature=cfg.temperature,
+                    messages,
+                    max_tokens=max_tokens,
+                    temperature=cfg.temperature,
                     timeout_s=cfg.execute_timeout_s * _EXEC_TIMEOUT_MARGIN,
                 ):
                     if d.finish_reason is None:
                         parts.append(d.text)
                         yield d.text
                         continue
-                    usage = self._usage(ChatResult("", d.finish_reason, d.prompt_tokens,
-                                                   d.completion_tokens, d.latency_s))
+                    usage = self._usage(
+                        ChatResult(
+                            "", d.finish_reason, d.prompt_tokens, d.completion_tokens, d.latency_s
+                        )
+                    )
                     error = None
                     if d.finish_reason == "length":
                         error = f"TruncatedOutput: answer cut at {max_tokens} tokens"
-                    yield Execution(agent=self.name, answer="".join(parts), turns=1,
-                                    usage=usage, error=error)
+                    yield Execution(
+                        agent=self.name, answer="".join(parts), turns=1, usage=usage, error=error
+                    )
                     return
         except ModelError as e:
             # the server's usage never arrived: count the deltas we saw, so spend is not zero
             usage = self._usage(ChatResult("", None, 0, len(parts), time.perf_counter() - t0))
-            yield Execution(agent=self.name, answer="".join(parts), turns=1, usage=usage,
-                            error=f"{type(e).__name__}: {e}")
+            yield Execution(
+                agent=self.name,
+                answer="".join(parts),
+                turns=1,
+                usage=usage,
+                error=f"{type(e).__name__}: {e}",
+            )
 
     # --- batched entry point (added for the auctioneer) ---------------------------------------
     async def call_many(self, method: str, calls: list[tuple]):

@@ -110,7 +110,9 @@ class ChatClient:
         try:
             r = await self._get().chat.completions.create(**kwargs)
         except openai.APITimeoutError:
-            raise ModelTimeout(f"{self.model}: no answer within {timeout_s or self.timeout_s}s") from None
+            raise ModelTimeout(
+                f"{self.model}: no answer within {timeout_s or self.timeout_s}s"
+            ) from None
         except openai.APIStatusError as e:
             raise ModelHTTPError(f"{self.model}: HTTP {e.status_code} after retries") from None
         except openai.APIConnectionError as e:

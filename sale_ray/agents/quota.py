@@ -171,8 +171,9 @@ def estimate_call(method: str, task: Task, config: SaleConfig, n_plans: int = 0)
     if method == "judge":
         return Estimate(task_toks + n_plans * a.plan_max_tokens, 16 + 12 * max(1, n_plans))
     if method == "refine":  # up to 8 (task, lost, won) contrasts plus the plan itself
-        return Estimate(task_toks + 8 * (200 + 2 * a.plan_max_tokens) + a.plan_max_tokens,
-                        a.plan_max_tokens)
+        return Estimate(
+            task_toks + 8 * (200 + 2 * a.plan_max_tokens) + a.plan_max_tokens, a.plan_max_tokens
+        )
     turns = 1 + (ex.self_check_turns if task.kind == "code" else 0)
     # every fix turn re-sends the conversation so far: prompt grows by one answer + feedback
     prompt = sum(task_toks + a.plan_max_tokens + t * (ex.max_tokens + 300) for t in range(turns))

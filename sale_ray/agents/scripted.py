@@ -42,8 +42,11 @@ class ScriptedAgent:
         return self.spec.name
 
     async def start(self) -> dict:
-        info: dict[str, Any] = {"name": self.name, "price_in": self.price_in,
-                                "price_out": self.price_out}
+        info: dict[str, Any] = {
+            "name": self.name,
+            "price_in": self.price_in,
+            "price_out": self.price_out,
+        }
         try:  # where did the scheduler put us? (placement tests); fine without Ray too
             import ray
 
@@ -70,14 +73,20 @@ class ScriptedAgent:
             await asyncio.Event().wait()  # until cancelled
         lo, hi = self.s.latency_ms
         if hi > 0:
-            await asyncio.sleep((lo + (hi - lo) * _unit(self.s.seed, self.name, task.id, method)) / 1e3)
-        if self.s.fail_rate and _unit(self.s.seed, "fail", self.name, task.id, method) < self.s.fail_rate:
+            await asyncio.sleep(
+                (lo + (hi - lo) * _unit(self.s.seed, self.name, task.id, method)) / 1e3
+            )
+        if (
+            self.s.fail_rate
+            and _unit(self.s.seed, "fail", self.name, task.id, method) < self.s.fail_rate
+        ):
             raise RuntimeError(f"scripted failure in {method}")
 
     def _usage(self, prompt_tokens: int, completion_tokens: int) -> Usage:
         cost = (prompt_tokens * self.price_in + completion_tokens * self.price_out) / 1e6
-        return Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
-                     cost_usd=cost, calls=1)
+        return Usage(
+            prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, cost_usd=cost, calls=1
+        )
 
     def _prompt_tokens(self, task: Task) -> int:
         return len(task.prompt) // 4 + 60
@@ -86,7 +95,9 @@ class ScriptedAgent:
         await self._act(task, "bid")
         n = min(self.s.plan_tokens, self.config.auction.plan_max_tokens)
         return Bid(
-            agent=self.name, plan=f"{self.name}: plan for {task.id}", plan_tokens=n,
+            agent=self.name,
+            plan=f"{self.name}: plan for {task.id}",
+            plan_tokens=n,
             entropy=round(_unit(self.s.seed, "H", self.name, task.id), 4),
             usage=self._usage(self._prompt_tokens(task), n),
         )
@@ -98,18 +109,25 @@ class ScriptedAgent:
 
     async def judge(self, task: Task, plans: Sequence[tuple[str, str]]) -> JuryVerdict:
         await self._act(task, "judge")
-        scores = {a: float(int(6 * _unit(self.s.seed, "J", self.name, a, task.id)))
-                  for a, _ in plans}
-        return JuryVerdict(juror=self.name, scores=scores,
-                           usage=self._usage(self._prompt_tokens(task) + 40 * len(plans),
-                                             4 * len(plans)))
+        scores = {
+            a: float(int(6 * _unit(self.s.seed, "J", self.name, a, task.id))) for a, _ in plans
+        }
+        return JuryVerdict(
+            juror=self.name,
+            scores=scores,
+            usage=self._usage(self._prompt_tokens(task) + 40 * len(plans), 4 * len(plans)),
+        )
 
     async def execute(self, task: Task, plan: str) -> Execution:
         await self._act(task, "execute")
         ok = _unit(self.s.seed, "Q", self.name, task.id) < self.s.quality
         self.executed[task.id] = self.executed.get(task.id, 0) + 1
-        return Execution(agent=self.name, answer="PASS" if ok else "FAIL", turns=1,
-                         usage=self._usage(self._prompt_tokens(task) + 100, 120))
+        return Execution(
+            agent=self.name,
+            answer="PASS" if ok else "FAIL",
+            turns=1,
+            usage=self._usage(self._prompt_tokens(task) + 100, 120),
+        )
 
     async def call_many(self, method: str, calls: list[tuple]) -> AsyncIterator[list]:
         """Batched entry point (see :func:`sale_ray.auctioneer.serve_batch`)."""

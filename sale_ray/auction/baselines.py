@@ -101,8 +101,11 @@ class Cascade(_Fixed):
         self.tau: dict[str, float] = {}
         agents = {a for r in train for a in r.cells}
         for a in agents:
-            pts = [(r.cells[a].bid.entropy, r.cells[a].passed) for r in train
-                   if a in r.cells and r.kind != "code" and r.cells[a].bid.entropy is not None]
+            pts = [
+                (r.cells[a].bid.entropy, r.cells[a].passed)
+                for r in train
+                if a in r.cells and r.kind != "code" and r.cells[a].bid.entropy is not None
+            ]
             if not pts:
                 continue
             best = (-1.0, math.inf)
@@ -131,8 +134,15 @@ class Cascade(_Fixed):
         final = tried[-1]
         tokens, cost = spend({"execute": [row.cells[a].run_usage for a in tried]})
         return Decision(
-            method=self.name, task_id=row.task_id, bin=row.bin, order=row.order, agent=final,
-            executed=tried, passed=row.cells[final].passed, tokens=tokens, cost_usd=cost,
+            method=self.name,
+            task_id=row.task_id,
+            bin=row.bin,
+            order=row.order,
+            agent=final,
+            executed=tried,
+            passed=row.cells[final].passed,
+            tokens=tokens,
+            cost_usd=cost,
         )
 
 
@@ -157,8 +167,12 @@ class KNNRouter(_Fixed):
             self.emb = self.embedder.encode([r.prompt for r in self.train])
             self.embedder_name = "hashing (fallback)"
         self.agents = self.train[0].by_price() if self.train else []  # argmin ties: cheaper
-        self.loss = np.array([[agent_loss(r, a, self.lam, self.ref, run=True)
-                               for a in self.agents] for r in self.train])
+        self.loss = np.array(
+            [
+                [agent_loss(r, a, self.lam, self.ref, run=True) for a in self.agents]
+                for r in self.train
+            ]
+        )
         if cfg.knn_k > 0 or len(self.train) < 3:
             self.k = max(1, min(cfg.knn_k or 8, len(self.train)))
             return
@@ -208,9 +222,16 @@ class SaleRouter(_Fixed):
         ex = [row.cells[winner].execution.usage] if winner and row.cells[winner].execution else []
         tokens, cost = spend({"bid": bids, "jury": jury, "execute": ex})
         return Decision(
-            method=self.name, task_id=row.task_id, bin=row.bin, order=row.order, agent=winner,
-            executed=[winner] if winner else [], provisional=winner,
-            passed=bool(winner) and row.cells[winner].passed, tokens=tokens, cost_usd=cost,
+            method=self.name,
+            task_id=row.task_id,
+            bin=row.bin,
+            order=row.order,
+            agent=winner,
+            executed=[winner] if winner else [],
+            provisional=winner,
+            passed=bool(winner) and row.cells[winner].passed,
+            tokens=tokens,
+            cost_usd=cost,
             note="" if winner else "no valid bids",
         )
 
@@ -229,8 +250,9 @@ class SaleLean(SaleRouter):
     largest agent's plan, so the jury cost is slightly overstated for this variant.
     """
 
-    def __init__(self, name: str, ctx: RouterContext, *, jury: bool = True,
-                 verify: bool = False) -> None:
+    def __init__(
+        self, name: str, ctx: RouterContext, *, jury: bool = True, verify: bool = False
+    ) -> None:
         super().__init__(name, ctx)
         self.jury, self.verify = jury, verify
 
@@ -241,8 +263,9 @@ class SaleLean(SaleRouter):
         reserve = agents[-1] if agents else None
         jurors = agents[:-1] if self.jury else []
         feats = ("cost", "entropy", "jury") if self.jury else ("cost", "entropy")
-        self.policy = fit_with(train, self.ctx.eval, jurors=jurors, reserve=reserve,
-                               features=feats, verify=self.verify).policy
+        self.policy = fit_with(
+            train, self.ctx.eval, jurors=jurors, reserve=reserve, features=feats, verify=self.verify
+        ).policy
 
     def route(self, row: TaskRow) -> Decision:
         pol = self.policy
@@ -263,9 +286,16 @@ class SaleLean(SaleRouter):
         final = executed[-1] if executed else None
         tokens, cost = spend({"bid": bids, "jury": jury, "execute": ex})
         return Decision(
-            method=self.name, task_id=row.task_id, bin=row.bin, order=row.order, agent=final,
-            executed=executed, provisional=winner,
-            passed=bool(final and row.cells[final].passed), tokens=tokens, cost_usd=cost,
+            method=self.name,
+            task_id=row.task_id,
+            bin=row.bin,
+            order=row.order,
+            agent=final,
+            executed=executed,
+            provisional=winner,
+            passed=bool(final and row.cells[final].passed),
+            tokens=tokens,
+            cost_usd=cost,
             note="reserve" if final == pol.reserve else "",
         )
 
@@ -300,7 +330,14 @@ ROUTERS: dict[str, RouterFactory] = {
 """Method name -> factory(name, context). The evaluation runs them all by default."""
 
 REQUIRED_METHODS = (
-    "largest", "smallest", "random", "cascade", "knn", "sale_no_memory", "sale", "oracle",
+    "largest",
+    "smallest",
+    "random",
+    "cascade",
+    "knn",
+    "sale_no_memory",
+    "sale",
+    "oracle",
 )
 
 

@@ -133,8 +133,16 @@ def single_agent(method: str, row: TaskRow, agent: str, note: str = "") -> Decis
     cell = row.cells[agent]
     tokens, cost = spend({"execute": [cell.run_usage]})
     return Decision(
-        method=method, task_id=row.task_id, bin=row.bin, order=row.order, agent=agent,
-        executed=[agent], passed=cell.passed, tokens=tokens, cost_usd=cost, note=note,
+        method=method,
+        task_id=row.task_id,
+        bin=row.bin,
+        order=row.order,
+        agent=agent,
+        executed=[agent],
+        passed=cell.passed,
+        tokens=tokens,
+        cost_usd=cost,
+        note=note,
     )
 
 
@@ -161,10 +169,19 @@ def decisions_table(decisions: Sequence[Decision], largest: str) -> pa.Table:
     """Arrow table (:data:`DECISION_SCHEMA`) of decisions; ``largest`` names the largest agent."""
     rows = []
     for d in decisions:
-        r = {"method": d.method, "task_id": d.task_id, "bin": d.bin, "order": d.order,
-             "agent": d.agent, "executed": list(d.executed), "provisional": d.provisional,
-             "passed": d.passed, "largest": largest in d.executed, "cost_usd": d.total_cost,
-             "note": d.note}
+        r = {
+            "method": d.method,
+            "task_id": d.task_id,
+            "bin": d.bin,
+            "order": d.order,
+            "agent": d.agent,
+            "executed": list(d.executed),
+            "provisional": d.provisional,
+            "passed": d.passed,
+            "largest": largest in d.executed,
+            "cost_usd": d.total_cost,
+            "note": d.note,
+        }
         for p in COST_PHASES:
             r[f"{p}_tokens"] = d.tokens.get(p, 0)
             r[f"{p}_cost_usd"] = d.cost_usd.get(p, 0.0)
@@ -232,12 +249,23 @@ async def build_row(
         if v is not None:
             cached["jury"] = _hit(v.usage)
         cells[name] = Cell(
-            agent=name, price_in=prices[name][0], price_out=prices[name][1], bid=by_agent[name],
-            verdict=v, execution=ex, evaluation=ev, cached=cached,
+            agent=name,
+            price_in=prices[name][0],
+            price_out=prices[name][1],
+            bid=by_agent[name],
+            verdict=v,
+            execution=ex,
+            evaluation=ev,
+            cached=cached,
         )
     return TaskRow(
-        task_id=task.id, prompt=task.prompt, kind=task.kind, bin=task.bin, split=split,
-        order=order, cells=cells,
+        task_id=task.id,
+        prompt=task.prompt,
+        kind=task.kind,
+        bin=task.bin,
+        split=split,
+        order=order,
+        cells=cells,
     )
 
 
@@ -290,29 +318,40 @@ def matrix_rows(rows: Sequence[TaskRow]) -> list[dict[str, Any]]:
             c = row.cells[a]
             got = _received(row, a)
             v, ex = c.verdict, c.execution
-            out.append({
-                "task_id": row.task_id, "split": row.split, "order": row.order, "bin": row.bin,
-                "kind": row.kind, "prompt": row.prompt, "agent": a,
-                "price_in": c.price_in, "price_out": c.price_out,
-                "plan_tokens": c.bid.plan_tokens, "entropy": c.bid.entropy,
-                "bid_rejected": c.bid.rejected,
-                "jury_mean": sum(got) / len(got) if got else None,
-                "jury_self": v.scores.get(a) if v is not None and v.error is None else None,
-                "jury_error": v.error if v is not None else None,
-                "self_check": c.self_check, "passed": c.passed,
-                "bid_tokens": c.bid.usage.total_tokens,
-                "jury_tokens": v.usage.total_tokens if v else 0,
-                "execute_tokens": ex.usage.total_tokens if ex else 0,
-                "bid_cost_usd": c.bid.usage.cost_usd,
-                "jury_cost_usd": v.usage.cost_usd if v else 0.0,
-                "execute_cost_usd": ex.usage.cost_usd if ex else 0.0,
-                "bid_cached": c.cached.get("bid"), "jury_cached": c.cached.get("jury"),
-                "execute_cached": c.cached.get("execute"),
-                "bid_json": c.bid.model_dump_json(),
-                "verdict_json": v.model_dump_json() if v else None,
-                "execution_json": ex.model_dump_json() if ex else None,
-                "evaluation_json": c.evaluation.model_dump_json(),
-            })
+            out.append(
+                {
+                    "task_id": row.task_id,
+                    "split": row.split,
+                    "order": row.order,
+                    "bin": row.bin,
+                    "kind": row.kind,
+                    "prompt": row.prompt,
+                    "agent": a,
+                    "price_in": c.price_in,
+                    "price_out": c.price_out,
+                    "plan_tokens": c.bid.plan_tokens,
+                    "entropy": c.bid.entropy,
+                    "bid_rejected": c.bid.rejected,
+                    "jury_mean": sum(got) / len(got) if got else None,
+                    "jury_self": v.scores.get(a) if v is not None and v.error is None else None,
+                    "jury_error": v.error if v is not None else None,
+                    "self_check": c.self_check,
+                    "passed": c.passed,
+                    "bid_tokens": c.bid.usage.total_tokens,
+                    "jury_tokens": v.usage.total_tokens if v else 0,
+                    "execute_tokens": ex.usage.total_tokens if ex else 0,
+                    "bid_cost_usd": c.bid.usage.cost_usd,
+                    "jury_cost_usd": v.usage.cost_usd if v else 0.0,
+                    "execute_cost_usd": ex.usage.cost_usd if ex else 0.0,
+                    "bid_cached": c.cached.get("bid"),
+                    "jury_cached": c.cached.get("jury"),
+                    "execute_cached": c.cached.get("execute"),
+                    "bid_json": c.bid.model_dump_json(),
+                    "verdict_json": v.model_dump_json() if v else None,
+                    "execution_json": ex.model_dump_json() if ex else None,
+                    "evaluation_json": c.evaluation.model_dump_json(),
+                }
+            )
     return out
 
 
@@ -325,25 +364,43 @@ def rows_from_table(table: pa.Table) -> list[TaskRow]:
     """Rebuild :class:`TaskRow` objects (in stream order) from :func:`matrix_table`'s output."""
     grouped: dict[str, dict[str, Any]] = {}
     for r in table.select(MATRIX_SCHEMA.names).to_pylist():
-        g = grouped.setdefault(r["task_id"], {
-            "task_id": r["task_id"], "prompt": r["prompt"], "kind": r["kind"], "bin": r["bin"],
-            "split": r["split"], "order": r["order"], "cells": {},
-        })
+        g = grouped.setdefault(
+            r["task_id"],
+            {
+                "task_id": r["task_id"],
+                "prompt": r["prompt"],
+                "kind": r["kind"],
+                "bin": r["bin"],
+                "split": r["split"],
+                "order": r["order"],
+                "cells": {},
+            },
+        )
         g["cells"][r["agent"]] = Cell(
-            agent=r["agent"], price_in=r["price_in"], price_out=r["price_out"],
+            agent=r["agent"],
+            price_in=r["price_in"],
+            price_out=r["price_out"],
             bid=Bid.model_validate_json(r["bid_json"]),
-            verdict=JuryVerdict.model_validate_json(r["verdict_json"]) if r["verdict_json"] else None,
-            execution=(Execution.model_validate_json(r["execution_json"])
-                       if r["execution_json"] else None),
+            verdict=JuryVerdict.model_validate_json(r["verdict_json"])
+            if r["verdict_json"]
+            else None,
+            execution=(
+                Execution.model_validate_json(r["execution_json"]) if r["execution_json"] else None
+            ),
             evaluation=Evaluation.model_validate_json(r["evaluation_json"]),
-            cached={p: r[f"{p}_cached"] for p in ("bid", "jury", "execute")
-                    if r[f"{p}_cached"] is not None},
+            cached={
+                p: r[f"{p}_cached"]
+                for p in ("bid", "jury", "execute")
+                if r[f"{p}_cached"] is not None
+            },
         )
     rows = [TaskRow(**g) for g in grouped.values()]
     return sorted(rows, key=lambda t: (t.order, t.task_id))
 
 
-def synthetic_matrix(n_tasks: int = 60, seed: int = 0, train_fraction: float = 0.5) -> list[TaskRow]:
+def synthetic_matrix(
+    n_tasks: int = 60, seed: int = 0, train_fraction: float = 0.5
+) -> list[TaskRow]:
     """A made-up matrix with the shape of the real one (three agents, five bins; bigger agents
     pass more, low entropy and high jury scores go with passing). For tests and report demos."""
     import random
@@ -361,23 +418,63 @@ def synthetic_matrix(n_tasks: int = 60, seed: int = 0, train_fraction: float = 0
             ok = skill[name]
             h = min(1.0, max(0.0, rng.gauss(0.35 if ok else 0.5, 0.08)))
             toks = rng.randint(40, 96)
-            bid = Bid(agent=name, plan=f"{name} plan {t}", plan_tokens=toks, entropy=h,
-                      usage=Usage(prompt_tokens=150, completion_tokens=toks,
-                                  cost_usd=(150 + toks) * price / 1e6, latency_s=1.0, calls=1))
-            scores = {o: min(5.0, max(0.0, rng.gauss(3.8 if skill[o] else 2.6, 0.7)))
-                      for o, _, _ in pool}
-            verdict = JuryVerdict(juror=name, scores=scores, usage=Usage(
-                prompt_tokens=400, completion_tokens=20, cost_usd=420 * price / 1e6, calls=1))
+            bid = Bid(
+                agent=name,
+                plan=f"{name} plan {t}",
+                plan_tokens=toks,
+                entropy=h,
+                usage=Usage(
+                    prompt_tokens=150,
+                    completion_tokens=toks,
+                    cost_usd=(150 + toks) * price / 1e6,
+                    latency_s=1.0,
+                    calls=1,
+                ),
+            )
+            scores = {
+                o: min(5.0, max(0.0, rng.gauss(3.8 if skill[o] else 2.6, 0.7))) for o, _, _ in pool
+            }
+            verdict = JuryVerdict(
+                juror=name,
+                scores=scores,
+                usage=Usage(
+                    prompt_tokens=400, completion_tokens=20, cost_usd=420 * price / 1e6, calls=1
+                ),
+            )
             et = rng.randint(100, 260) * (1 + b // 2)
-            ex = Execution(agent=name, answer="...", turns=1, self_checks_passed=[
-                ok if rng.random() < 0.85 else not ok], usage=Usage(
-                prompt_tokens=300, completion_tokens=et, cost_usd=(300 + et) * price / 1e6,
-                latency_s=2.0, calls=1))
-            cells[name] = Cell(agent=name, price_in=price, price_out=price, bid=bid,
-                               verdict=verdict, execution=ex, evaluation=Evaluation(passed=ok))
+            ex = Execution(
+                agent=name,
+                answer="...",
+                turns=1,
+                self_checks_passed=[ok if rng.random() < 0.85 else not ok],
+                usage=Usage(
+                    prompt_tokens=300,
+                    completion_tokens=et,
+                    cost_usd=(300 + et) * price / 1e6,
+                    latency_s=2.0,
+                    calls=1,
+                ),
+            )
+            cells[name] = Cell(
+                agent=name,
+                price_in=price,
+                price_out=price,
+                bid=bid,
+                verdict=verdict,
+                execution=ex,
+                evaluation=Evaluation(passed=ok),
+            )
         split: Split = "train" if rng.random() < train_fraction else "test"
-        rows.append(TaskRow(task_id=f"syn/{t}", prompt=f"task {t} of bin {b}: " + "x " * (5 + b),
-                            bin=b, split=split, order=t, cells=cells))
+        rows.append(
+            TaskRow(
+                task_id=f"syn/{t}",
+                prompt=f"task {t} of bin {b}: " + "x " * (5 + b),
+                bin=b,
+                split=split,
+                order=t,
+                cells=cells,
+            )
+        )
     return rows
 
 
@@ -386,7 +483,19 @@ def finite(x: float | None) -> bool:
 
 
 __all__ = [
-    "COST_PHASES", "Cell", "DECISION_SCHEMA", "Decision", "decisions_table", "MATRIX_SCHEMA", "TaskRow", "build_row", "finite",
-    "matrix_rows", "matrix_table", "rows_from_table", "single_agent", "spend",
+    "COST_PHASES",
+    "Cell",
+    "DECISION_SCHEMA",
+    "Decision",
+    "decisions_table",
+    "MATRIX_SCHEMA",
+    "TaskRow",
+    "build_row",
+    "finite",
+    "matrix_rows",
+    "matrix_table",
+    "rows_from_table",
+    "single_agent",
+    "spend",
     "synthetic_matrix",
 ]

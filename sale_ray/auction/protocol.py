@@ -86,8 +86,14 @@ async def collect_verdicts(
         elif isinstance(r, TimeoutError):
             out.append(JuryVerdict(juror=n, error=f"timeout: no verdict within {timeout_s:g}s"))
         else:
-            out.append(JuryVerdict(juror=n, error=_describe(r) if isinstance(r, BaseException)
-                                   else f"malformed verdict: {type(r).__name__}"))
+            out.append(
+                JuryVerdict(
+                    juror=n,
+                    error=_describe(r)
+                    if isinstance(r, BaseException)
+                    else f"malformed verdict: {type(r).__name__}",
+                )
+            )
     return out
 
 
@@ -119,7 +125,10 @@ async def run_auction(
     seconds: dict[str, float] = {}
     usage: dict[str, Usage] = {}
     rec: dict[str, Any] = {
-        "auction_id": aid, "task_id": task.id, "kind": task.kind, "bin": task.bin,
+        "auction_id": aid,
+        "task_id": task.id,
+        "kind": task.kind,
+        "bin": task.bin,
         "started_at": started,
     }
 
@@ -141,9 +150,14 @@ async def run_auction(
     provisional = scoring.pick_winner(scored, prices)
     if provisional is None:
         return AuctionRecord(
-            **rec, bids=scored, verdicts=verdicts, phase_usage=usage, phase_seconds=seconds,
-            evaluation=Evaluation(passed=False if _verifiable(task) else None,
-                                  detail="no valid bids"),
+            **rec,
+            bids=scored,
+            verdicts=verdicts,
+            phase_usage=usage,
+            phase_seconds=seconds,
+            evaluation=Evaluation(
+                passed=False if _verifiable(task) else None, detail="no valid bids"
+            ),
             error="no valid bids",
         )
 
@@ -194,7 +208,9 @@ async def run_auction(
         evaluation = await evaluate(task, execution.answer)
         seconds["evaluate"] = time.perf_counter() - t
     elif _verifiable(task):
-        evaluation = Evaluation(passed=False, detail=(execution.error if execution else error) or "")
+        evaluation = Evaluation(
+            passed=False, detail=(execution.error if execution else error) or ""
+        )
 
     return AuctionRecord(
         **rec,

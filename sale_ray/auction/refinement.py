@@ -64,7 +64,8 @@ class MemoryRefiner:
             return_exceptions=True,
         )
         bids = [
-            r if isinstance(r, Bid) and r.agent == a
+            r
+            if isinstance(r, Bid) and r.agent == a
             else Bid(agent=a, refined=True, rejected=f"refine failed: {type(r).__name__}")
             for a, r in zip(jobs, results, strict=True)
         ]

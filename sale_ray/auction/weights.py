@@ -168,8 +168,18 @@ def fit_weights(
     def loss_of(r: TaskRow, a: str) -> float:
         return policy_loss(r, a, cost_lambda, ref, shape)
 
-    c_scale = max([r.cells[a].price_out * r.cells[a].bid.plan_tokens for r in rows
-                   for a in valid(r) if a != reserve] + [0]) or 1.0
+    c_scale = (
+        max(
+            [
+                r.cells[a].price_out * r.cells[a].bid.plan_tokens
+                for r in rows
+                for a in valid(r)
+                if a != reserve
+            ]
+            + [0]
+        )
+        or 1.0
+    )
     nw = 2 + len(jurors)
     rpos = nw  # the reserve's constant score r
     multi = [r for r in rows if len(valid(r)) > 1]
@@ -245,7 +255,7 @@ def fit_weights(
     lo[2:nw], hi[2:nw] = 0.0, bound
     r_bound = bound * (2 + 5 * len(jurors)) + 1.0  # covers every reachable score
     lo[rpos], hi[rpos] = (-r_bound, r_bound) if reserve else (0.0, 0.0)
-    lo[nw + 1:eta], hi[nw + 1:eta] = 0.0, 1.0
+    lo[nw + 1 : eta], hi[nw + 1 : eta] = 0.0, 1.0
     if objective == "mean":
         lo[eta] = hi[eta] = 0.0
     else:
@@ -254,7 +264,7 @@ def fit_weights(
         if name not in features:
             lo[idx] = hi[idx] = 0.0
     integrality = np.zeros(nvar)
-    integrality[nw + 1:eta] = 1
+    integrality[nw + 1 : eta] = 1
 
     constraints = []
     if cons_rows:
@@ -262,26 +272,40 @@ def fit_weights(
         for n, (co, _, _) in enumerate(cons_rows):
             for j, val in co.items():
                 a_mat[n, j] = val
-        constraints.append(LinearConstraint(
-            a_mat.tocsr(), [c[1] for c in cons_rows], [c[2] for c in cons_rows]
-        ))
-    res = milp(cvec, constraints=constraints, integrality=integrality, bounds=Bounds(lo, hi),
-               options={"time_limit": time_limit_s, "disp": False})
+        constraints.append(
+            LinearConstraint(a_mat.tocsr(), [c[1] for c in cons_rows], [c[2] for c in cons_rows])
+        )
+    res = milp(
+        cvec,
+        constraints=constraints,
+        integrality=integrality,
+        bounds=Bounds(lo, hi),
+        options={"time_limit": time_limit_s, "disp": False},
+    )
     if res.x is None:
         weights = Weights(w_c=0.0, w_h=0.0, w_jury={j: 0.0 for j in jurors}, w_jury_default=0.0)
     else:
         x = res.x
         wj = {j: float(x[2 + n]) for n, j in enumerate(jurors)}
         weights = Weights(
-            w_c=float(x[0]) / c_scale, w_h=float(x[1]), w_jury=wj,
+            w_c=float(x[0]) / c_scale,
+            w_h=float(x[1]),
+            w_jury=wj,
             w_jury_default=float(np.mean(list(wj.values()))) if wj else 0.0,
         )
-    policy = Policy(weights, tuple(jurors) if subset else None, reserve,
-                    float(res.x[rpos]) if res.x is not None and reserve else 0.0, verify)
+    policy = Policy(
+        weights,
+        tuple(jurors) if subset else None,
+        reserve,
+        float(res.x[rpos]) if res.x is not None and reserve else 0.0,
+        verify,
+    )
     agree = None
     if res.x is not None and multi:
-        milp_pick = {ti: max(valid(r), key=lambda a, ti=ti: res.x[zpos[(ti, a)]])
-                     for ti, r in enumerate(multi)}
+        milp_pick = {
+            ti: max(valid(r), key=lambda a, ti=ti: res.x[zpos[(ti, a)]])
+            for ti, r in enumerate(multi)
+        }
         real = [sale_choice(r, policy) for r in multi]
         agree = float(np.mean([milp_pick[ti] == real[ti] for ti in range(len(multi))]))
     train = train_figures(rows, policy, cost_lambda)
@@ -293,18 +317,34 @@ def fit_weights(
         objective=float(res.fun) if res.fun is not None else None,
         seconds=time.perf_counter() - t0,
         train=train,
-        settings={"cost_lambda": cost_lambda, "objective": objective, "alpha": alpha,
-                  "bound": bound, "big_m": big_m, "eps": EPS, "features": list(features),
-                  "tasks": len(rows), "jurors": jurors, "c_scale": c_scale, "ref_cost": ref,
-                  "reserve": reserve, "reserve_score": policy.reserve_score},
+        settings={
+            "cost_lambda": cost_lambda,
+            "objective": objective,
+            "alpha": alpha,
+            "bound": bound,
+            "big_m": big_m,
+            "eps": EPS,
+            "features": list(features),
+            "tasks": len(rows),
+            "jurors": jurors,
+            "c_scale": c_scale,
+            "ref_cost": ref,
+            "reserve": reserve,
+            "reserve_score": policy.reserve_score,
+        },
     )
 
 
 def fit_with(rows: Sequence[TaskRow], e: EvalConfig, **overrides: Any) -> FitResult:
     """:func:`fit_weights` with the settings of an ``eval:`` config section (plus overrides)."""
-    kw: dict[str, Any] = {"cost_lambda": e.cost_lambda, "objective": e.objective,
-                          "alpha": e.minmax_alpha, "bound": e.weight_bound, "big_m": e.big_m,
-                          "time_limit_s": e.fit_time_limit_s}
+    kw: dict[str, Any] = {
+        "cost_lambda": e.cost_lambda,
+        "objective": e.objective,
+        "alpha": e.minmax_alpha,
+        "bound": e.weight_bound,
+        "big_m": e.big_m,
+        "time_limit_s": e.fit_time_limit_s,
+    }
     return fit_weights(rows, **(kw | overrides))
 
 
@@ -328,27 +368,36 @@ def sale_choice(row: TaskRow, policy: Weights | Policy) -> str | None:
     return win.bid.agent if win else None
 
 
-def train_figures(rows: Sequence[TaskRow], policy: Weights | Policy,
-                  cost_lambda: float) -> dict[str, Any]:
+def train_figures(
+    rows: Sequence[TaskRow], policy: Weights | Policy, cost_lambda: float
+) -> dict[str, Any]:
     """pass@1, mean loss and winner shares of SALE under ``policy`` on ``rows``."""
     if not rows:
         return {"tasks": 0}
     ref = reference_cost(rows)
     picks = [sale_choice(r, policy) for r in rows]
     pol = policy if isinstance(policy, Policy) else Policy(policy)
-    losses = [policy_loss(r, p, cost_lambda, ref, pol) if p else 1.0
-              for r, p in zip(rows, picks, strict=True)]
+    losses = [
+        policy_loss(r, p, cost_lambda, ref, pol) if p else 1.0
+        for r, p in zip(rows, picks, strict=True)
+    ]
     passed = [bool(p) and r.cells[p].passed for r, p in zip(rows, picks, strict=True)]
     share: dict[str, float] = {}
     for p in picks:
         if p:
             share[p] = share.get(p, 0.0) + 1 / len(rows)
-    return {"tasks": len(rows), "pass_at_1": float(np.mean(passed)),
-            "mean_loss": float(np.mean(losses)), "winner_share": share}
+    return {
+        "tasks": len(rows),
+        "pass_at_1": float(np.mean(passed)),
+        "mean_loss": float(np.mean(losses)),
+        "winner_share": share,
+    }
 
 
 def write_weights(
-    result: FitResult, path: str | Path, base: SaleConfig | None = None,
+    result: FitResult,
+    path: str | Path,
+    base: SaleConfig | None = None,
     provenance: dict[str, Any] | None = None,
 ) -> Path:
     """Write the weights as a config file the auction reads (``--config``).
@@ -365,10 +414,12 @@ def write_weights(
         ).model_dump(mode="json")
     else:
         data = {"auction": {"weights": w}}
-    head = ["# Auction weights fitted by sale_ray.auction.weights (MILP, HiGHS).",
-            f"# status: {result.status}; objective: {result.objective}",
-            f"# settings: {result.settings | (provenance or {})}",
-            f"# training: {result.train}"]
+    head = [
+        "# Auction weights fitted by sale_ray.auction.weights (MILP, HiGHS).",
+        f"# status: {result.status}; objective: {result.objective}",
+        f"# settings: {result.settings | (provenance or {})}",
+        f"# training: {result.train}",
+    ]
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     p.write_text("\n".join(head) + "\n" + yaml.safe_dump(data, sort_keys=False))

@@ -26,7 +26,9 @@ class MemoryConfig(_Strict):
     shards: int = Field(default=4, ge=1, le=256, description="Number of MemoryShard actors.")
     k: int = Field(default=8, ge=1, le=256, description="Past tasks retrieved per query.")
     max_pairs: int = Field(
-        default=3, ge=1, le=64,
+        default=3,
+        ge=1,
+        le=64,
         description="Contrast pairs shown to a refining agent (the most similar first). Each "
         "pair is two plans of prompt: on short tasks more pairs cost more than they teach.",
     )

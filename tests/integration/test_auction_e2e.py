@@ -23,11 +23,17 @@ def _pool_installed():
 @pytest.fixture(scope="module")
 def two_auctions(ray_cluster, tmp_path_factory):
     if not _pool_installed():
-        pytest.skip("local weights missing: run `sale-ray models fetch smollm2-135m "
-                    "qwen2.5-coder-0.5b` (make test does)")
+        pytest.skip(
+            "local weights missing: run `sale-ray models fetch smollm2-135m "
+            "qwen2.5-coder-0.5b` (make test does)"
+        )
     config = SaleConfig(
-        pool=PoolSpec(agents=[AgentSpec(name="smollm2-135m", model="smollm2-135m"),
-                              AgentSpec(name="qwen-0.5b", model="qwen2.5-coder-0.5b")]),
+        pool=PoolSpec(
+            agents=[
+                AgentSpec(name="smollm2-135m", model="smollm2-135m"),
+                AgentSpec(name="qwen-0.5b", model="qwen2.5-coder-0.5b"),
+            ]
+        ),
         execution=ExecutionConfig(max_tokens=384, self_check_turns=1),
     )
     tasks = load_humaneval(limit=2)

@@ -21,12 +21,22 @@ pytestmark = pytest.mark.integration
 
 
 def completion(text="ok", finish="stop"):
-    return json.dumps({
-        "id": "c1", "object": "chat.completion", "created": 0, "model": "m",
-        "choices": [{"index": 0, "finish_reason": finish,
-                     "message": {"role": "assistant", "content": text}}],
-        "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7},
-    }).encode()
+    return json.dumps(
+        {
+            "id": "c1",
+            "object": "chat.completion",
+            "created": 0,
+            "model": "m",
+            "choices": [
+                {
+                    "index": 0,
+                    "finish_reason": finish,
+                    "message": {"role": "assistant", "content": text},
+                }
+            ],
+            "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7},
+        }
+    ).encode()
 
 
 class Script:
@@ -63,8 +73,9 @@ class Handler(BaseHTTPRequestHandler):
         elif action == "length":
             self._send(200, completion("def f():\n    ret", finish="length"))
         elif action.startswith("429"):
-            self._send(429, b'{"error": {"message": "slow down"}}',
-                       [("Retry-After", action.split(":")[1])])
+            self._send(
+                429, b'{"error": {"message": "slow down"}}', [("Retry-After", action.split(":")[1])]
+            )
         elif action == "500":
             self._send(500, b'{"error": {"message": "boom"}}')
         elif action == "hang":
@@ -160,10 +171,17 @@ def test_a_non_json_answer_is_a_typed_model_error(server):
 def test_a_truncated_execution_is_an_error_not_a_success(server):
     url, script = server
     script.actions = ["length"]
-    spec = AgentSpec(name="api", backend="openai", base_url=url, model="m",
-                     price_in_per_mtok=1, price_out_per_mtok=1)
-    cfg = SaleConfig(auction=AuctionConfig(execute_timeout_s=10),
-                     execution=ExecutionConfig(self_check_turns=0))
+    spec = AgentSpec(
+        name="api",
+        backend="openai",
+        base_url=url,
+        model="m",
+        price_in_per_mtok=1,
+        price_out_per_mtok=1,
+    )
+    cfg = SaleConfig(
+        auction=AuctionConfig(execute_timeout_s=10), execution=ExecutionConfig(self_check_turns=0)
+    )
     task = Task(id="t", prompt="write f", kind="answer", expected="1")
 
     async def go():

@@ -24,21 +24,29 @@ pytestmark = pytest.mark.integration
 
 def config(latency=(0, 0), *, slow=None, bid_timeout=10.0, in_flight=300):
     agents = [
-        AgentSpec(name=f"s{i}", backend="scripted", model="s", max_concurrency=1024,
-                  price_in_per_mtok=p, price_out_per_mtok=p,
-                  scripted=ScriptedSpec(latency_ms=(3000, 3000) if f"s{i}" == slow else latency,
-                                        seed=i))
+        AgentSpec(
+            name=f"s{i}",
+            backend="scripted",
+            model="s",
+            max_concurrency=1024,
+            price_in_per_mtok=p,
+            price_out_per_mtok=p,
+            scripted=ScriptedSpec(latency_ms=(3000, 3000) if f"s{i}" == slow else latency, seed=i),
+        )
         for i, p in enumerate([0.05, 0.09, 0.16, 0.36])
     ]
-    return SaleConfig(pool=PoolSpec(agents=agents),
-                      auction=AuctionConfig(bid_timeout_s=bid_timeout, jury_timeout_s=bid_timeout),
-                      auctioneer=AuctioneerConfig(max_in_flight=in_flight),
-                      memory=MemoryConfig(enabled=False))  # orchestration only
+    return SaleConfig(
+        pool=PoolSpec(agents=agents),
+        auction=AuctionConfig(bid_timeout_s=bid_timeout, jury_timeout_s=bid_timeout),
+        auctioneer=AuctioneerConfig(max_in_flight=in_flight),
+        memory=MemoryConfig(enabled=False),
+    )  # orchestration only
 
 
 def tasks(n, tag):
-    return [Task(id=f"{tag}-{i}", prompt=f"task {i}", kind="answer", expected="x")
-            for i in range(n)]
+    return [
+        Task(id=f"{tag}-{i}", prompt=f"task {i}", kind="answer", expected="x") for i in range(n)
+    ]
 
 
 async def run(cfg, batch, on_record=None):
@@ -57,7 +65,7 @@ async def run(cfg, batch, on_record=None):
 
     try:
         t0 = time.perf_counter()
-        await drive(auc, [batch[i:i + 250] for i in range(0, len(batch), 250)], on_group)
+        await drive(auc, [batch[i : i + 250] for i in range(0, len(batch), 250)], on_group)
         took = time.perf_counter() - t0
         stats = await auc.stats.remote()
         alive = {n: a for n, a in pool.actors.items() if n != "s1"} if on_record else pool.actors
@@ -86,8 +94,9 @@ def test_killing_an_agent_mid_bid_during_1000_auctions_loses_nothing(ray_cluster
         for tid, n in e.items():
             per_task[tid] = per_task.get(tid, 0) + n
     assert max(per_task.values()) == 1  # no double award among the survivors
-    without = [r for r in got.values()
-               if any(s.bid.agent == "s1" and s.bid.rejected for s in r.bids)]
+    without = [
+        r for r in got.values() if any(s.bid.agent == "s1" and s.bid.rejected for s in r.bids)
+    ]
     assert len(without) >= 500  # most auctions closed without the dead agent
     assert all(r.winner != "s1" for r in without)
     dead = next(s.bid.rejected for r in without for s in r.bids if s.bid.agent == "s1")
@@ -115,8 +124,11 @@ def test_batching_carries_many_calls_per_ray_call_and_ids_are_idempotent(ray_clu
             a, b = await asyncio.gather(auc.submit.remote(t), auc.submit.remote(t))
             again = await auc.submit.remote(t)
             got = {}
-            await drive(auc, [tasks(1000, "b")], lambda g: got.update(
-                (r.task_id, r) for r in g["records"]) or True)
+            await drive(
+                auc,
+                [tasks(1000, "b")],
+                lambda g: got.update((r.task_id, r) for r in g["records"]) or True,
+            )
             stats = await auc.stats.remote()
             execs = await asyncio.gather(*(x.executions.remote() for x in pool.actors.values()))
         finally:

@@ -57,16 +57,34 @@ def two_nodes():
     temp = tempfile.mkdtemp(prefix="srmn", dir="/tmp")  # short: socket paths <= 107 bytes
     port, dash = free_port(), free_port()
     ray = str(BIN / "ray")
-    head = [ray, "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1",
-            f"--temp-dir={temp}", "--num-cpus=1", "--include-dashboard=true",
-            "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
-            '--resources={"quota_a": 4}', "--object-store-memory=100000000", "--disable-usage-stats",
-            # every node's dashboard agent defaults to port 52365: another cluster on the
-            # machine would make ours fail to start, and jobs answer "No available agent"
-            f"--dashboard-agent-listen-port={free_port()}"]
-    worker = [ray, "start", f"--address=127.0.0.1:{port}", "--node-ip-address=127.0.0.1",
-              "--num-cpus=1", '--resources={"quota_b": 4}', "--object-store-memory=100000000",
-              f"--dashboard-agent-listen-port={free_port()}"]
+    head = [
+        ray,
+        "start",
+        "--head",
+        f"--port={port}",
+        "--node-ip-address=127.0.0.1",
+        f"--temp-dir={temp}",
+        "--num-cpus=1",
+        "--include-dashboard=true",
+        "--dashboard-host=127.0.0.1",
+        f"--dashboard-port={dash}",
+        '--resources={"quota_a": 4}',
+        "--object-store-memory=100000000",
+        "--disable-usage-stats",
+        # every node's dashboard agent defaults to port 52365: another cluster on the
+        # machine would make ours fail to start, and jobs answer "No available agent"
+        f"--dashboard-agent-listen-port={free_port()}",
+    ]
+    worker = [
+        ray,
+        "start",
+        f"--address=127.0.0.1:{port}",
+        "--node-ip-address=127.0.0.1",
+        "--num-cpus=1",
+        '--resources={"quota_b": 4}',
+        "--object-store-memory=100000000",
+        f"--dashboard-agent-listen-port={free_port()}",
+    ]
     try:
         subprocess.run(head, env=env(), check=True, capture_output=True, timeout=120)
         subprocess.run(worker, env=env(), check=True, capture_output=True, timeout=120)
@@ -81,12 +99,28 @@ def two_nodes():
             time.sleep(1.0)
 
 
-POOL = {"pool": {"agents": [
-    {"name": "on-a", "backend": "scripted", "model": "s", "resources": {"custom": {"quota_a": 1}},
-     "price_in_per_mtok": 0.1, "price_out_per_mtok": 0.1},
-    {"name": "on-b", "backend": "scripted", "model": "s", "resources": {"custom": {"quota_b": 1}},
-     "price_in_per_mtok": 0.3, "price_out_per_mtok": 0.3},
-]}}
+POOL = {
+    "pool": {
+        "agents": [
+            {
+                "name": "on-a",
+                "backend": "scripted",
+                "model": "s",
+                "resources": {"custom": {"quota_a": 1}},
+                "price_in_per_mtok": 0.1,
+                "price_out_per_mtok": 0.1,
+            },
+            {
+                "name": "on-b",
+                "backend": "scripted",
+                "model": "s",
+                "resources": {"custom": {"quota_b": 1}},
+                "price_in_per_mtok": 0.3,
+                "price_out_per_mtok": 0.3,
+            },
+        ]
+    }
+}
 
 PLACEMENT = """
 import asyncio, json, ray
@@ -102,8 +136,9 @@ print(json.dumps({{name: sorted(k for k in nodes[i["node_id"]] if k.startswith("
 
 def test_agents_land_on_the_node_holding_their_quota_resource(two_nodes):
     code = PLACEMENT.format(gcs=two_nodes["gcs"], pool=repr(POOL))
-    r = subprocess.run([sys.executable, "-c", code], env=env(), capture_output=True, text=True,
-                       timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-c", code], env=env(), capture_output=True, text=True, timeout=120
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     placed = json.loads(r.stdout.strip().splitlines()[-1])
     assert placed == {"on-a": ["quota_a"], "on-b": ["quota_b"]}
@@ -113,12 +148,31 @@ def test_the_batch_job_runs_under_ray_job_submit(two_nodes, tmp_path):
     cfg = tmp_path / "pool.yaml"
     cfg.write_text(yaml.safe_dump(POOL))
     tasks = tmp_path / "tasks.jsonl"
-    tasks.write_text("".join(json.dumps({"id": f"j{i}", "prompt": f"task {i}", "kind": "answer",
-                                         "expected": "x"}) + "\n" for i in range(50)))
+    tasks.write_text(
+        "".join(
+            json.dumps({"id": f"j{i}", "prompt": f"task {i}", "kind": "answer", "expected": "x"})
+            + "\n"
+            for i in range(50)
+        )
+    )
     out = tmp_path / "out"
-    cmd = [str(BIN / "ray"), "job", "submit", "--address", two_nodes["dashboard"], "--",
-           sys.executable, str(ROOT / "jobs/run_auctions.py"), "--tasks", str(tasks),
-           "--out", str(out), "--config", str(cfg), "--no-progress"]
+    cmd = [
+        str(BIN / "ray"),
+        "job",
+        "submit",
+        "--address",
+        two_nodes["dashboard"],
+        "--",
+        sys.executable,
+        str(ROOT / "jobs/run_auctions.py"),
+        "--tasks",
+        str(tasks),
+        "--out",
+        str(out),
+        "--config",
+        str(cfg),
+        "--no-progress",
+    ]
     for _ in range(10):  # the head's dashboard agent may still be starting
         r = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=300)
         if "No available agent" not in r.stdout + r.stderr:

@@ -30,13 +30,20 @@ def _installed():
 
 def test_eval_on_real_models_and_a_free_cached_rerun(ray_cluster, tmp_path):
     if not _installed():
-        pytest.skip("local weights missing: run `sale-ray models fetch smollm2-135m "
-                    "qwen2.5-coder-0.5b` (make test does)")
+        pytest.skip(
+            "local weights missing: run `sale-ray models fetch smollm2-135m "
+            "qwen2.5-coder-0.5b` (make test does)"
+        )
     config = SaleConfig(
-        pool=PoolSpec(agents=[AgentSpec(name="smollm2-135m", model="smollm2-135m"),
-                              AgentSpec(name="qwen-0.5b", model="qwen2.5-coder-0.5b")]),
-        auction=AuctionConfig(plan_max_tokens=48, bid_timeout_s=300, jury_timeout_s=300,
-                              execute_timeout_s=600),
+        pool=PoolSpec(
+            agents=[
+                AgentSpec(name="smollm2-135m", model="smollm2-135m"),
+                AgentSpec(name="qwen-0.5b", model="qwen2.5-coder-0.5b"),
+            ]
+        ),
+        auction=AuctionConfig(
+            plan_max_tokens=48, bid_timeout_s=300, jury_timeout_s=300, execute_timeout_s=600
+        ),
         execution=ExecutionConfig(max_tokens=384, self_check_turns=1),
         cache=CacheConfig(path=str(tmp_path / "cache")),
         eval=EvalConfig(embedder="hashing"),
@@ -54,4 +61,7 @@ def test_eval_on_real_models_and_a_free_cached_rerun(ray_cluster, tmp_path):
     assert second["_run"]["cache_hit_share"] == {"bid": 1.0, "jury": 1.0, "execute": 1.0}
     for m in REQUIRED_METHODS:
         assert (second[m]["pass_at_1"], second[m]["cost_usd"], second[m]["largest_share"]) == (
-            first[m]["pass_at_1"], first[m]["cost_usd"], first[m]["largest_share"]), m
+            first[m]["pass_at_1"],
+            first[m]["cost_usd"],
+            first[m]["largest_share"],
+        ), m

@@ -18,10 +18,21 @@ def test_report_reads_the_logs_from_s3(tmp_path, s3_server, s3_bucket):  # noqa:
     for f in local.iterdir():
         s3_server.client.upload_file(str(f), s3_bucket, f"runs/eval/{f.name}")
     src = f"s3://{s3_bucket}/runs/eval"
-    md = write_report(src, tmp_path / "from-s3", endpoint_url=s3_server.endpoint_url,
-                      plots=False)
+    md = write_report(src, tmp_path / "from-s3", endpoint_url=s3_server.endpoint_url, plots=False)
     expected = write_report(str(local), tmp_path / "from-disk", plots=False)
     assert md.read_text().replace(src, "X") == expected.read_text().replace(str(local), "X")
-    assert main(["report", src, "--out", str(tmp_path / "cli"), "--no-plots",
-                 "--endpoint-url", s3_server.endpoint_url]) == 0
+    assert (
+        main(
+            [
+                "report",
+                src,
+                "--out",
+                str(tmp_path / "cli"),
+                "--no-plots",
+                "--endpoint-url",
+                s3_server.endpoint_url,
+            ]
+        )
+        == 0
+    )
     assert main(["report", src]) == 2  # an s3 source needs --out

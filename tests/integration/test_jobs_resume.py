@@ -22,12 +22,20 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 
 POOL = {
-    "pool": {"agents": [
-        {"name": f"s{i}", "backend": "scripted", "model": "s", "max_concurrency": 256,
-         "price_in_per_mtok": p, "price_out_per_mtok": p,
-         "scripted": {"latency_ms": [10, 60], "seed": i}}
-        for i, p in enumerate([0.05, 0.16, 0.36])
-    ]},
+    "pool": {
+        "agents": [
+            {
+                "name": f"s{i}",
+                "backend": "scripted",
+                "model": "s",
+                "max_concurrency": 256,
+                "price_in_per_mtok": p,
+                "price_out_per_mtok": p,
+                "scripted": {"latency_ms": [10, 60], "seed": i},
+            }
+            for i, p in enumerate([0.05, 0.16, 0.36])
+        ]
+    },
     "auctioneer": {"max_in_flight": 50},
     "memory": {"enabled": False},  # resume / conservation only
 }
@@ -36,17 +44,37 @@ POOL = {
 def write_tasks(path, n):
     with open(path, "w") as f:
         for i in range(n):
-            f.write(json.dumps({"id": f"t{i:05d}", "prompt": f"task {i}", "kind": "answer",
-                                "expected": "x"}) + "\n")
+            f.write(
+                json.dumps(
+                    {"id": f"t{i:05d}", "prompt": f"task {i}", "kind": "answer", "expected": "x"}
+                )
+                + "\n"
+            )
 
 
 def job(ray_address, tasks, out, cfg, *extra):
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     return subprocess.Popen(
-        [sys.executable, str(ROOT / "jobs/run_auctions.py"), "--tasks", str(tasks), "--out",
-         str(out), "--config", str(cfg), "--address", ray_address, "--no-progress", *extra],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-        start_new_session=True)
+        [
+            sys.executable,
+            str(ROOT / "jobs/run_auctions.py"),
+            "--tasks",
+            str(tasks),
+            "--out",
+            str(out),
+            "--config",
+            str(cfg),
+            "--address",
+            ray_address,
+            "--no-progress",
+            *extra,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
 
 
 def test_a_job_killed_mid_run_resumes_without_duplicates_or_gaps(ray_cluster, tmp_path):
@@ -96,8 +124,12 @@ def s3():
     server.start()
     host, port = server.get_host_and_port()
     url = f"http://{host}:{port}"
-    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-           "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
+    env = {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     client = boto3.client("s3", endpoint_url=url, region_name="us-east-1")
@@ -113,8 +145,10 @@ def s3():
 
 def test_tasks_from_s3_results_to_s3_and_resume(ray_cluster, s3):
     url, client = s3
-    body = "".join(json.dumps({"id": f"s{i}", "prompt": f"p {i}", "kind": "answer",
-                               "expected": "x"}) + "\n" for i in range(120))
+    body = "".join(
+        json.dumps({"id": f"s{i}", "prompt": f"p {i}", "kind": "answer", "expected": "x"}) + "\n"
+        for i in range(120)
+    )
     client.put_object(Bucket="runs", Key="in/tasks.jsonl", Body=body.encode())
     from sale_ray.config import SaleConfig
 

@@ -15,14 +15,29 @@ pytestmark = pytest.mark.integration
 
 def test_later_auctions_refine_from_earlier_ones(ray_cluster):
     agents = [
-        AgentSpec(name=f"s{i}", backend="scripted", model="s", price_in_per_mtok=p,
-                  price_out_per_mtok=p, max_concurrency=64, scripted=ScriptedSpec(seed=i))
+        AgentSpec(
+            name=f"s{i}",
+            backend="scripted",
+            model="s",
+            price_in_per_mtok=p,
+            price_out_per_mtok=p,
+            max_concurrency=64,
+            scripted=ScriptedSpec(seed=i),
+        )
         for i, p in enumerate([0.05, 0.16, 0.36])
     ]
-    cfg = SaleConfig(pool=PoolSpec(agents=agents),
-                     memory=MemoryConfig(shards=2, embedder="hashing", k=4))
-    tasks = [Task(id=f"t{i}", prompt=f"sum the numbers in list number {i % 5}", kind="answer",
-                  expected="x") for i in range(30)]
+    cfg = SaleConfig(
+        pool=PoolSpec(agents=agents), memory=MemoryConfig(shards=2, embedder="hashing", k=4)
+    )
+    tasks = [
+        Task(
+            id=f"t{i}",
+            prompt=f"sum the numbers in list number {i % 5}",
+            kind="answer",
+            expected="x",
+        )
+        for i in range(30)
+    ]
     records = asyncio.run(run_tasks(tasks, cfg, concurrency=1, progress=False))
     assert len(records) == 30 and all(r.winner for r in records)
     refined = [r for r in records if any(s.bid.refined for s in r.bids)]
@@ -41,13 +56,23 @@ def test_a_batch_run_leaves_a_memory_snapshot_the_next_run_restores(ray_cluster,
     from sale_ray.memory.snapshot import read_manifest, restore_snapshot
 
     agents = [
-        AgentSpec(name=f"s{i}", backend="scripted", model="s", price_in_per_mtok=p,
-                  price_out_per_mtok=p, max_concurrency=64, scripted=ScriptedSpec(seed=i))
+        AgentSpec(
+            name=f"s{i}",
+            backend="scripted",
+            model="s",
+            price_in_per_mtok=p,
+            price_out_per_mtok=p,
+            max_concurrency=64,
+            scripted=ScriptedSpec(seed=i),
+        )
         for i, p in enumerate([0.05, 0.36])
     ]
     storage = StorageConfig(snapshot_uri=str(tmp_path / "memory"))
-    cfg = SaleConfig(pool=PoolSpec(agents=agents), storage=storage,
-                     memory=MemoryConfig(shards=2, embedder="hashing"))
+    cfg = SaleConfig(
+        pool=PoolSpec(agents=agents),
+        storage=storage,
+        memory=MemoryConfig(shards=2, embedder="hashing"),
+    )
     tasks = [Task(id=f"b{i}", prompt=f"task {i}", kind="answer", expected="x") for i in range(12)]
     asyncio.run(run_batch(tasks, str(tmp_path / "out"), cfg, progress=False))
     manifest = read_manifest(storage.snapshot_uri, storage)

@@ -38,12 +38,27 @@ def test_auc_is_the_rank_statistic():
 
 
 def _decision(method, i, passed, cost, largest, agent="a", b=0):
-    return {"method": method, "task_id": f"t{i}", "bin": b, "order": i, "agent": agent,
-            "executed": [agent], "provisional": None, "passed": passed, "largest": largest,
-            "cost_usd": cost, "note": "", "bid_tokens": 10 if method == "sale" else 0,
-            "jury_tokens": 0, "refine_tokens": 0, "execute_tokens": 40,
-            "bid_cost_usd": 0.0, "jury_cost_usd": 0.0, "refine_cost_usd": 0.0,
-            "execute_cost_usd": cost}
+    return {
+        "method": method,
+        "task_id": f"t{i}",
+        "bin": b,
+        "order": i,
+        "agent": agent,
+        "executed": [agent],
+        "provisional": None,
+        "passed": passed,
+        "largest": largest,
+        "cost_usd": cost,
+        "note": "",
+        "bid_tokens": 10 if method == "sale" else 0,
+        "jury_tokens": 0,
+        "refine_tokens": 0,
+        "execute_tokens": 40,
+        "bid_cost_usd": 0.0,
+        "jury_cost_usd": 0.0,
+        "refine_cost_usd": 0.0,
+        "execute_cost_usd": cost,
+    }
 
 
 def test_method_stats_and_oracle_capture():
@@ -74,8 +89,9 @@ def test_signal_aucs_find_the_planted_signals():
 
 def _write_eval_folder(tmp_path):
     rows = synthetic_matrix(50, seed=3)
-    decisions, extras = analyse(rows, SaleConfig(eval=EvalConfig(embedder="hashing")),
-                                DEFAULT_METHODS, sweep=False)
+    decisions, extras = analyse(
+        rows, SaleConfig(eval=EvalConfig(embedder="hashing")), DEFAULT_METHODS, sweep=False
+    )
     summary = summarize(rows, decisions, extras, {"dataset": "synthetic"})
     pq.write_table(matrix_table(rows), tmp_path / "matrix.parquet")
     pq.write_table(decisions_table(decisions, "large"), tmp_path / "decisions.parquet")
@@ -87,30 +103,66 @@ def test_report_files_from_a_synthetic_eval_log(tmp_path):
     md = write_report(str(tmp_path))
     assert md == tmp_path / "report" / "report.md"
     text = md.read_text()
-    for section in ("## Methods", "Reliance on the largest agent", "Per complexity bin",
-                    "Winner share over the task stream", "Token overhead per auction phase",
-                    "Signals", "| oracle |", "| knn |", "| cascade |"):
+    for section in (
+        "## Methods",
+        "Reliance on the largest agent",
+        "Per complexity bin",
+        "Winner share over the task stream",
+        "Token overhead per auction phase",
+        "Signals",
+        "| oracle |",
+        "| knn |",
+        "| cascade |",
+    ):
         assert section in text, section
     html = (tmp_path / "report" / "report.html").read_text()
     assert html.startswith("<!doctype html>") and "<table>" in html
     pngs = {p.name for p in (tmp_path / "report").glob("*.png")}
-    assert {"cost_vs_pass.png", "largest_share.png", "per_bin.png",
-            "winner_share_stream.png", "phase_tokens.png"} <= pngs
+    assert {
+        "cost_vs_pass.png",
+        "largest_share.png",
+        "per_bin.png",
+        "winner_share_stream.png",
+        "phase_tokens.png",
+    } <= pngs
     assert "cost_vs_pass.png" in text
 
 
 def test_report_without_plots_and_from_a_plain_run_log(tmp_path):
     recs = []
     for i, (winner, ok) in enumerate([("small", True), ("large", False), ("small", True)]):
-        bids = [ScoredBid(bid=Bid(agent=a, plan="p", plan_tokens=10, usage=Usage(
-            prompt_tokens=10, completion_tokens=10, cost_usd=20 * p / 1e6, calls=1)), score=0.0)
-            for a, p in (("small", 0.03), ("large", 0.3))]
-        recs.append(AuctionRecord(
-            auction_id=f"a{i}", task_id=f"t{i}", kind="code", bin=i, bids=bids,
-            provisional_winner=winner, winner=winner, started_at=float(i),
-            execution=Execution(agent=winner, answer="x"), evaluation=Evaluation(passed=ok),
-            phase_usage={"bid": Usage(prompt_tokens=20, completion_tokens=20, cost_usd=1e-6),
-                         "execute": Usage(completion_tokens=100, cost_usd=3e-6)}))
+        bids = [
+            ScoredBid(
+                bid=Bid(
+                    agent=a,
+                    plan="p",
+                    plan_tokens=10,
+                    usage=Usage(
+                        prompt_tokens=10, completion_tokens=10, cost_usd=20 * p / 1e6, calls=1
+                    ),
+                ),
+                score=0.0,
+            )
+            for a, p in (("small", 0.03), ("large", 0.3))
+        ]
+        recs.append(
+            AuctionRecord(
+                auction_id=f"a{i}",
+                task_id=f"t{i}",
+                kind="code",
+                bin=i,
+                bids=bids,
+                provisional_winner=winner,
+                winner=winner,
+                started_at=float(i),
+                execution=Execution(agent=winner, answer="x"),
+                evaluation=Evaluation(passed=ok),
+                phase_usage={
+                    "bid": Usage(prompt_tokens=20, completion_tokens=20, cost_usd=1e-6),
+                    "execute": Usage(completion_tokens=100, cost_usd=3e-6),
+                },
+            )
+        )
     pq.write_table(records_table(recs), tmp_path / "auctions.parquet")
     ds = decisions_from_auctions(pq.read_table(tmp_path / "auctions.parquet"))
     assert [d["largest"] for d in ds] == [False, True, False]

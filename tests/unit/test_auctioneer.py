@@ -25,25 +25,36 @@ PRICES = {"a": 0.05, "b": 0.16, "c": 0.36}
 
 def _config(*, latency=(0, 0), agents=None, auction=None, **auctioneer):
     specs = agents or [
-        AgentSpec(name=n, backend="scripted", model="s", price_in_per_mtok=p,
-                  price_out_per_mtok=p, max_concurrency=64,
-                  scripted=ScriptedSpec(latency_ms=latency, seed=i))
+        AgentSpec(
+            name=n,
+            backend="scripted",
+            model="s",
+            price_in_per_mtok=p,
+            price_out_per_mtok=p,
+            max_concurrency=64,
+            scripted=ScriptedSpec(latency_ms=latency, seed=i),
+        )
         for i, (n, p) in enumerate(PRICES.items())
     ]
-    return SaleConfig(pool=PoolSpec(agents=specs), auction=auction or AuctionConfig(),
-                      auctioneer=AuctioneerConfig(**auctioneer))
+    return SaleConfig(
+        pool=PoolSpec(agents=specs),
+        auction=auction or AuctionConfig(),
+        auctioneer=AuctioneerConfig(**auctioneer),
+    )
 
 
 def _auctioneer(cfg):
     agents = {s.name: ScriptedAgent(s, cfg) for s in cfg.pool.agents}
-    prices = {s.name: (s.price_in_per_mtok or 0.0, s.price_out_per_mtok or 0.0)
-              for s in cfg.pool.agents}
+    prices = {
+        s.name: (s.price_in_per_mtok or 0.0, s.price_out_per_mtok or 0.0) for s in cfg.pool.agents
+    }
     return Auctioneer(agents, prices, cfg, evaluate=scripted_evaluate), agents
 
 
 def _tasks(n, prefix="t"):
-    return [Task(id=f"{prefix}{i}", prompt=f"task {i}", kind="answer", expected="x")
-            for i in range(n)]
+    return [
+        Task(id=f"{prefix}{i}", prompt=f"task {i}", kind="answer", expected="x") for i in range(n)
+    ]
 
 
 def _executions(agents):
@@ -127,11 +138,19 @@ def test_a_hanging_agent_is_dropped_at_the_deadline_and_never_stalls_the_rest():
     agents = [
         AgentSpec(name="ok", backend="scripted", model="s", max_concurrency=64),
         AgentSpec(name="ok2", backend="scripted", model="s", max_concurrency=64),
-        AgentSpec(name="hung", backend="scripted", model="s", max_concurrency=64,
-                  scripted=ScriptedSpec(hang=True)),
+        AgentSpec(
+            name="hung",
+            backend="scripted",
+            model="s",
+            max_concurrency=64,
+            scripted=ScriptedSpec(hang=True),
+        ),
     ]
-    cfg = _config(agents=agents, auction=AuctionConfig(bid_timeout_s=0.3, jury_timeout_s=0.3),
-                  max_in_flight=100)
+    cfg = _config(
+        agents=agents,
+        auction=AuctionConfig(bid_timeout_s=0.3, jury_timeout_s=0.3),
+        max_in_flight=100,
+    )
 
     async def main():
         auc, _ = _auctioneer(cfg)
@@ -153,8 +172,9 @@ def test_budget_race_across_many_auctions_spends_at_most_budget_plus_one_reserva
 
     async def main():
         auc, agents = _auctioneer(cfg)
-        results = await asyncio.gather(*(auc.submit(t) for t in _tasks(300)),
-                                       return_exceptions=True)
+        results = await asyncio.gather(
+            *(auc.submit(t) for t in _tasks(300)), return_exceptions=True
+        )
         return results, auc, agents
 
     results, auc, agents = asyncio.run(main())
@@ -170,10 +190,18 @@ def test_budget_race_across_many_auctions_spends_at_most_budget_plus_one_reserva
 
 
 def test_an_agent_out_of_budget_sits_out_with_a_recorded_reason():
-    specs = [AgentSpec(name=n, backend="scripted", model="s", price_in_per_mtok=p,
-                       price_out_per_mtok=p, max_concurrency=8,
-                       quota=QuotaSpec(budget_usd=0.0 if n == "c" else None))
-             for n, p in PRICES.items()]
+    specs = [
+        AgentSpec(
+            name=n,
+            backend="scripted",
+            model="s",
+            price_in_per_mtok=p,
+            price_out_per_mtok=p,
+            max_concurrency=8,
+            quota=QuotaSpec(budget_usd=0.0 if n == "c" else None),
+        )
+        for n, p in PRICES.items()
+    ]
     cfg = _config(agents=specs)
 
     async def main():

@@ -18,28 +18,47 @@ PRICES = {"small": 0.03, "mid": 0.1, "large": 0.3}
 
 
 def usage(tokens, price):
-    return Usage(prompt_tokens=tokens, completion_tokens=tokens,
-                 cost_usd=2 * tokens * price / 1e6, calls=1)
+    return Usage(
+        prompt_tokens=tokens, completion_tokens=tokens, cost_usd=2 * tokens * price / 1e6, calls=1
+    )
 
 
-def row(i, passing, *, checks=None, prompt=None, kind="code", scores=None, split="test",
-        rejected=()):
+def row(
+    i, passing, *, checks=None, prompt=None, kind="code", scores=None, split="test", rejected=()
+):
     """One task: ``passing`` agents pass the hidden tests; ``checks`` their self-check results."""
     checks = checks if checks is not None else {a: a in passing for a in PRICES}
     scores = scores or {a: 3.0 for a in PRICES}
     cells = {}
     for a, p in PRICES.items():
-        bid = Bid(agent=a, plan=f"{a} plan", plan_tokens=50, entropy=0.3, usage=usage(50, p),
-                  rejected="timeout" if a in rejected else None)
+        bid = Bid(
+            agent=a,
+            plan=f"{a} plan",
+            plan_tokens=50,
+            entropy=0.3,
+            usage=usage(50, p),
+            rejected="timeout" if a in rejected else None,
+        )
         cells[a] = Cell(
-            agent=a, price_in=p, price_out=p, bid=bid,
+            agent=a,
+            price_in=p,
+            price_out=p,
+            bid=bid,
             verdict=JuryVerdict(juror=a, scores=scores, usage=usage(100, p)),
-            execution=Execution(agent=a, answer="x", self_checks_passed=[checks[a]],
-                                usage=usage(200, p)),
+            execution=Execution(
+                agent=a, answer="x", self_checks_passed=[checks[a]], usage=usage(200, p)
+            ),
             evaluation=Evaluation(passed=a in passing),
         )
-    return TaskRow(task_id=f"t{i}", prompt=prompt or f"task {i}", kind=kind, bin=i % 5,
-                   split=split, order=i, cells=cells)
+    return TaskRow(
+        task_id=f"t{i}",
+        prompt=prompt or f"task {i}",
+        kind=kind,
+        bin=i % 5,
+        split=split,
+        order=i,
+        cells=cells,
+    )
 
 
 def route(name, r, train=(), **ctx):
@@ -94,12 +113,17 @@ def test_cascade_escalates_until_the_cheap_verifier_accepts():
 def test_cascade_uses_fitted_entropy_thresholds_on_answer_tasks():
     train = []
     for i in range(10):
-        r = row(i, {"mid", "large"} if i % 2 else {"small", "mid", "large"}, kind="answer",
-                split="train")
+        r = row(
+            i,
+            {"mid", "large"} if i % 2 else {"small", "mid", "large"},
+            kind="answer",
+            split="train",
+        )
         cells = dict(r.cells)
         h = 0.8 if i % 2 else 0.2  # small is unsure exactly when it fails
         cells["small"] = cells["small"].model_copy(
-            update={"bid": cells["small"].bid.model_copy(update={"entropy": h})})
+            update={"bid": cells["small"].bid.model_copy(update={"entropy": h})}
+        )
         train.append(r.model_copy(update={"cells": cells}))
     router = make_router("cascade", RouterContext())
     router.fit(train)
@@ -112,11 +136,20 @@ def test_knn_routes_like_the_most_similar_training_tasks():
     train = []
     for i in range(12):
         if i % 2:  # string tasks: only the large agent passes
-            train.append(row(i, {"large"}, prompt=f"reverse the words of a sentence string {i}",
-                             split="train"))
+            train.append(
+                row(
+                    i,
+                    {"large"},
+                    prompt=f"reverse the words of a sentence string {i}",
+                    split="train",
+                )
+            )
         else:  # arithmetic: everybody passes
-            train.append(row(i, set(PRICES), prompt=f"add two integers and return the sum {i}",
-                             split="train"))
+            train.append(
+                row(
+                    i, set(PRICES), prompt=f"add two integers and return the sum {i}", split="train"
+                )
+            )
     test_str = row(100, {"large"}, prompt="reverse the words of a sentence string please")
     test_add = row(101, set(PRICES), prompt="add two integers and return the sum please")
     assert route("knn", test_str, train).agent == "large"
@@ -154,8 +187,9 @@ def test_sale_is_sale_no_memory_marked_as_such_until_live_decisions_exist():
 def test_every_router_runs_on_a_synthetic_matrix(name):
     rows = synthetic_matrix(40, seed=7)
     train = [r for r in rows if r.split == "train"]
-    router = make_router(name, RouterContext(eval=EvalConfig(embedder="hashing"),
-                                             weights=Weights()))
+    router = make_router(
+        name, RouterContext(eval=EvalConfig(embedder="hashing"), weights=Weights())
+    )
     router.fit(train)
     for r in (r for r in rows if r.split == "test"):
         d = router.route(r)
@@ -164,9 +198,15 @@ def test_every_router_runs_on_a_synthetic_matrix(name):
 
 
 def test_lean_sale_never_pays_the_largest_bid_and_verify_escalates_on_a_failed_check():
-    train = [row(i, {"large"} if i % 2 else set(PRICES), split="train",
-                 scores={"small": 1.0 if i % 2 else 4.5, "mid": 1.0 if i % 2 else 4.5,
-                         "large": 4.0}) for i in range(20)]
+    train = [
+        row(
+            i,
+            {"large"} if i % 2 else set(PRICES),
+            split="train",
+            scores={"small": 1.0 if i % 2 else 4.5, "mid": 1.0 if i % 2 else 4.5, "large": 4.0},
+        )
+        for i in range(20)
+    ]
     ctx = RouterContext(eval=EvalConfig(embedder="hashing", cost_lambda=0.2))
     lean = make_router("sale_lean", ctx)
     lean.fit(train)
@@ -180,8 +220,12 @@ def test_lean_sale_never_pays_the_largest_bid_and_verify_escalates_on_a_failed_c
     assert d.tokens["execute"] == 100 + 400  # the reserve plans, then executes
     verify = make_router("sale_lean_verify", ctx)
     verify.fit(train)
-    tricky = row(99, {"large"}, checks={"small": False, "mid": False, "large": True},
-                 scores={"small": 4.5, "mid": 4.5, "large": 4.0})
+    tricky = row(
+        99,
+        {"large"},
+        checks={"small": False, "mid": False, "large": True},
+        scores={"small": 4.5, "mid": 4.5, "large": 4.0},
+    )
     d = verify.route(tricky)
     if d.provisional != "large":
         assert d.executed == [d.provisional, "large"] and d.passed

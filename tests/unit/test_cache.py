@@ -31,15 +31,29 @@ class FakeClient:
         self.calls = 0
         self.fail = fail
 
-    async def chat(self, messages, *, max_tokens, temperature=0.0, top_logprobs=None,
-                   response_format=None, timeout_s=None):
+    async def chat(
+        self,
+        messages,
+        *,
+        max_tokens,
+        temperature=0.0,
+        top_logprobs=None,
+        response_format=None,
+        timeout_s=None,
+    ):
         self.calls += 1
         if self.fail:
             raise ModelTimeout("fake: too slow")
         text = f"answer to {messages[-1]['content']} ({max_tokens})"
         toks = [TokenLogprob("answer", -0.1, {"answer": -0.1, "reply": -2.5})]
-        return ChatResult(text=text, finish_reason="stop", prompt_tokens=17,
-                          completion_tokens=5, latency_s=0.25, tokens=toks)
+        return ChatResult(
+            text=text,
+            finish_reason="stop",
+            prompt_tokens=17,
+            completion_tokens=5,
+            latency_s=0.25,
+            tokens=toks,
+        )
 
     async def close(self):
         return None
@@ -77,9 +91,13 @@ def test_miss_then_hit_returns_the_same_numbers_with_zero_latency(tmp_path):
     live = run(client.chat(MSGS, max_tokens=32, top_logprobs=5))
     again = run(client.chat(MSGS, max_tokens=32, top_logprobs=5))
     assert inner.calls == 1
-    assert (again.text, again.prompt_tokens, again.completion_tokens, again.tokens,
-            again.finish_reason) == (live.text, live.prompt_tokens, live.completion_tokens,
-                                     live.tokens, live.finish_reason)
+    assert (
+        again.text,
+        again.prompt_tokens,
+        again.completion_tokens,
+        again.tokens,
+        again.finish_reason,
+    ) == (live.text, live.prompt_tokens, live.completion_tokens, live.tokens, live.finish_reason)
     assert not is_hit(live) and is_hit(again)
     assert client.cache.stats.hits == 1 and client.cache.stats.misses == 1
     assert client.cache.stats.saved_tokens == 22

@@ -20,8 +20,9 @@ def sale_sections(doc):
     """sale-ray configs embedded in a manifest: ConfigMap files, Serve app args, pools."""
     kind = doc.get("kind")
     if kind == "ConfigMap":
-        return [yaml.safe_load(v) for k, v in doc.get("data", {}).items()
-                if k.startswith("sale-ray")]
+        return [
+            yaml.safe_load(v) for k, v in doc.get("data", {}).items() if k.startswith("sale-ray")
+        ]
     if kind == "RayService":
         serve = yaml.safe_load(doc["spec"]["serveConfigV2"])
         return [a["args"]["sale_ray"] for a in serve["applications"]]

@@ -28,25 +28,41 @@ QUALITY = {"small": 0.3, "mid": 0.6, "large": 0.9}
 
 
 def tasks(n):
-    return [Task(id=f"T/{i}", prompt=f"task number {i}", bin=i % 5, entry_point="f",
-                 tests="pass") for i in range(n)]
+    return [
+        Task(id=f"T/{i}", prompt=f"task number {i}", bin=i % 5, entry_point="f", tests="pass")
+        for i in range(n)
+    ]
 
 
 def scripted_pool(config, fail=()):
     agents = {}
     for a, p in PRICES.items():
-        spec = AgentSpec(name=a, backend="scripted", model="scripted", price_in_per_mtok=p,
-                         price_out_per_mtok=p,
-                         scripted=ScriptedSpec(quality=QUALITY[a], seed=1,
-                                               fail_rate=1.0 if a in fail else 0.0))
+        spec = AgentSpec(
+            name=a,
+            backend="scripted",
+            model="scripted",
+            price_in_per_mtok=p,
+            price_out_per_mtok=p,
+            scripted=ScriptedSpec(quality=QUALITY[a], seed=1, fail_rate=1.0 if a in fail else 0.0),
+        )
         agents[a] = ScriptedAgent(spec, config)
     return agents
 
 
 def build(task, agents, split="test", order=0):
-    return asyncio.run(build_row(
-        task, agents, {a: (p, p) for a, p in PRICES.items()}, scripted_evaluate,
-        bid_timeout_s=5, jury_timeout_s=5, execute_timeout_s=5, split=split, order=order))
+    return asyncio.run(
+        build_row(
+            task,
+            agents,
+            {a: (p, p) for a, p in PRICES.items()},
+            scripted_evaluate,
+            bid_timeout_s=5,
+            jury_timeout_s=5,
+            execute_timeout_s=5,
+            split=split,
+            order=order,
+        )
+    )
 
 
 def test_splits_are_seeded_stable_under_more_tasks_and_never_empty():
@@ -92,8 +108,9 @@ def test_sale_on_the_matrix_equals_a_live_auction_with_the_same_agents(i):
     task = tasks(6)[i]
     row = build(task, scripted_pool(cfg))
     d = make_router("sale_default", RouterContext(default_weights=cfg.auction.weights)).route(row)
-    rec = asyncio.run(run_auction(task, scripted_pool(cfg), PRICES, cfg,
-                                  evaluate=scripted_evaluate))
+    rec = asyncio.run(
+        run_auction(task, scripted_pool(cfg), PRICES, cfg, evaluate=scripted_evaluate)
+    )
     live = decision_from_record("sale", rec, 0)
     assert (d.agent, d.passed) == (live.agent, live.passed)
     assert d.tokens == live.tokens

@@ -16,8 +16,18 @@ PRICES = {"small": 0.03, "mid": 0.1, "large": 0.3}
 class ScriptedAgent:
     """A fake agent: fixed plan, fixed jury scores, optional faults."""
 
-    def __init__(self, name, *, entropy=0.3, tokens=40, scores=None, bid_fault=None,
-                 judge_fault=None, execute_fault=None, delay=0.0):
+    def __init__(
+        self,
+        name,
+        *,
+        entropy=0.3,
+        tokens=40,
+        scores=None,
+        bid_fault=None,
+        judge_fault=None,
+        execute_fault=None,
+        delay=0.0,
+    ):
         self.name, self.entropy, self.tokens = name, entropy, tokens
         self.scores = scores or {}
         self.bid_fault, self.judge_fault, self.execute_fault = bid_fault, judge_fault, execute_fault
@@ -32,22 +42,34 @@ class ScriptedAgent:
         if self.bid_fault == "malformed":
             return {"plan": "not a Bid"}
         usage = Usage(prompt_tokens=20, completion_tokens=self.tokens, cost_usd=1e-6, calls=1)
-        return Bid(agent=self.name, plan=f"{self.name} plan", plan_tokens=self.tokens,
-                   entropy=self.entropy, usage=usage)
+        return Bid(
+            agent=self.name,
+            plan=f"{self.name} plan",
+            plan_tokens=self.tokens,
+            entropy=self.entropy,
+            usage=usage,
+        )
 
     async def judge(self, task, plans):
         self.judged += 1
         if self.judge_fault:
             raise ValueError("juror crashed")
-        return JuryVerdict(juror=self.name, scores={a: self.scores.get(a, 3) for a, _ in plans},
-                           usage=Usage(prompt_tokens=50, completion_tokens=10, calls=1))
+        return JuryVerdict(
+            juror=self.name,
+            scores={a: self.scores.get(a, 3) for a, _ in plans},
+            usage=Usage(prompt_tokens=50, completion_tokens=10, calls=1),
+        )
 
     async def execute(self, task, plan):
         self.executed += 1
         if self.execute_fault:
             raise ConnectionError("actor died")
-        return Execution(agent=self.name, answer="def add(a, b):\n    return a + b",
-                         turns=1, usage=Usage(completion_tokens=30, cost_usd=2e-6, calls=1))
+        return Execution(
+            agent=self.name,
+            answer="def add(a, b):\n    return a + b",
+            turns=1,
+            usage=Usage(completion_tokens=30, cost_usd=2e-6, calls=1),
+        )
 
 
 async def passes(task, answer):
@@ -113,8 +135,10 @@ def test_a_crashing_juror_abstains_without_ending_the_auction():
 
 
 def test_with_one_valid_bid_the_jury_is_skipped():
-    agents = _pool(small=ScriptedAgent("small", bid_fault="raise"),
-                   large=ScriptedAgent("large", bid_fault="raise"))
+    agents = _pool(
+        small=ScriptedAgent("small", bid_fault="raise"),
+        large=ScriptedAgent("large", bid_fault="raise"),
+    )
     rec = run(agents)
     assert rec.winner == "mid" and rec.verdicts == []
     assert all(a.judged == 0 for a in agents.values())
@@ -127,8 +151,9 @@ def test_no_valid_bid_gives_an_explicit_failed_record():
 
 
 def test_if_the_winner_dies_during_execution_the_next_ranked_bid_runs():
-    agents = _pool(mid=ScriptedAgent("mid", execute_fault=True,
-                                     scores={"small": 2, "mid": 5, "large": 4}))
+    agents = _pool(
+        mid=ScriptedAgent("mid", execute_fault=True, scores={"small": 2, "mid": 5, "large": 4})
+    )
     rec = run(agents)
     assert rec.provisional_winner == "mid" and rec.winner == "large"
     assert rec.passed is True

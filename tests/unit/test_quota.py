@@ -57,8 +57,15 @@ def test_budget_refuses_what_does_not_fit_and_settles_actuals():
 
 
 def _spec(**quota):
-    return AgentSpec(name="a", backend="scripted", model="s", max_concurrency=3,
-                     price_in_per_mtok=1.0, price_out_per_mtok=1.0, quota=QuotaSpec(**quota))
+    return AgentSpec(
+        name="a",
+        backend="scripted",
+        model="s",
+        max_concurrency=3,
+        price_in_per_mtok=1.0,
+        price_out_per_mtok=1.0,
+        quota=QuotaSpec(**quota),
+    )
 
 
 class Billed:
@@ -76,6 +83,7 @@ def _call(usd, delay, counter=None):
         if counter is not None:
             counter["now"] -= 1
         return Billed(usd)
+
     return fn
 
 
@@ -118,12 +126,13 @@ def test_budget_race_many_concurrent_calls_never_overspend(where):
 
     async def main():
         run = Budget(limit if where == "run" else None, "run")
-        gate = AgentGate(_spec(**({"budget_usd": limit} if where == "agent" else {})),
-                         1.0, 1.0, run)
+        gate = AgentGate(
+            _spec(**({"budget_usd": limit} if where == "agent" else {})), 1.0, 1.0, run
+        )
         # every call really costs what was reserved, and they all arrive at once
         results = await asyncio.gather(
-            *(gate.call(est, 0.05, _call(0.0002, 0.01)) for _ in range(200)),
-            return_exceptions=True)
+            *(gate.call(est, 0.05, _call(0.0002, 0.01)) for _ in range(200)), return_exceptions=True
+        )
         return results, (run if where == "run" else gate.budget)
 
     results, budget = asyncio.run(main())

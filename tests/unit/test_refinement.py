@@ -36,8 +36,9 @@ class Refining(ScriptedAgent):
 
     async def refine(self, task, plan, pairs):
         self.refined_with = pairs
-        return Bid(agent=self.name, plan="better " + plan, plan_tokens=20, entropy=0.0,
-                   refined=True)
+        return Bid(
+            agent=self.name, plan="better " + plan, plan_tokens=20, entropy=0.0, refined=True
+        )
 
 
 def _agents():

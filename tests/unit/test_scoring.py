@@ -70,8 +70,10 @@ def test_lowest_c_minus_v_wins_and_rejected_bids_are_not_scored():
 
 
 def test_ties_go_to_the_cheaper_agent():
-    bids = [Bid(agent="large", plan="p", plan_tokens=0, entropy=0.0),
-            Bid(agent="small", plan="p", plan_tokens=0, entropy=0.0)]
+    bids = [
+        Bid(agent="large", plan="p", plan_tokens=0, entropy=0.0),
+        Bid(agent="small", plan="p", plan_tokens=0, entropy=0.0),
+    ]
     scored = scoring.score_bids(bids, [], PRICES, Weights())
     assert scoring.pick_winner(scored, PRICES).bid.agent == "small"
 
@@ -87,12 +89,15 @@ def test_only_strictly_cheaper_agents_may_refine():
 
 def test_a_refined_bid_wins_only_if_it_beats_the_provisional_winner():
     w = Weights()
-    prov = scoring.score_bids([Bid(agent="large", plan="p", plan_tokens=10, entropy=0.1)],
-                              [], PRICES, w)[0]
-    worse = scoring.score_bids([Bid(agent="small", plan="p", plan_tokens=10, entropy=0.9,
-                                    refined=True)], [], PRICES, w)
-    better = scoring.score_bids([Bid(agent="small", plan="p", plan_tokens=10, entropy=0.0,
-                                     refined=True)], [], PRICES, w)
+    prov = scoring.score_bids(
+        [Bid(agent="large", plan="p", plan_tokens=10, entropy=0.1)], [], PRICES, w
+    )[0]
+    worse = scoring.score_bids(
+        [Bid(agent="small", plan="p", plan_tokens=10, entropy=0.9, refined=True)], [], PRICES, w
+    )
+    better = scoring.score_bids(
+        [Bid(agent="small", plan="p", plan_tokens=10, entropy=0.0, refined=True)], [], PRICES, w
+    )
     assert scoring.final_winner(prov, worse, PRICES).bid.agent == "large"
     assert scoring.final_winner(prov, better, PRICES).bid.agent == "small"
 

@@ -15,8 +15,14 @@ from sale_ray.types import AuctionRecord, Task
 def rec(tid, *, error=None, winner="a", cost=0.001):
     from sale_ray.types import Usage
 
-    return AuctionRecord(auction_id=f"{tid}#x", task_id=tid, kind="answer", winner=winner,
-                         error=error, phase_usage={"bid": Usage(cost_usd=cost)})
+    return AuctionRecord(
+        auction_id=f"{tid}#x",
+        task_id=tid,
+        kind="answer",
+        winner=winner,
+        error=error,
+        phase_usage={"bid": Usage(cost_usd=cost)},
+    )
 
 
 def test_parts_appear_whole_and_resume_reads_done_ids(tmp_path):
@@ -65,8 +71,9 @@ def test_reset_forgets_everything(tmp_path):
 
 
 def test_tasks_stream_from_jsonl_and_parquet_in_chunks(tmp_path):
-    rows = [{"id": f"t{i}", "prompt": f"p {i}", "kind": "answer", "expected": "x"}
-            for i in range(7)]
+    rows = [
+        {"id": f"t{i}", "prompt": f"p {i}", "kind": "answer", "expected": "x"} for i in range(7)
+    ]
     j = tmp_path / "tasks.jsonl"
     j.write_text("\n".join(json.dumps(r) for r in rows) + "\n\n")
     chunks = list(iter_tasks(str(j), batch_size=3))
@@ -77,11 +84,14 @@ def test_tasks_stream_from_jsonl_and_parquet_in_chunks(tmp_path):
     assert [t.id for c in iter_tasks(str(p), batch_size=4) for t in c] == [r["id"] for r in rows]
 
 
-@pytest.mark.parametrize("line, msg", [
-    ("not json", "line 2: not JSON"),
-    ('{"id": "bad id!", "prompt": "p"}', "line 2: id"),
-    ('{"id": "x", "prompt": "p", "promtp": 1}', "line 2: promtp"),
-])
+@pytest.mark.parametrize(
+    "line, msg",
+    [
+        ("not json", "line 2: not JSON"),
+        ('{"id": "bad id!", "prompt": "p"}', "line 2: id"),
+        ('{"id": "x", "prompt": "p", "promtp": 1}', "line 2: promtp"),
+    ],
+)
 def test_a_bad_task_line_is_named(tmp_path, line, msg):
     j = tmp_path / "t.jsonl"
     j.write_text('{"id": "ok", "prompt": "p"}\n' + line + "\n")

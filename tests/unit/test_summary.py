@@ -6,17 +6,23 @@ from sale_ray.types import AuctionRecord, Evaluation, Usage, records_table
 
 def _rec(i, winner, passed, bid_tokens, exec_tokens):
     return AuctionRecord(
-        auction_id=f"a{i}", task_id=f"t{i}", kind="code", winner=winner,
+        auction_id=f"a{i}",
+        task_id=f"t{i}",
+        kind="code",
+        winner=winner,
         evaluation=Evaluation(passed=passed),
-        phase_usage={"bid": Usage(completion_tokens=bid_tokens, cost_usd=1e-6),
-                     "execute": Usage(completion_tokens=exec_tokens, cost_usd=3e-6)},
+        phase_usage={
+            "bid": Usage(completion_tokens=bid_tokens, cost_usd=1e-6),
+            "execute": Usage(completion_tokens=exec_tokens, cost_usd=3e-6),
+        },
         phase_seconds={"bid": 1.0, "execute": 3.0},
     )
 
 
 def test_summary_counts_what_the_log_says():
-    table = records_table([_rec(0, "a", True, 100, 200), _rec(1, "b", False, 50, 100),
-                           _rec(2, "a", True, 50, 100)])
+    table = records_table(
+        [_rec(0, "a", True, 100, 200), _rec(1, "b", False, 50, 100), _rec(2, "a", True, 50, 100)]
+    )
     s = summarize(table)
     assert (s.tasks, s.passed, s.verified) == (3, 2, 3)
     assert abs(s.pass_at_1 - 2 / 3) < 1e-9

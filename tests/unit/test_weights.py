@@ -18,23 +18,38 @@ def _row(i, passing, *, jury_good=4.5, jury_bad=1.0, entropy=None, bin_=0):
     for a, p in PRICES.items():
         h = entropy[a] if entropy else 0.4
         cells[a] = Cell(
-            agent=a, price_in=p, price_out=p,
-            bid=Bid(agent=a, plan=f"{a} plan", plan_tokens=60, entropy=h,
-                    usage=Usage(prompt_tokens=100, completion_tokens=60, cost_usd=160 * p / 1e6,
-                                calls=1)),
+            agent=a,
+            price_in=p,
+            price_out=p,
+            bid=Bid(
+                agent=a,
+                plan=f"{a} plan",
+                plan_tokens=60,
+                entropy=h,
+                usage=Usage(
+                    prompt_tokens=100, completion_tokens=60, cost_usd=160 * p / 1e6, calls=1
+                ),
+            ),
             verdict=JuryVerdict(juror=a, scores=scores, usage=Usage(calls=1)),
-            execution=Execution(agent=a, answer="x", usage=Usage(
-                prompt_tokens=200, completion_tokens=150, cost_usd=350 * p / 1e6, calls=1)),
+            execution=Execution(
+                agent=a,
+                answer="x",
+                usage=Usage(
+                    prompt_tokens=200, completion_tokens=150, cost_usd=350 * p / 1e6, calls=1
+                ),
+            ),
             evaluation=Evaluation(passed=a in passing),
         )
-    return TaskRow(task_id=f"t{i}", prompt=f"task {i}", bin=bin_, split="train", order=i,
-                   cells=cells)
+    return TaskRow(
+        task_id=f"t{i}", prompt=f"task {i}", bin=bin_, split="train", order=i, cells=cells
+    )
 
 
 def _dataset():
     """Half the tasks only the large agent solves, half every agent solves."""
-    return [_row(i, {"large"} if i % 2 else {"small", "mid", "large"}, bin_=i % 5)
-            for i in range(20)]
+    return [
+        _row(i, {"large"} if i % 2 else {"small", "mid", "large"}, bin_=i % 5) for i in range(20)
+    ]
 
 
 @pytest.mark.parametrize("objective", ["bins", "mean"])
