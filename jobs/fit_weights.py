@@ -30,6 +30,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--split", choices=["train", "all"], default="train")
     p.add_argument("--cost-lambda", type=float, default=None, help="(default: config eval)")
     p.add_argument("--objective", choices=["bins", "tasks", "mean"], default=None)
+    p.add_argument(
+        "--policy",
+        choices=["full", "lean", "lean_verify"],
+        default="full",
+        help="full: every agent bids and judges (the paper). lean: the largest agent is a "
+        "reserve that does not bid, only cheaper agents judge. lean_verify: lean, and a cheaper "
+        "winner whose answer fails the prompt's examples escalates to the reserve "
+        "(the evaluation's sale_lean / sale_lean_verify)",
+    )
     args = p.parse_args(argv)
 
     config = load_config(args.config)
@@ -39,8 +48,17 @@ def main(argv: list[str] | None = None) -> int:
     if not train:
         print("fit_weights: no training rows in the matrix", file=sys.stderr)
         return 2
+    lean = {}
+    if args.policy != "full":
+        agents = train[0].by_price()
+        lean = {
+            "reserve": agents[-1],
+            "jurors": agents[:-1],
+            "verify": args.policy == "lean_verify",
+        }
     res = fit_weights(
         train,
+        **lean,
         cost_lambda=e.cost_lambda if args.cost_lambda is None else args.cost_lambda,
         objective=args.objective or e.objective,
         alpha=e.minmax_alpha,
@@ -56,7 +74,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(
         json.dumps(
-            {"weights": res.weights.model_dump(), "status": res.status, "train": res.train},
+            {
+                "weights": res.weights.model_dump(),
+                "policy": args.policy,
+                "reserve": res.policy.reserve,
+                "reserve_score": res.policy.reserve_score,
+                "status": res.status,
+                "train": res.train,
+            },
             indent=2,
         )
     )

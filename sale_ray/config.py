@@ -150,6 +150,26 @@ class AuctionConfig(_Strict):
     jury_timeout_s: float = Field(default=120.0, gt=0, description="Deadline for all jurors.")
     execute_timeout_s: float = Field(default=300.0, gt=0, description="Deadline for execution.")
     temperature: float = Field(default=0.0, ge=0, le=2, description="Sampling temperature.")
+    reserve_agent: str | None = Field(
+        default=None,
+        description="An agent that does not bid (usually the largest): it plans and executes "
+        "only when no bid's C - V is at or below `reserve_score`, so its plan is paid only when "
+        "it runs. None = every agent bids (the paper). `jobs/fit_weights.py --policy lean` fits it.",
+    )
+    reserve_score: float = Field(
+        default=0.0, description="The reserve agent's C - V: bids must score at or below it to win."
+    )
+    jurors: list[str] | None = Field(
+        default=None,
+        description="Agents asked to judge (None = every agent). A juror whose fitted weight "
+        "is 0 earns nothing: leave it out and its tokens are saved.",
+    )
+    escalate_on_failed_check: bool = Field(
+        default=False,
+        description="Code tasks: when the winner's answer is not confirmed by its own run of the "
+        "prompt's examples (failed, errored, or none to run), the reserve agent (else the "
+        "next-ranked dearer bidder) executes it instead, once. Measured as `sale_lean_verify`.",
+    )
 
 
 class ExecutionConfig(_Strict):
@@ -323,6 +343,19 @@ class SaleConfig(_Strict):
     storage: StorageConfig = Field(
         default_factory=StorageConfig, description="Where memory snapshots go (S3 or a folder)."
     )
+
+    @model_validator(mode="after")
+    def _known_agents(self) -> SaleConfig:
+        names = {a.name for a in self.pool.agents}
+        a = self.auction
+        named = ([a.reserve_agent] if a.reserve_agent else []) + list(a.jurors or [])
+        unknown = sorted({n for n in named if n not in names})
+        if unknown:
+            raise ValueError(
+                f"auction.reserve_agent / auction.jurors name agents not in the pool: {unknown} "
+                f"(pool: {sorted(names)})"
+            )
+        return self
 
 
 def default_pool() -> PoolSpec:

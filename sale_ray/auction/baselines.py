@@ -280,7 +280,8 @@ class SaleLean(SaleRouter):
         elif winner:
             cell = row.cells[winner]
             ex = [cell.execution.usage] if cell.execution else []
-            if pol.verify and pol.reserve and cell.self_check is not True:
+            # the live rule (auction.escalate_on_failed_check): code tasks only
+            if pol.verify and pol.reserve and row.kind == "code" and cell.self_check is not True:
                 executed.append(pol.reserve)  # its own example check failed: escalate
                 ex.append(row.cells[pol.reserve].run_usage)
         final = executed[-1] if executed else None

@@ -132,22 +132,30 @@ async def run_auction(
         "started_at": started,
     }
 
-    # 1. bids
+    # 1. bids (a reserve agent does not bid: it plans only if it wins, see step 5)
+    reserve = cfg.reserve_agent if cfg.reserve_agent in agents else None
+    bidders = {n: h for n, h in agents.items() if n != reserve}
     t = time.perf_counter()
-    bids = await collect_bids(task, agents, cfg.bid_timeout_s)
+    bids = await collect_bids(task, bidders, cfg.bid_timeout_s)
     seconds["bid"], usage["bid"] = time.perf_counter() - t, _sum([b.usage for b in bids])
     valid = [b for b in bids if b.valid]
 
     # 2-3. jury, skipped when at most one valid bid remains (nothing to compare: save tokens)
+    jury = agents if cfg.jurors is None else {n: agents[n] for n in cfg.jurors if n in agents}
     verdicts: list[JuryVerdict] = []
-    if cfg.jury and len(valid) > 1:
+    if cfg.jury and jury and len(valid) > 1:
         t = time.perf_counter()
-        verdicts = await collect_verdicts(task, agents, bids, cfg.jury_timeout_s)
+        verdicts = await collect_verdicts(task, jury, bids, cfg.jury_timeout_s)
         seconds["jury"], usage["jury"] = time.perf_counter() - t, _sum([v.usage for v in verdicts])
     scored = scoring.score_bids(bids, verdicts, prices, cfg.weights)
 
-    # 5. provisional winner
+    # 5. provisional winner; the reserve wins when no bid scores at or below its constant
     provisional = scoring.pick_winner(scored, prices)
+    if reserve and (provisional is None or provisional.score > cfg.reserve_score):
+        rbid = await _reserve_bid(task, agents, reserve, cfg.reserve_score, cfg.bid_timeout_s)
+        usage["bid"] = usage.get("bid", Usage()) + rbid.bid.usage
+        scored = scored + [rbid]
+        provisional = rbid if rbid.score is not None else provisional
     if provisional is None:
         return AuctionRecord(
             **rec,
@@ -198,8 +206,32 @@ async def run_auction(
             break  # a slow model is not a dead one: do not pay for a second execution
         except Exception as e:  # actor died / unreachable: record and fall back once
             error = f"execution by {name} failed: {_describe(e)}"
-    seconds["execute"] = time.perf_counter() - t
     usage["execute"] = execution.usage if execution else Usage()
+
+    # 8b. escalation: an answer its own examples do not confirm goes to a dearer agent, once
+    if cfg.escalate_on_failed_check and execution is not None and not _confirmed(task, execution):
+        target = _escalation_target(final.bid.agent, reserve, scored, prices)
+        if target is not None:
+            bid = next((s for s in scored if s.bid.agent == target and s.score is not None), None)
+            if bid is None:  # the reserve has not planned yet
+                bid = await _reserve_bid(task, agents, target, cfg.reserve_score, cfg.bid_timeout_s)
+                usage["bid"] = usage.get("bid", Usage()) + bid.bid.usage
+                scored = scored + [bid]
+            if bid.score is not None:
+                try:
+                    second = await asyncio.wait_for(
+                        agents[target].execute(task, bid.bid.plan), cfg.execute_timeout_s
+                    )
+                except Exception as e:  # noqa: BLE001 - keep the first answer, say why
+                    notes.append(f"escalation to {target} failed: {_describe(e)}")
+                else:
+                    notes.append(
+                        f"escalated from {final.bid.agent} to {target}: "
+                        "its answer failed the prompt's own examples"
+                    )
+                    usage["execute"] = usage["execute"] + second.usage
+                    execution, final = second, bid
+    seconds["execute"] = time.perf_counter() - t
 
     # 9. evaluation
     evaluation = Evaluation()
@@ -225,6 +257,34 @@ async def run_auction(
         error=error if execution is None else None,
         notes=notes + ([error] if error and execution is not None else []),
     )
+
+
+async def _reserve_bid(
+    task: Task, agents: Mapping[str, AgentHandle], reserve: str, score: float, timeout_s: float
+) -> ScoredBid:
+    """The reserve agent's plan, made only now that it is needed, scored at its constant."""
+    bid = (await collect_bids(task, {reserve: agents[reserve]}, timeout_s))[0]
+    return ScoredBid(bid=bid, score=score if bid.valid else None)
+
+
+def _confirmed(task: Task, execution: Execution) -> bool:
+    """Did the answer pass its own run of the prompt's examples? Non-code tasks have no such
+    check, so they are never escalated."""
+    if task.kind != "code":
+        return True
+    checks = execution.self_checks_passed
+    return execution.error is None and bool(checks) and checks[-1]
+
+
+def _escalation_target(
+    winner: str, reserve: str | None, scored: Sequence[ScoredBid], prices: Mapping[str, float]
+) -> str | None:
+    """The reserve if there is one (and it did not just fail), else the best-ranked valid bid
+    of a dearer agent."""
+    if reserve is not None:
+        return reserve if reserve != winner else None
+    dearer = [s for s in scoring.rank(scored, prices) if prices[s.bid.agent] > prices[winner]]
+    return dearer[0].bid.agent if dearer else None
 
 
 def _verifiable(task: Task) -> bool:

@@ -71,7 +71,12 @@ class MemoryRefiner:
         ]
         verdicts: list[JuryVerdict] = []
         if cfg.jury and any(b.valid for b in bids):
-            verdicts = await collect_verdicts(task, self.agents, bids, cfg.jury_timeout_s)
+            jury = (
+                self.agents
+                if cfg.jurors is None
+                else {n: h for n, h in self.agents.items() if n in cfg.jurors}
+            )
+            verdicts = await collect_verdicts(task, jury, bids, cfg.jury_timeout_s)
         return bids, verdicts
 
     async def remember(self, task: Task, record: AuctionRecord) -> None:

@@ -87,7 +87,7 @@ def policy_loss(row: TaskRow, agent: str, lam: float, ref: float, policy: Policy
     res = policy.reserve
     if agent == res or res is None:
         return agent_loss(row, agent, lam, ref, run=agent == res)
-    if not policy.verify or row.cells[agent].self_check is True:
+    if not policy.verify or row.kind != "code" or row.cells[agent].self_check is True:
         return agent_loss(row, agent, lam, ref)
     c, big = row.cells[agent], row.cells[res]
     spent = (c.execution.usage.cost_usd if c.execution else 0.0) + big.run_usage.cost_usd
@@ -407,13 +407,23 @@ def write_weights(
     """
     import yaml
 
-    w = result.weights.model_dump()
+    pol = result.policy
+    auction: dict[str, Any] = {"weights": result.weights.model_dump()}
+    if pol.reserve is not None:  # a lean policy: the live auction's knobs of the same rule
+        auction |= {"reserve_agent": pol.reserve, "reserve_score": pol.reserve_score}
+    if pol.jurors is not None:
+        # a juror whose fitted weight is 0 earns nothing: it is not asked
+        auction["jurors"] = [j for j in pol.jurors if abs(result.weights.juror_weight(j)) > 1e-12]
+    if pol.verify:
+        auction["escalate_on_failed_check"] = True
     if base is not None:
         data = base.model_copy(
-            update={"auction": base.auction.model_copy(update={"weights": result.weights})}
+            update={
+                "auction": base.auction.model_copy(update=auction | {"weights": result.weights})
+            }
         ).model_dump(mode="json")
     else:
-        data = {"auction": {"weights": w}}
+        data = {"auction": auction}
     head = [
         "# Auction weights fitted by sale_ray.auction.weights (MILP, HiGHS).",
         f"# status: {result.status}; objective: {result.objective}",

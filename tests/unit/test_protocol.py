@@ -6,7 +6,7 @@ import time
 import pytest
 
 from sale_ray.auction.protocol import run_auction
-from sale_ray.config import AuctionConfig, SaleConfig
+from sale_ray.config import AgentSpec, AuctionConfig, PoolSpec, SaleConfig
 from sale_ray.types import Bid, Evaluation, Execution, JuryVerdict, Task, Usage
 
 TASK = Task(id="t1", prompt="add two numbers", entry_point="add", tests="assert add(1, 2) == 3")
@@ -27,15 +27,19 @@ class ScriptedAgent:
         judge_fault=None,
         execute_fault=None,
         delay=0.0,
+        checks=None,
     ):
         self.name, self.entropy, self.tokens = name, entropy, tokens
         self.scores = scores or {}
         self.bid_fault, self.judge_fault, self.execute_fault = bid_fault, judge_fault, execute_fault
         self.delay = delay
+        self.checks = list(checks) if checks is not None else [True]
+        self.bids = 0
         self.executed = 0
         self.judged = 0
 
     async def bid(self, task):
+        self.bids += 1
         await asyncio.sleep(self.delay)
         if self.bid_fault == "raise":
             raise RuntimeError("server exploded")
@@ -68,6 +72,7 @@ class ScriptedAgent:
             agent=self.name,
             answer="def add(a, b):\n    return a + b",
             turns=1,
+            self_checks_passed=self.checks,
             usage=Usage(completion_tokens=30, cost_usd=2e-6, calls=1),
         )
 
@@ -84,7 +89,8 @@ def _pool(**overrides):
 
 
 def _cfg(**kw):
-    return SaleConfig(auction=AuctionConfig(**kw))
+    pool = PoolSpec(agents=[AgentSpec(name=n, model=n, backend="scripted") for n in PRICES])
+    return SaleConfig(pool=pool, auction=AuctionConfig(**kw))
 
 
 def run(agents, cfg=None, **kw):
@@ -172,3 +178,65 @@ def test_refinement_is_offered_only_to_strictly_cheaper_agents():
     assert rec.winner == "small"
     assert any(s.bid.refined for s in rec.bids)
     assert "refine" in rec.phase_usage
+
+
+# --- the lean policy: a reserve agent, a smaller jury, escalation on a failed example check ----
+def test_a_reserve_agent_does_not_bid_and_plans_only_when_no_bid_scores_low_enough():
+    agents = _pool()
+    cheap_wins = run(agents, cfg=_cfg(reserve_agent="large", reserve_score=10.0))
+    assert agents["large"].bids == 0 and agents["large"].executed == 0
+    assert "large" not in {s.bid.agent for s in cheap_wins.bids}
+    assert cheap_wins.winner == "mid"
+
+    agents = _pool()
+    reserve_wins = run(agents, cfg=_cfg(reserve_agent="large", reserve_score=-10.0))
+    assert agents["large"].bids == 1 and agents["large"].executed == 1
+    assert reserve_wins.winner == reserve_wins.provisional_winner == "large"
+    assert reserve_wins.phase_usage["bid"].completion_tokens == 3 * 40  # its plan is paid too
+
+
+def test_only_the_listed_jurors_are_asked():
+    agents = _pool()
+    rec = run(agents, cfg=_cfg(jurors=["small", "mid"]))
+    assert [v.juror for v in rec.verdicts] == ["small", "mid"]
+    assert agents["large"].judged == 0
+
+
+def test_a_winner_whose_examples_fail_hands_the_task_to_the_reserve():
+    agents = _pool(mid=ScriptedAgent("mid", scores={"mid": 5}, checks=[False]))
+    cfg = _cfg(reserve_agent="large", reserve_score=10.0, escalate_on_failed_check=True)
+    rec = run(agents, cfg=cfg)
+    assert rec.provisional_winner == "mid" and rec.winner == "large"
+    assert agents["mid"].executed == 1 and agents["large"].executed == 1
+    assert rec.phase_usage["execute"].completion_tokens == 60  # both executions are paid
+    assert any(n.startswith("escalated from mid to large") for n in rec.notes)
+
+
+def test_a_confirmed_answer_is_never_escalated():
+    agents = _pool()
+    cfg = _cfg(reserve_agent="large", reserve_score=10.0, escalate_on_failed_check=True)
+    rec = run(agents, cfg=cfg)
+    assert rec.winner == "mid" and agents["large"].bids == 0 and not rec.notes
+
+
+def test_without_a_reserve_escalation_goes_to_the_best_dearer_bidder():
+    agents = _pool(small=ScriptedAgent("small", scores={"small": 5}, checks=[False]))
+    agents["mid"].scores = agents["large"].scores = {"small": 5, "mid": 1, "large": 4}
+    rec = run(agents, cfg=_cfg(escalate_on_failed_check=True, weights={"w_c": 0.0}))
+    assert rec.provisional_winner == "small"
+    assert rec.winner == "large"  # the best-ranked bid of an agent dearer than 'small'
+
+
+def test_answer_tasks_have_no_example_check_and_are_not_escalated():
+    task = Task(id="q1", kind="answer", prompt="2+2?", expected="4")
+    agents = _pool(mid=ScriptedAgent("mid", scores={"mid": 5}, checks=[]))
+    cfg = _cfg(reserve_agent="large", reserve_score=10.0, escalate_on_failed_check=True)
+    rec = asyncio.run(run_auction(task, agents, PRICES, cfg))
+    assert rec.winner == "mid" and agents["large"].executed == 0
+
+
+def test_reserve_and_jurors_must_name_agents_of_the_pool():
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="not in the pool"):
+        SaleConfig(auction=AuctionConfig(reserve_agent="gpt-9"))

@@ -123,3 +123,18 @@ def test_written_weights_load_as_the_auction_config(tmp_path):
     assert cfg.auction.weights == res.weights
     text = path.read_text()
     assert text.startswith("# Auction weights fitted") and "train_tasks" in text
+
+
+def test_a_fitted_lean_policy_is_written_as_the_live_auction_knobs(tmp_path):
+    from sale_ray.config import AgentSpec, PoolSpec, SaleConfig
+
+    res = fit_weights(
+        _dataset(), cost_lambda=0.2, reserve="large", jurors=["small", "mid"], verify=True
+    )
+    pool = PoolSpec(agents=[AgentSpec(name=a, model=a, backend="scripted") for a in PRICES])
+    path = write_weights(res, tmp_path / "lean.yaml", base=SaleConfig(pool=pool))
+    a = load_config(path).auction
+    assert a.reserve_agent == "large" and a.reserve_score == pytest.approx(res.policy.reserve_score)
+    assert a.escalate_on_failed_check is True
+    # only jurors whose fitted weight is not 0 are asked (the others would cost and add nothing)
+    assert set(a.jurors) == {j for j in ("small", "mid") if res.weights.juror_weight(j) != 0}
