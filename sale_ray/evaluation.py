@@ -7,6 +7,8 @@
    Written to ``matrix.parquet`` after each task, so an interrupted run resumes where it stopped.
 3. **Fit** on the training rows only: SALE's weights (MILP, :mod:`sale_ray.auction.weights`,
    written to ``weights.yaml``), the kNN router, the cascade's thresholds.
+   The fitted ``sale_lean_verify`` policy is also written as a runnable config
+   (``lean_verify.yaml``: ``sale-ray run --config DIR/lean_verify.yaml``).
 4. **Live methods**: SALE with memory changes plans, so it runs real auctions
    (:mod:`sale_ray.live_eval`: memory warmed with the training auctions, live on the held-out
    tasks). Cached calls make the shared part free. Without the memory's refinement hook it is
@@ -187,6 +189,20 @@ def route_all(
         router.fit(train)
         out += [router.route(r) for r in test]
     return out
+
+
+def write_lean_policy(rows: Sequence[TaskRow], config: SaleConfig, path: Path) -> Path:
+    """The ``sale_lean_verify`` policy fitted on the training rows, as a whole config that
+    ``sale-ray run --config`` runs live (reserve agent, chosen jurors, escalation)."""
+    train = [r for r in rows if r.split == "train"]
+    agents = train[0].by_price()
+    res = fit_with(train, config.eval, reserve=agents[-1], jurors=agents[:-1], verify=True)
+    return write_weights(
+        res,
+        path,
+        base=config,
+        provenance={"policy": "lean_verify", "train_tasks": [r.task_id for r in train]},
+    )
 
 
 def _point(decisions: Sequence[Decision]) -> dict[str, float]:
@@ -373,6 +389,7 @@ def run_eval(
         out / "weights.yaml",
         provenance={"train_tasks": [r.task_id for r in rows if r.split == "train"]},
     )
+    write_lean_policy(rows, config, out / "lean_verify.yaml")
     largest = rows[0].by_price()[-1]
     pq.write_table(decisions_table(decisions, largest), out / "decisions.parquet")
     run = {

@@ -66,6 +66,10 @@ def test_run_eval_writes_every_method_and_resumes(ray_cluster, tmp_path):
     )
     assert pq.read_table(out / "matrix.parquet").num_rows == 3 * len(tasks)
     assert load_config(out / "weights.yaml").auction.weights.w_jury
+    # the lean-verify policy is written as a config the live auction runs
+    lean = load_config(out / "lean_verify.yaml").auction
+    assert lean.reserve_agent == on_disk["_run"]["largest_agent"]
+    assert lean.escalate_on_failed_check
     assert (out / "report" / "report.md").is_file() and (out / "report" / "report.html").is_file()
 
     again = run_eval(tasks, _config(tmp_path), out, evaluate=scripted_evaluate, progress=False)
