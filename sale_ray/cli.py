@@ -2,6 +2,7 @@
 
     sale-ray models list | fetch [NAME…] | verify [NAME…]
     sale-ray run (--dataset humaneval | --tasks FILE) [--limit N] --out DIR [--config FILE]
+    sale-ray snapshot take | ls URI | show URI | export URI --out FILE | prune URI --keep N
 
 User errors (bad task file, bad config, unknown model) print one clear line and exit 2; a model
 or infrastructure failure prints its message and exits 1. Tracebacks only with ``--debug``.
@@ -137,9 +138,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .analytics import add_report_parser
     from .evaluation import add_eval_parser
+    from .memory.cli import add_snapshot_parser
 
     add_eval_parser(sub)  # sale-ray eval: every method on held-out tasks (docs/evaluation.md)
     add_report_parser(sub)  # sale-ray report DIR|s3://…: Markdown + HTML + PNG plots
+    add_snapshot_parser(sub)  # sale-ray snapshot take|ls|show|export|prune (docs/memory.md)
     __import__("sale_ray.serve.cli", fromlist=["_"]).add_serve_parser(sub)  # sale-ray serve
     return p
 

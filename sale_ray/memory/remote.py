@@ -110,6 +110,20 @@ class ActorShardPool:
         self.handles[i] = self._factory(i)
 
 
+class AttachedShardPool(ActorShardPool):
+    """Shard actors this process found by name but does not own: it never restarts them. A
+    shard restarted here would belong to this (often short-lived) driver and die with it, and
+    the owner would not know; recovery is the owner's job."""
+
+    def __init__(self, handles: list[Any], prefix: str) -> None:
+        self.handles, self.size, self.prefix = handles, len(handles), prefix
+
+    def restart(self, i: int) -> None:
+        from ..errors import InfraError
+
+        raise InfraError(f"memory shard '{self.prefix}-{i}' is not running (attached, not owned)")
+
+
 def _factory(
     cfg: MemoryConfig, dim: int, actor_options: dict[str, Any] | None
 ) -> Callable[[int], Any]:
@@ -176,7 +190,8 @@ def connect_memory(
     namespace: str | None = None,
 ) -> ShardedMemory:
     """Attach to running named shard actors (``cfg.actor_name_prefix``), e.g. from
-    ``sale-ray snapshot`` in another job. Nothing is restored or restarted on attach."""
+    ``sale-ray snapshot`` in another job. Nothing is restored on attach, and a dead shard is
+    an error here, never restarted (:class:`AttachedShardPool`)."""
     if not cfg.actor_name_prefix:
         raise ValueError("connect_memory needs memory.actor_name_prefix (named shard actors)")
     emb = embedder or make_embedder(cfg.embedder)
@@ -184,8 +199,4 @@ def connect_memory(
         ray.get_actor(f"{cfg.actor_name_prefix}-{i}", namespace=namespace)
         for i in range(cfg.shards)
     ]
-    pool = ActorShardPool(
-        _factory(cfg, emb.dim, {"namespace": namespace} if namespace else None), 0
-    )
-    pool.handles, pool.size = handles, len(handles)
-    return ShardedMemory(pool, emb, cfg, storage)
+    return ShardedMemory(AttachedShardPool(handles, cfg.actor_name_prefix), emb, cfg, storage)
