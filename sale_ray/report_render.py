@@ -375,10 +375,16 @@ def _plots(
     files: dict[str, Path] = {}
 
     fig, ax = plt.subplots(figsize=(7, 5))
+    span = max((stats[m]["cost_usd"] for m in methods), default=0.0) or 1.0
+    placed: list[tuple[float, float]] = []
     for m in methods:
         s = stats[m]
-        ax.scatter(s["cost_usd"], s["pass_at_1"], s=60, marker="*" if m == "oracle" else "o")
-        ax.annotate(m, (s["cost_usd"], s["pass_at_1"]), textcoords="offset points", xytext=(5, 4))
+        x, y = s["cost_usd"], s["pass_at_1"]
+        ax.scatter(x, y, s=60, marker="*" if m == "oracle" else "o")
+        # methods often tie on pass@1 at nearby costs: put a crowded label below its point
+        crowded = any(abs(y - py) < 0.03 and abs(x - px) < 0.12 * span for px, py in placed)
+        ax.annotate(m, (x, y), textcoords="offset points", xytext=(5, -12 if crowded else 4))
+        placed.append((x, y))
     for name, pts in ((summary or {}).get("_frontier") or {}).items():
         pts = sorted(pts, key=lambda p: p["cost_usd"])
         ax.plot(
