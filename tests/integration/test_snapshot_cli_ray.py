@@ -12,29 +12,15 @@ import yaml
 from sale_ray.cli import main
 from sale_ray.memory import snapshot as snap
 from sale_ray.memory.config import MemoryConfig, StorageConfig
-from sale_ray.memory.entry import MemoryBid, MemoryEntry
 from sale_ray.memory.sharded import ShardedMemory
 from tests.conftest_s3 import s3_bucket, s3_server, s3_storage  # noqa: F401 - until registered
+from tests.memory_entries import make_entries
 
 pytestmark = pytest.mark.integration
 
 
 def entries(ids):
-    return [
-        MemoryEntry(
-            auction_id=f"a{i}",
-            task_id=f"t{i}",
-            task_text=f"task {i}: parse {['dates', 'json', 'csv'][i % 3]}",
-            created_at=float(i),
-            winner="big",
-            passed=i % 2 == 0,
-            bids=[
-                MemoryBid(agent="small", plan=f"s{i}"),
-                MemoryBid(agent="big", plan=f"b{i}", won=True),
-            ],
-        )
-        for i in ids
-    ]
+    return make_entries(ids, lambda i: f"task {i}: parse {['dates', 'json', 'csv'][i % 3]}")
 
 
 def test_take_snapshots_the_running_memory_by_actor_name(ray_cluster, tmp_path, capsys):
