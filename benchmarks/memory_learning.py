@@ -39,7 +39,7 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from sale_ray.auction.baselines import RouterContext, SaleRouter  # noqa: E402
-from sale_ray.auction.matrix import Decision, TaskRow  # noqa: E402
+from sale_ray.auction.matrix import Decision, TaskRow, single_agent  # noqa: E402
 from sale_ray.config import SaleConfig, load_config  # noqa: E402
 from sale_ray.live_eval import decision_from_record  # noqa: E402
 from sale_ray.types import AuctionRecord, Task  # noqa: E402
@@ -166,13 +166,14 @@ def refined_stats(rec: AuctionRecord) -> tuple[int, bool]:
 
 
 def plot(result: dict[str, Any], path: Path) -> None:
-    """Cumulative cheap-agent winner share and per-window pass@1, one line per arm."""
+    """Cumulative cheap-agent winner share, per-window pass@1 and $ — one line per arm, the
+    largest agent alone dashed."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (a1, a2, a3) = plt.subplots(1, 3, figsize=(15, 4))
     largest = result["largest_agent"]
     for arm, r in result["arms"].items():
         ws = r["winners"]
@@ -180,9 +181,17 @@ def plot(result: dict[str, Any], path: Path) -> None:
         a1.plot(range(1, len(ws) + 1), cum, label=arm)
         xs = [w["end"] for w in r["windows"]]
         a2.plot(xs, [w["pass_at_1"] for w in r["windows"]], marker="o", label=arm)
+        a3.plot(xs, [w["cost_usd"] for w in r["windows"]], marker="o", label=arm)
+    ref = result.get("reference_largest_only")
+    if ref:
+        xs = [w["end"] for w in ref["windows"]]
+        a2.plot(xs, [w["pass_at_1"] for w in ref["windows"]], "k--", label="largest alone")
+        a3.plot(xs, [w["cost_usd"] for w in ref["windows"]], "k--", label="largest alone")
+    win = f"end of {result['window']}-task window"
     a1.set(xlabel="task in stream", ylabel="cheap agents' winner share (cumulative)", ylim=(0, 1))
-    a2.set(xlabel=f"end of {result['window']}-task window", ylabel="pass@1 in window", ylim=(0, 1))
-    for a in (a1, a2):
+    a2.set(xlabel=win, ylabel="pass@1 in window", ylim=(0, 1))
+    a3.set(xlabel=win, ylabel="$ in window (all phases)", ylim=(0, None))
+    for a in (a1, a2, a3):
         a.grid(alpha=0.3)
         a.legend()
     fig.suptitle(f"Learning from memory: {result['tasks']} {result['dataset']} tasks, stream order")
@@ -217,7 +226,13 @@ async def _main(args: argparse.Namespace) -> dict[str, Any]:
     if bad:
         raise SystemExit(f"unknown arm(s) {bad}; choose from {ARMS}")
     evaluate = make_eval_evaluator(config)
-    need_live = any(a != "none" for a in arms) or any(t.id not in rows for t in tasks)
+
+    def logged(arm: str) -> set[str]:
+        return {r.task_id for r in _load_done(out / f"{arm}.jsonl")}
+
+    need_live = any(
+        not {t.id for t in tasks} <= (set(rows) if a == "none" else set()) | logged(a) for a in arms
+    )  # a finished run replays its logs without starting a model
     pool = None
     if need_live:
         from sale_ray.runtime import connect, start_agents
@@ -259,6 +274,11 @@ async def _main(args: argparse.Namespace) -> dict[str, Any]:
                 **summarize_arm(ds, [(0, False)] * len(ds), largest, args.window),
                 "seconds": time.time() - t0,
             }
+            if all(t.id in rows for t in tasks):  # the yardstick: the largest agent alone
+                ds = [single_agent("largest", rows[t.id], largest) for t in tasks]
+                result["reference_largest_only"] = summarize_arm(
+                    ds, [(0, False)] * len(ds), largest, args.window
+                )
         result["arms"] = {a: result["arms"][a] for a in arms}
     finally:
         if pool is not None:
@@ -293,7 +313,10 @@ def main() -> None:
     print(
         f"{'arm':<8} {'window':<9} {'cheap share':>11} {'pass@1':>7} {'refined':>8} {'ref.wins':>8} {'cost $':>10}"
     )
-    for arm, r in result["arms"].items():
+    shown = dict(result["arms"])
+    if "reference_largest_only" in result:
+        shown["largest"] = result["reference_largest_only"]
+    for arm, r in shown.items():
         for w in [*r["windows"], {**r["total"], "start": "all"}]:
             span = f"{w['start']}-{w['end']}" if w["start"] != "all" else "all"
             print(
