@@ -18,7 +18,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol
 
-from ..config import SaleConfig
+from ..config import AuctionConfig, SaleConfig
 from ..types import AuctionRecord, Bid, Evaluation, Execution, JuryVerdict, ScoredBid, Task, Usage
 from . import scoring
 
@@ -210,27 +210,16 @@ async def run_auction(
 
     # 8b. escalation: an answer its own examples do not confirm goes to a dearer agent, once
     if cfg.escalate_on_failed_check and execution is not None and not _confirmed(task, execution):
-        target = _escalation_target(final.bid.agent, reserve, scored, prices)
-        if target is not None:
-            bid = next((s for s in scored if s.bid.agent == target and s.score is not None), None)
-            if bid is None:  # the reserve has not planned yet
-                bid = await _reserve_bid(task, agents, target, cfg.reserve_score, cfg.bid_timeout_s)
-                usage["bid"] = usage.get("bid", Usage()) + bid.bid.usage
-                scored = scored + [bid]
-            if bid.score is not None:
-                try:
-                    second = await asyncio.wait_for(
-                        agents[target].execute(task, bid.bid.plan), cfg.execute_timeout_s
-                    )
-                except Exception as e:  # noqa: BLE001 - keep the first answer, say why
-                    notes.append(f"escalation to {target} failed: {_describe(e)}")
-                else:
-                    notes.append(
-                        f"escalated from {final.bid.agent} to {target}: "
-                        "its answer failed the prompt's own examples"
-                    )
-                    usage["execute"] = usage["execute"] + second.usage
-                    execution, final = second, bid
+        bid, second, note = await _escalate(
+            task, agents, cfg, final.bid.agent, reserve, scored, prices
+        )
+        notes.append(note)
+        if bid is not None and bid not in scored:  # the reserve planned only now: pay its plan
+            usage["bid"] = usage.get("bid", Usage()) + bid.bid.usage
+            scored = scored + [bid]
+        if bid is not None and second is not None:
+            usage["execute"] = usage["execute"] + second.usage
+            execution, final = second, bid
     seconds["execute"] = time.perf_counter() - t
 
     # 9. evaluation
@@ -265,6 +254,43 @@ async def _reserve_bid(
     """The reserve agent's plan, made only now that it is needed, scored at its constant."""
     bid = (await collect_bids(task, {reserve: agents[reserve]}, timeout_s))[0]
     return ScoredBid(bid=bid, score=score if bid.valid else None)
+
+
+async def _escalate(
+    task: Task,
+    agents: Mapping[str, AgentHandle],
+    cfg: AuctionConfig,
+    winner: str,
+    reserve: str | None,
+    scored: Sequence[ScoredBid],
+    prices: Mapping[str, float],
+) -> tuple[ScoredBid | None, Execution | None, str]:
+    """(the escalation target's bid, its execution, a note for the record). The bid is a new
+    one when the reserve had not planned yet; the execution is None when nobody could take
+    over or the takeover failed (the first answer then stands)."""
+    target = _escalation_target(winner, reserve, scored, prices)
+    if target is None:
+        return (
+            None,
+            None,
+            f"{winner}'s answer failed the prompt's own examples; nobody dearer to ask",
+        )
+    bid = next((s for s in scored if s.bid.agent == target and s.score is not None), None)
+    if bid is None:
+        bid = await _reserve_bid(task, agents, target, cfg.reserve_score, cfg.bid_timeout_s)
+    if bid.score is None:
+        return bid, None, f"escalation to {target} failed: {bid.bid.rejected}"
+    try:
+        second = await asyncio.wait_for(
+            agents[target].execute(task, bid.bid.plan), cfg.execute_timeout_s
+        )
+    except Exception as e:  # noqa: BLE001 - keep the first answer, say why
+        return bid, None, f"escalation to {target} failed: {_describe(e)}"
+    return (
+        bid,
+        second,
+        f"escalated from {winner} to {target}: its answer failed the prompt's own examples",
+    )
 
 
 def _confirmed(task: Task, execution: Execution) -> bool:
