@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -83,7 +83,9 @@ def method_stats(rows: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
                 "cost_usd": float(sum(r["cost_usd"] for r in br)),
                 "largest_share": float(np.mean([bool(r["largest"]) for r in br])),
             }
-        notes = sorted({r["note"] for r in rs if r.get("note")})
+        # "k/n": a note on one decision must not read as if it were the method's whole story
+        counts = Counter(r["note"] for r in rs if r.get("note"))
+        notes = [f"{t} ({k}/{n})" for t, k in sorted(counts.items(), key=lambda x: (-x[1], x[0]))]
         out[m] = {
             "pass_at_1": float(np.mean([bool(r["passed"]) for r in rs])) if n else None,
             "cost_usd": float(sum(r["cost_usd"] for r in rs)),
