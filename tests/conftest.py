@@ -25,3 +25,22 @@ def ray_cluster():
         )
     yield ray
     ray.shutdown()
+
+
+def require_models(*models: str) -> None:
+    """Skip when local weights are missing — or fail, under ``make test``.
+
+    ``make test`` fetches every model the suite needs and sets ``SALE_RAY_REQUIRE_MODELS=1``, so a
+    missing model there means set-up broke, and a silent skip would hide it.
+    """
+    from sale_ray.agents import catalog
+
+    missing = [m for m in models if not catalog.model_status(m).assembled]
+    if not missing:
+        return
+    reason = f"local weights missing: run `sale-ray models fetch {' '.join(missing)}`"
+    if os.environ.get("SALE_RAY_REQUIRE_MODELS") == "1":
+        pytest.fail(
+            f"{reason} (SALE_RAY_REQUIRE_MODELS=1: make test fetched them, so this is a bug)"
+        )
+    pytest.skip(reason)

@@ -4,6 +4,7 @@ RELIABILITY rows 8 (overload), 9 (disconnect), 10 (auth), 11 (no key in Ray's lo
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -37,15 +38,23 @@ def upstream():
 
 
 @pytest.fixture(scope="module")
-def base(ray_cluster, upstream, tmp_path_factory):
-    """Serve (shared by the session) with one app: two agents, a tight queue, a 3 s deadline."""
+def serve_port(ray_cluster):
+    from sale_ray.serve.deployment import start_serve
+
+    return start_serve(ServeConfig(port=_free_port()))
+
+
+@pytest.fixture(scope="module")
+def deploy(serve_port, upstream, tmp_path_factory):
+    """Deploys an app (two agents, ``cheap`` and ``dear``, over the scripted upstream) on the
+    session's Serve; returns its base URL once every door has answered once."""
     from ray import serve
 
-    from sale_ray.serve.deployment import build_app, start_serve
+    from sale_ray.serve.deployment import build_app
 
     keys = tmp_path_factory.mktemp("keys") / "api_keys"
     keys.write_text(f"# test key\n{KEY}\n")  # a file: replicas read it, whatever their env
-    port = start_serve(ServeConfig(port=_free_port()))
+    apps = []
 
     def spec(name: str, price: float) -> AgentSpec:
         return AgentSpec(
@@ -57,25 +66,42 @@ def base(ray_cluster, upstream, tmp_path_factory):
             price_out_per_mtok=2 * price,
         )
 
-    config = SaleConfig(
-        pool=PoolSpec(agents=[spec("cheap", 0.1), spec("dear", 1.0)]),
-        auction=AuctionConfig(bid_timeout_s=5, jury_timeout_s=5),
-        serve=ServeConfig(
-            api_keys_env=None,
-            api_keys_file=str(keys),
-            request_timeout_s=3.0,
-            max_ongoing_requests=2,
-            max_queued_requests=1,
-            retry_after_s=2,
-        ),
+    def make(name: str, prefix: str, **limits) -> str:
+        config = SaleConfig(
+            pool=PoolSpec(agents=[spec("cheap", 0.1), spec("dear", 1.0)]),
+            auction=AuctionConfig(bid_timeout_s=5, jury_timeout_s=5),
+            serve=ServeConfig(api_keys_env=None, api_keys_file=str(keys), **limits),
+        )
+        serve.run(build_app(config), name=name, route_prefix=prefix)
+        apps.append(name)
+        url = f"http://127.0.0.1:{serve_port}{prefix}"
+        warm = openai.OpenAI(base_url=url + "/v1", api_key=KEY, max_retries=3)
+        for model in ["cheap", "dear", "sale"]:  # first calls import and connect: no deadline
+            warm.chat.completions.create(model=model, messages=_user("warm up"))
+        return url
+
+    yield make
+    for name in apps:
+        serve.delete(name)
+
+
+@pytest.fixture(scope="module")
+def base(deploy):
+    """The app most tests use: a tight queue and a 3 s deadline."""
+    return deploy(
+        APP,
+        PREFIX,
+        request_timeout_s=3.0,
+        max_ongoing_requests=2,
+        max_queued_requests=1,
+        retry_after_s=2,
     )
-    serve.run(build_app(config), name=APP, route_prefix=PREFIX)
-    url = f"http://127.0.0.1:{port}{PREFIX}"
-    warm = openai.OpenAI(base_url=url + "/v1", api_key=KEY, max_retries=3)
-    for model in ["cheap", "dear", "sale"]:  # first calls import and connect: not a deadline test
-        warm.chat.completions.create(model=model, messages=_user("warm up"))
-    yield url
-    serve.delete(APP)
+
+
+@pytest.fixture(scope="module")
+def long_base(deploy):
+    """An app whose deadline (60 s) is far off: only a disconnect can end its calls early."""
+    return deploy(APP + "-long", "/long", request_timeout_s=60.0)
 
 
 @pytest.fixture
@@ -145,27 +171,38 @@ def test_a_slow_request_answers_408_and_cancels_its_model_call(client, upstream)
         assert upstream.wait_for("disconnect", tag, 15), upstream.events[-6:]
 
 
-def test_a_client_disconnect_cancels_the_model_call_through_serve(base, upstream):
-    url, h = f"{base}/v1/chat/completions", {"authorization": f"Bearer {KEY}"}
+def _gone_without_answer(upstream: ScriptedUpstream, tag: str) -> bool:
+    """The upstream call ``tag`` was closed by our side before it answered."""
+    return upstream.wait_for("disconnect", tag, 15) and ("answered", tag) not in upstream.events
+
+
+def test_a_client_disconnect_cancels_the_model_call_through_serve(long_base, upstream):
+    """The client leaves only once the upstream call is open, so the call must be closed by the
+    disconnect: this app's deadline (60 s) and the scripted answer (30 s away, or a 1 s drip of
+    12 chunks) are both far off, so nothing else could close it before ``wait_for`` gives up."""
+    url, h = f"{long_base}/v1/chat/completions", {"authorization": f"Bearer {KEY}"}
+
+    async def leave_once_upstream_is_called(model: str, tag: str) -> None:
+        body = {"model": model, "messages": _user(f"[slow:30][id:{tag}]")}
+        async with httpx.AsyncClient(timeout=60) as c:
+            call = asyncio.ensure_future(c.post(url, headers=h, json=body))
+            seen = await asyncio.to_thread(upstream.wait_for, "request", tag, 30)
+            call.cancel()  # closes the connection: the client has left
+            await asyncio.gather(call, return_exceptions=True)
+        assert seen, upstream.events[-6:]
+
     for model, tag in [("cheap", "sd1"), ("sale", "sd2")]:
-        with pytest.raises(httpx.ReadTimeout):
-            httpx.post(
-                url,
-                headers=h,
-                timeout=0.8,
-                json={"model": model, "messages": _user(f"[slow:2.5][id:{tag}]")},
-            )
-        assert upstream.wait_for("disconnect", tag, 15), upstream.events[-6:]
+        asyncio.run(leave_once_upstream_is_called(model, tag))
+        assert _gone_without_answer(upstream, tag), upstream.events[-6:]
     for model, tag in [("cheap", "sd3"), ("sale", "sd4")]:
-        body = {
-            "model": model,
-            "stream": True,
-            "messages": _user(f"a b c d e f g h [drip:1][id:{tag}]"),
-        }
-        with httpx.stream("POST", url, headers=h, json=body, timeout=10) as r:
+        words = " ".join("abcdefghijkl")
+        body = {"model": model, "stream": True, "messages": _user(f"{words} [drip:1][id:{tag}]")}
+        with httpx.stream("POST", url, headers=h, json=body, timeout=60) as r:
             assert r.status_code == 200
-            next(r.iter_lines())
-        assert upstream.wait_for("disconnect", tag, 15), upstream.events[-6:]
+            # leave at the first word: the winner's upstream stream is open by then (for an
+            # auction the first event goes out when the winner starts, before it calls upstream)
+            assert any('"a ' in line for line in r.iter_lines()), tag
+        assert _gone_without_answer(upstream, tag), upstream.events[-6:]
 
 
 def test_auth_limits_and_no_key_in_any_ray_log(base, client):
