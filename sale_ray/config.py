@@ -8,7 +8,7 @@ errors, so a typo never silently falls back to a default.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -373,15 +373,12 @@ def load_config(path: str | Path | None) -> SaleConfig:
     """Read a YAML config; ``None`` gives the embedded default. Errors name the file and field."""
     if path is None:
         return SaleConfig()
-    import yaml
-
     p = Path(path)
     try:
-        data = yaml.safe_load(p.read_text()) or {}
+        text = p.read_text()
     except FileNotFoundError:
         raise ConfigError(f"{p}: config file not found") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{p}: not valid YAML: {e}") from None
+    data = parse_yaml(text, str(p)) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{p}: top level must be a mapping")
     # Cluster files may embed the sale-ray section under a `sale_ray:` key.
@@ -390,6 +387,35 @@ def load_config(path: str | Path | None) -> SaleConfig:
         return SaleConfig.model_validate(data)
     except ValidationError as e:
         raise ConfigError(f"{p}: {format_validation_error(e)}") from None
+
+
+def parse_yaml(text: str, source: str = "<string>") -> Any:
+    """Parse one YAML document, refusing a key repeated in one mapping.
+
+    Plain YAML keeps the last of two equal keys, so ``quota: {budget_usd: 10}`` followed by
+    another ``quota:`` line silently drops the spending cap; here it is a :class:`ConfigError`
+    naming the key and both lines.
+    """
+    import yaml
+
+    class StrictLoader(yaml.SafeLoader):
+        def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+            seen: dict[Any, Any] = {}
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=deep)
+                if key in seen:
+                    raise ConfigError(
+                        f"{source}: line {key_node.start_mark.line + 1}: key {key!r} repeated "
+                        f"(first at line {seen[key].start_mark.line + 1}); YAML would keep only "
+                        "the last"
+                    )
+                seen[key] = key_node
+            return super().construct_mapping(node, deep=deep)
+
+    try:
+        return yaml.load(text, Loader=StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{source}: not valid YAML: {e}") from None
 
 
 def format_validation_error(e: ValidationError) -> str:

@@ -6,14 +6,16 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sale_ray.config import SaleConfig, load_config
+from sale_ray.config import SaleConfig, load_config, parse_yaml
 
 CLUSTER = Path(__file__).resolve().parents[2] / "cluster"
 FILES = sorted(p for p in CLUSTER.rglob("*.yaml"))
 
 
 def docs(path):
-    return [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
+    """Every document of a file; a key repeated in any of them is an error, as in a config."""
+    parts = path.read_text().split("\n---")
+    return [d for d in (parse_yaml(part, str(path)) for part in parts) if d is not None]
 
 
 def sale_sections(doc):
@@ -21,10 +23,10 @@ def sale_sections(doc):
     kind = doc.get("kind")
     if kind == "ConfigMap":
         return [
-            yaml.safe_load(v) for k, v in doc.get("data", {}).items() if k.startswith("sale-ray")
+            parse_yaml(v, k) for k, v in doc.get("data", {}).items() if k.startswith("sale-ray")
         ]
     if kind == "RayService":
-        serve = yaml.safe_load(doc["spec"]["serveConfigV2"])
+        serve = parse_yaml(doc["spec"]["serveConfigV2"], "serveConfigV2")
         return [a["args"]["sale_ray"] for a in serve["applications"]]
     if "applications" in doc:  # a Serve config file
         return [a["args"]["sale_ray"] for a in doc["applications"] if "sale_ray" in a["args"]]
@@ -48,7 +50,7 @@ def test_the_launcher_config_matches_rays_schema():
     import ray.autoscaler
 
     schema = json.loads((Path(ray.autoscaler.__file__).parent / "ray-schema.json").read_text())
-    cfg = yaml.safe_load((CLUSTER / "launcher.yaml").read_text())
+    cfg = parse_yaml((CLUSTER / "launcher.yaml").read_text(), "launcher.yaml")
     jsonschema.validate(cfg, schema)
     types = cfg["available_node_types"]
     assert "GPU" not in types["head"]["resources"] and types["gpu_worker"]["resources"]["GPU"] == 1

@@ -12,10 +12,23 @@ def test_no_config_file_means_the_embedded_local_pool():
     assert all(a.backend == "local" and a.resources.num_cpus == 0 for a in cfg.pool.agents)
 
 
-def test_the_shipped_pool_files_validate():
+def test_the_shipped_pool_files_validate_and_keep_their_spending_caps():
     for name in ["local", "openai", "vllm"]:
-        cfg = load_config(f"cluster/pools/{name}.yaml")
-        assert cfg.pool.agents
+        load_config(f"cluster/pools/{name}.yaml")
+    hosted = load_config("cluster/pools/openai.yaml")
+    assert [a.quota.budget_usd for a in hosted.pool.agents] == [10, 10]
+
+
+def test_a_repeated_key_is_an_error_naming_it_and_both_lines(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text(
+        "pool:\n  agents:\n    - name: a\n      model: m\n"
+        "      quota: {rpm: 5, budget_usd: 10}\n      quota: {rpm: 5}\n"
+    )
+    with pytest.raises(
+        ConfigError, match=r"c.yaml: line 6: key 'quota' repeated \(first at line 5\)"
+    ):
+        load_config(p)
 
 
 def test_a_typo_is_an_error_naming_the_field(tmp_path):
