@@ -7,9 +7,13 @@ prints ``PORT <n>``; the benchmark's zero-latency upstream).
 
 What a ``POST /v1/chat/completions`` gets depends on the request:
 
-* ``response_format`` set (a jury call): ``{"A": 4, "B": 4, ...}`` for the schema's labels.
-* ``logprobs`` set (a bid): a short plan with per-token top-k logprobs, the same for every model
-  (so the auction's C − V is decided by price alone: the cheapest agent wins).
+* ``logprobs`` set (a bid): a short plan with per-token top-k logprobs, distinct per model: it
+  names the model and a quality q in 1..5 (``[best:M]`` in the task: model M's plan has q = 5
+  and every other plan q = 1; otherwise q is a stable hash of the model name), and the higher
+  q, the surer its tokens (lower entropy).
+* ``response_format`` set (a jury call): each plan scored by its quality q, ``{"A": q_A, ...}``
+  (3 for a plan whose quality it cannot read). So the decision an auction should reach follows
+  from the prices and the qualities, and a test can assert it.
 * otherwise (execution, passthrough): ``echo(<model>): <last user message>``, shaped by markers
   in the last user message: ``[slow:S]`` answer after S s; ``[hang]`` never answer;
   ``[status:N]`` answer HTTP N (429 carries ``Retry-After: 0``); ``[garbage]`` a non-JSON 200;
@@ -25,13 +29,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import re
 import threading
 import time
+import zlib
 from typing import Any
 
-_MARK = re.compile(r"\[(slow|hang|status|garbage|cut|length|drip|id)(?::([\w.\-]+))?\]")
-_PLAN = ["Parse", " the", " task", ",", " compute", " the", " answer", ",", " check", " it", "."]
+_MARK = re.compile(r"\[(slow|hang|status|garbage|cut|length|drip|id|best)(?::([\w.\-]+))?\]")
+_PLAN_BLOCK = re.compile(r'<plan id="(\w+)">(.*?)</plan>', re.S)
+_QUALITY = re.compile(r"\(quality (\d)\)")
 _REASONS = {
     200: "OK",
     400: "Bad Request",
@@ -46,6 +53,31 @@ def _text(content: Any) -> str:
     if isinstance(content, list):
         return "".join(p.get("text", "") for p in content if isinstance(p, dict))
     return content or ""
+
+
+def _all_text(req: dict) -> str:
+    return "\n".join(_text(m.get("content")) for m in req.get("messages", []))
+
+
+def plan_quality(model: str, task_text: str) -> int:
+    """The quality (1..5) of ``model``'s scripted plan for a task (see the module docstring)."""
+    marks = dict(_MARK.findall(task_text))
+    if "best" in marks:
+        return 5 if marks["best"] == model else 1
+    return 1 + zlib.crc32(model.encode()) % 5
+
+
+def plan_tokens(model: str, task_text: str) -> list[tuple[str, float]]:
+    """``model``'s scripted plan as (token, logprob of the chosen token): surer when better."""
+    q = plan_quality(model, task_text)
+    words = ["Plan", f" of {model}", ":", " parse", " the", " task", ",", " compute", " it"]
+    words += [",", " check", " it", f" (quality {q})", "."]
+    return [(w, math.log(0.4 + 0.1 * q)) for w in words]
+
+
+def _jury_scores(prompt: str, labels: list[str]) -> dict[str, int]:
+    found = {lab: _QUALITY.search(body) for lab, body in _PLAN_BLOCK.findall(prompt)}
+    return {lab: int(m.group(1)) if (m := found.get(lab)) else 3 for lab in labels}
 
 
 class ScriptedUpstream:
@@ -153,11 +185,11 @@ class ScriptedUpstream:
         req = json.loads(body)
         if req.get("response_format"):
             labels = req["response_format"]["json_schema"]["schema"]["required"]
-            return await self._json(
-                writer, 200, _completion(req, json.dumps({lab: 4 for lab in labels}), "stop")
-            )
+            scores = _jury_scores(_all_text(req), labels)
+            return await self._json(writer, 200, _completion(req, json.dumps(scores), "stop"))
         if req.get("logprobs"):
-            return await self._json(writer, 200, _completion(req, "".join(_PLAN), "stop", True))
+            plan = plan_tokens(str(req.get("model")), _all_text(req))
+            return await self._json(writer, 200, _completion(req, plan, "stop", True))
         return await self._answer(req, reader, writer)
 
     async def _answer(
@@ -310,23 +342,23 @@ def _usage(req: dict, completion: int) -> dict[str, int]:
     }
 
 
-def _completion(req: dict, text: str, finish: str, logprobs: bool = False) -> dict:
+def _completion(
+    req: dict, text: str | list[tuple[str, float]], finish: str, logprobs: bool = False
+) -> dict:
+    """A chat completion; ``text`` given as (token, logprob) pairs carries those logprobs."""
+    tokens = text if isinstance(text, list) else None
+    content = "".join(t for t, _ in tokens) if tokens is not None else text
     choice: dict[str, Any] = {
         "index": 0,
-        "message": {"role": "assistant", "content": text},
+        "message": {"role": "assistant", "content": content},
         "finish_reason": finish,
         "logprobs": None,
     }
-    n = len(text.split())
-    if logprobs:
+    n = len(content.split())
+    if logprobs and tokens is not None:
         k = int(req.get("top_logprobs") or 1)
-        top = [{"token": f"t{j}", "logprob": -0.5 - j, "bytes": None} for j in range(k)]
-        choice["logprobs"] = {
-            "content": [
-                {"token": t, "logprob": -0.5, "bytes": None, "top_logprobs": top} for t in _PLAN
-            ]
-        }
-        n = len(_PLAN)
+        choice["logprobs"] = {"content": [_logprob(t, lp, k) for t, lp in tokens]}
+        n = len(tokens)
     return {
         "id": "chatcmpl-scripted",
         "object": "chat.completion",
@@ -335,6 +367,14 @@ def _completion(req: dict, text: str, finish: str, logprobs: bool = False) -> di
         "choices": [choice],
         "usage": _usage(req, n),
     }
+
+
+def _logprob(token: str, logprob: float, k: int) -> dict:
+    """One token with k alternatives: the chosen one first, the rest sharing what is left."""
+    rest = max(1e-6, 1 - math.exp(logprob)) / max(1, k - 1)
+    top = [{"token": token, "logprob": logprob, "bytes": None}]
+    top += [{"token": f"t{j}", "logprob": math.log(rest), "bytes": None} for j in range(1, k)]
+    return {"token": token, "logprob": logprob, "bytes": None, "top_logprobs": top}
 
 
 def main() -> None:

@@ -117,8 +117,9 @@ def test_the_official_client_works_unchanged_through_serve(client, base):
     assert [m.id for m in client.models.list()] == ["sale", "cheap", "dear"]
     raw = client.chat.completions.with_raw_response.create(model="sale", messages=_user("hi"))
     done = raw.parse()
-    assert raw.headers["x-sale-winner"] == "cheap" == done.model_extra["sale"]["winner"]
-    assert done.choices[0].message.content.startswith("echo(cheap-m):")
+    # the scripted jury rates dear's plan 5 and cheap's 2: worth dear's 10x price
+    assert raw.headers["x-sale-winner"] == "dear" == done.model_extra["sale"]["winner"]
+    assert done.choices[0].message.content.startswith("echo(dear-m):")
     rec = httpx.get(
         f"{base}/v1/auctions/{raw.headers['x-sale-auction-id']}",
         headers={"authorization": f"Bearer {KEY}"},
@@ -163,11 +164,13 @@ def test_overload_answers_fast_with_retry_after_and_admitted_requests_finish(bas
 
 
 def test_a_slow_request_answers_408_and_cancels_its_model_call(client, upstream):
+    # [hang] is never answered: only the 3 s deadline can answer before the client's 30 s
     for model, tag in [("cheap", "st1"), ("sale", "st2")]:
-        t0 = time.monotonic()
         with pytest.raises(openai.APIStatusError) as e:
-            client.chat.completions.create(model=model, messages=_user(f"[hang][id:{tag}]"))
-        assert e.value.status_code == 408 and time.monotonic() - t0 < 9
+            client.with_options(timeout=30).chat.completions.create(
+                model=model, messages=_user(f"[hang][id:{tag}]")
+            )
+        assert e.value.status_code == 408
         assert upstream.wait_for("disconnect", tag, 15), upstream.events[-6:]
 
 
