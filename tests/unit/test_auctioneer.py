@@ -111,8 +111,9 @@ def test_an_evicted_id_is_still_never_auctioned_twice():
     assert _executions(agents)["t0"] == 1
 
 
-def test_in_flight_is_bounded_and_a_full_queue_refuses_fast():
-    cfg = _config(latency=(100, 100), max_in_flight=4, max_queued=6)
+def test_in_flight_is_bounded_and_a_full_queue_refuses_without_waiting_for_a_slot():
+    # every call takes 5 s: a submit that waited for a slot could not return before that
+    cfg = _config(latency=(5000, 5000), max_in_flight=4, max_queued=6)
 
     async def main():
         auc, _ = _auctioneer(cfg)
@@ -122,15 +123,16 @@ def test_in_flight_is_bounded_and_a_full_queue_refuses_fast():
         for _ in range(10):
             await asyncio.sleep(0.005)
             peak = max(peak, auc.stats()["in_flight"])
-        t0 = time.perf_counter()
         with pytest.raises(Overloaded, match="queue full"):
             await auc.submit(Task(id="extra", prompt="p"))
-        refused_in = time.perf_counter() - t0
-        await asyncio.gather(*futs)
-        return peak, refused_in
+        waited = any(f.done() for f in futs)  # a slot had freed: the refusal was not at once
+        for f in futs:
+            f.cancel()
+        await asyncio.gather(*futs, return_exceptions=True)
+        return peak, waited
 
-    peak, refused_in = asyncio.run(main())
-    assert peak == 4 and refused_in < 0.05
+    peak, waited = asyncio.run(main())
+    assert peak == 4 and not waited
 
 
 def test_a_hanging_agent_is_dropped_at_the_deadline_and_never_stalls_the_rest():
@@ -159,7 +161,8 @@ def test_a_hanging_agent_is_dropped_at_the_deadline_and_never_stalls_the_rest():
         return recs, time.perf_counter() - t0
 
     recs, took = asyncio.run(main())
-    assert took < 1.5  # one bid deadline (+ the hung juror's) plus a margin, not 100 of them
+    # concurrent deadlines take ~0.6 s in all; 100 of them one after another would take 30 s
+    assert took < 100 * 0.3 / 3
     for r in recs:
         hung = next(s for s in r.bids if s.bid.agent == "hung")
         assert hung.bid.rejected.startswith("timeout")
@@ -271,17 +274,16 @@ def test_a_slow_item_does_not_hold_its_batch_mates_and_is_cancelled_when_abandon
     async def main():
         r = FakeRemote(delay=0.01)
         mb = MicroBatcher(r.send, max_in_flight=1)
-        t0 = time.perf_counter()
         fast = asyncio.gather(*(mb.call(i) for i in range(5)))
-        slow = asyncio.ensure_future(asyncio.wait_for(mb.call("slow"), 0.2))
+        slow = asyncio.ensure_future(asyncio.wait_for(mb.call("slow"), 2.0))
         got = await fast
-        fast_s = time.perf_counter() - t0
+        held = slow.done()  # the fast ones waited for the slow one's 2 s deadline
         with pytest.raises(TimeoutError):
             await slow
         await asyncio.sleep(0.01)
-        after = await asyncio.wait_for(mb.call(7), 1.0)  # the pipeline slot was freed
-        return got, fast_s, r.cancelled, after
+        after = await asyncio.wait_for(mb.call(7), 5.0)  # the pipeline slot was freed
+        return got, held, r.cancelled, after
 
-    got, fast_s, cancelled, after = asyncio.run(main())
-    assert got == [0, 2, 4, 6, 8] and fast_s < 0.15
+    got, held, cancelled, after = asyncio.run(main())
+    assert got == [0, 2, 4, 6, 8] and not held
     assert cancelled == 1 and after == 14
