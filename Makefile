@@ -13,7 +13,7 @@ export RAY_USAGE_STATS_ENABLED = 0
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER = 0
 export PIP_DISABLE_PIP_VERSION_CHECK = 1
 
-.PHONY: demo test test-all lint install models clean
+.PHONY: demo test test-all lint install models clean bench
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -39,6 +39,11 @@ test: install
 test-all: install
 	$(BIN)/sale-ray models fetch $(DEMO_MODELS)
 	$(BIN)/python -m pytest -q -m ''
+
+## bench: the benchmarks that need no model (~15 min on 2 cores); JSON in benchmarks/results/,
+## tables in BENCHMARKS.md regenerated from it (model-based sections from their summaries)
+bench: install
+	$(BIN)/python benchmarks/bench.py
 
 lint: install
 	$(BIN)/ruff check sale_ray jobs tests benchmarks

@@ -1,20 +1,32 @@
-"""Load test of the auctioneer on a private local Ray cluster, with scripted agents.
+"""Load test of the auctioneer with scripted agents: batched vs unbatched vs no Ray at all.
 
-    python benchmarks/auctioneer_load.py --tasks 10000 --json
-    python benchmarks/auctioneer_load.py --tasks 2000 --latency-ms 50 500 \\
-        --concurrency 50 200 800 --json
+    python benchmarks/auctioneer_load.py --tasks 2000 --json
+    python benchmarks/auctioneer_load.py --tasks 2000 --no-memory --json
 
-Zero-latency mode (the default) measures the orchestration ceiling: N tasks submitted at once
-through a pool of scripted agents, against Ray's raw one-call-at-a-time actor rate measured in
-the same run. An auctioneer making one Ray call per agent call is capped near
-``raw_calls_per_s / calls_per_auction``; the goal is >= 2x that. ``--unbatched N`` also runs N
-tasks through the same auctioneer with batching off, to measure that cap directly.
+Throughput (zero-latency scripted agents, the same ``--tasks`` tasks — same ids, same prompts —
+submitted at once to each of three runs, in the same process and the same run):
 
-Latency mode gives every agent call a deterministic uniform [lo, hi] ms delay and runs the
-tasks once per ``--concurrency`` value (auctions in flight): throughput should grow with
-concurrency, not with the number of tasks.
+* ``auctions_per_s``: the batched auctioneer actor (the product), over 4 agent actors;
+* ``unbatched_auctions_per_s``: the same auctioneer actor with batching off (one Ray call per
+  agent call), over the same agent actors;
+* ``inprocess_auctions_per_s``: the same :class:`~sale_ray.auctioneer.Auctioneer` and protocol
+  over the same scripted agents as plain objects in this process, no Ray (what the auctioneer
+  could reach if Ray cost nothing). The goal is ``batched_over_inprocess >= 0.5``.
 
-Printed with ``--json``: one JSON object (the last line of stdout).
+The memory is **on** (the product default: ``MemoryConfig()``, 4 shards, all-MiniLM-L6-v2): in
+the Ray runs it is the auctioneer's shard actors, in-process the same shards as plain objects.
+Each run starts with an empty memory and is warmed by one auction (loads the embedder).
+
+Added latency (``added_latency_p50_ms``): scripted agents with a uniform ``--latency-ms``
+delay per call, the batched auctioneer, ``--in-flight`` auctions at a time (1, 10, 100). Per
+auction: its time inside the auctioneer (queueing for a slot excluded) minus the scripted
+latency on its critical path (slowest bid + slowest juror per jury round + slowest refinement +
+the winner's execution) — what a single user waits on top of the models.
+
+Memory: ``peak_rss_mib`` / ``peak_pss_mib`` of this process and every process it started (the
+Ray head, workers, actors), sampled every 0.5 s; PSS from ``/proc/<pid>/smaps_rollup`` counts a
+shared page once. ``lost``: tasks without a record; ``double_awards``: a task executed twice or
+with two records. Printed with ``--json``: one JSON object (the last line of stdout).
 """
 
 from __future__ import annotations
@@ -23,13 +35,17 @@ import argparse
 import asyncio
 import json
 import os
+import statistics
 import sys
 import threading
 import time
 
-from sale_ray.agents.scripted import _unit
-from sale_ray.batch import drive
-from sale_ray.config import (
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from sale_ray.agents.scripted import ScriptedAgent, _unit  # noqa: E402
+from sale_ray.auctioneer import Auctioneer  # noqa: E402
+from sale_ray.batch import drive, make_evaluator  # noqa: E402
+from sale_ray.config import (  # noqa: E402
     AgentSpec,
     AuctionConfig,
     AuctioneerConfig,
@@ -37,14 +53,14 @@ from sale_ray.config import (
     SaleConfig,
     ScriptedSpec,
 )
-from sale_ray.memory.config import MemoryConfig
-from sale_ray.runtime import connect, start_agents, start_auctioneer
-from sale_ray.types import Task
+from sale_ray.memory.config import MemoryConfig  # noqa: E402
+from sale_ray.runtime import connect, start_agents, start_auctioneer  # noqa: E402
+from sale_ray.types import AuctionRecord, Task  # noqa: E402
 
 PRICES = [0.05, 0.09, 0.16, 0.36]
 
 
-# --- memory of every Ray process we started (the driver and its descendants) ---------------------
+# --- memory of every process we started (this driver and its descendants) ------------------------
 def _children() -> dict[int, list[int]]:
     kids: dict[int, list[int]] = {}
     for d in os.listdir("/proc"):
@@ -58,37 +74,54 @@ def _children() -> dict[int, list[int]]:
     return kids
 
 
-def tree_rss_mib(root: int) -> float:
-    kids, todo, total = _children(), [root], 0
+def _tree(root: int) -> list[int]:
+    kids, todo, out = _children(), [root], []
     while todo:
         pid = todo.pop()
+        out.append(pid)
         todo.extend(kids.get(pid, []))
-        try:
-            with open(f"/proc/{pid}/status") as f:
-                total += next(int(x.split()[1]) for x in f if x.startswith("VmRSS:"))
-        except (OSError, StopIteration):
-            pass
-    return total / 1024
+    return out
 
 
-class PeakRSS(threading.Thread):
-    def __init__(self) -> None:
+def _field_kib(path: str, name: str) -> int:
+    try:
+        with open(path) as f:
+            return next(int(x.split()[1]) for x in f if x.startswith(name))
+    except (OSError, StopIteration, ValueError):
+        return 0  # the process ended between listing and reading
+
+
+def tree_memory_mib(root: int) -> tuple[float, float]:
+    """(RSS, PSS) of ``root`` and all its descendants, MiB."""
+    pids = _tree(root)
+    rss = sum(_field_kib(f"/proc/{p}/status", "VmRSS:") for p in pids)
+    pss = sum(_field_kib(f"/proc/{p}/smaps_rollup", "Pss:") for p in pids)
+    return rss / 1024, pss / 1024
+
+
+class PeakMemory(threading.Thread):
+    def __init__(self, every_s: float = 0.5) -> None:
         super().__init__(daemon=True)
-        self.peak, self._halt = 0.0, threading.Event()
+        self.rss = self.pss = 0.0
+        self.every_s = every_s
+        self._halt = threading.Event()
 
     def run(self) -> None:
         while not self._halt.is_set():
-            self.peak = max(self.peak, tree_rss_mib(os.getpid()))
-            self._halt.wait(0.25)
+            rss, pss = tree_memory_mib(os.getpid())
+            self.rss, self.pss = max(self.rss, rss), max(self.pss, pss)
+            self._halt.wait(self.every_s)
 
-    def stop(self) -> float:
+    def stop(self) -> tuple[float, float]:
         self._halt.set()
         self.join()
-        return self.peak
+        return self.rss, self.pss
 
 
-# --- the run ------------------------------------------------------------------------------------
-def make_config(n_agents: int, latency: tuple[float, float], in_flight: int) -> SaleConfig:
+# --- configuration and tasks ----------------------------------------------------------------------
+def make_config(
+    n_agents: int, latency: tuple[float, float], in_flight: int, memory: bool
+) -> SaleConfig:
     agents = [
         AgentSpec(
             name=f"s{i}",
@@ -101,10 +134,9 @@ def make_config(n_agents: int, latency: tuple[float, float], in_flight: int) -> 
         )
         for i in range(n_agents)
     ]
-    # memory off: this measures orchestration (the memory has its own benchmark)
     return SaleConfig(
         pool=PoolSpec(agents=agents),
-        memory=MemoryConfig(enabled=False),
+        memory=MemoryConfig(enabled=memory),  # the product default, or off (--no-memory)
         auction=AuctionConfig(bid_timeout_s=120, jury_timeout_s=120, execute_timeout_s=120),
         auctioneer=AuctioneerConfig(
             max_in_flight=in_flight, max_queued=1_000_000, max_batch=512, batches_in_flight=4
@@ -112,177 +144,259 @@ def make_config(n_agents: int, latency: tuple[float, float], in_flight: int) -> 
     )
 
 
-def tasks(n: int, tag: str) -> list[Task]:
+def make_tasks(n: int, tag: str) -> list[Task]:
     return [
         Task(id=f"{tag}-{i}", prompt=f"load test task {i}", kind="answer", expected="x")
         for i in range(n)
     ]
 
 
-def raw_rate(actor, seconds: float) -> float:
-    """Ray's one-call-at-a-time actor rate: synchronous round trips of one scripted bid."""
-    import ray
+def critical_path_ms(cfg: SaleConfig, rec: AuctionRecord) -> float:
+    """The scripted latency on an auction's critical path (what the agents cost; the rest is
+    what orchestration added): slowest bid, slowest juror per jury round, slowest refinement
+    (a scripted refine sleeps for 'refine' and then for 'bid'), the winner's execution."""
+    specs = {a.name: a for a in cfg.pool.agents}
 
-    t = tasks(1, "raw")[0]
-    ray.get(actor.bid.remote(t))
-    n, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < seconds:
-        ray.get(actor.bid.remote(t))
-        n += 1
-    return n / (time.perf_counter() - t0)
+    def lat(name: str, method: str) -> float:
+        s = specs[name].scripted
+        lo, hi = s.latency_ms
+        return lo + (hi - lo) * _unit(s.seed, name, rec.task_id, method)
 
-
-def simulated_path_ms(cfg: SaleConfig, rec) -> float:
-    """The scripted latency on an auction's critical path: slowest bid + slowest juror + the
-    winner's execution (what the agents cost; the rest is what orchestration added)."""
-    lat = {}
-    for a in cfg.pool.agents:
-        lo, hi = a.scripted.latency_ms
-        lat[a.name] = lambda tid, m, a=a, lo=lo, hi=hi: (
-            lo + (hi - lo) * _unit(a.scripted.seed, a.name, tid, m)
-        )
-    names = list(lat)
-    path = max(lat[n](rec.task_id, "bid") for n in names)
-    if rec.verdicts:
-        path += max(lat[n](rec.task_id, "judge") for n in names)
+    names = list(specs)
+    path = max(lat(n, "bid") for n in names)
+    rounds = len(rec.verdicts) // len(names)  # the first jury, and the refinement's jury
+    path += rounds * max(lat(n, "judge") for n in names)
+    refined = {s.bid.agent for s in rec.bids if s.bid.refined}
+    if refined:
+        path += max(lat(n, "refine") + lat(n, "bid") for n in refined)
     if rec.winner:
-        path += lat[rec.winner](rec.task_id, "execute")
+        path += lat(rec.winner, "execute")
     return path
 
 
-async def run_once(cfg: SaleConfig, pool, batch: list[Task], *, batched: bool = True) -> dict:
+def _pct(xs: list[float], q: float) -> float | None:
+    if not xs:
+        return None
+    xs = sorted(xs)
+    return round(xs[min(len(xs) - 1, int(q * len(xs)))], 2)
+
+
+# --- one run ---------------------------------------------------------------------------------------
+class Run:
+    """One auctioneer (Ray batched, Ray unbatched, or in-process) and what it produced."""
+
+    def __init__(self) -> None:
+        self.got: dict[str, AuctionRecord] = {}
+        self.dupes = 0
+
+    def on_group(self, g: dict) -> bool:
+        for r in g["records"]:
+            self.dupes += r.task_id in self.got
+            self.got[r.task_id] = r
+        return True
+
+
+def _executions_delta(before: list[dict], after: list[dict]) -> dict[str, int]:
+    per_task: dict[str, int] = {}
+    for b, a in zip(before, after, strict=True):
+        for tid, n in a.items():
+            d = n - b.get(tid, 0)
+            if d:
+                per_task[tid] = per_task.get(tid, 0) + d
+    return per_task
+
+
+def _result(cfg: SaleConfig, run: Run, batch: list[Task], wall: float, timings, execs) -> dict:
+    ids = {t.id for t in batch}
+    added = [
+        run_s * 1e3 - critical_path_ms(cfg, run.got[tid])
+        for tid, _, run_s in timings
+        if tid in ids and tid in run.got
+    ]
+    got = [r for tid, r in run.got.items() if tid in ids]
+    return {
+        "tasks": len(batch),
+        "wall_s": round(wall, 3),
+        "auctions_per_s": round(len(got) / wall, 1),
+        "p50_added_ms": _pct(added, 0.5),
+        "p99_added_ms": _pct(added, 0.99),
+        "lost": len(ids - run.got.keys()),
+        "double_awards": run.dupes + sum(1 for t, n in execs.items() if n > 1 and t in ids),
+        "winners": sum(1 for r in got if r.winner),
+        "refined_winners": sum(
+            1 for r in got if any(s.bid.refined and s.bid.agent == r.winner for s in r.bids)
+        ),
+        "errors": sum(1 for r in got if r.error),
+    }
+
+
+async def run_ray(cfg: SaleConfig, pool, batch: list[Task], *, batched: bool) -> dict:
     import ray
 
     auc = start_auctioneer(cfg, pool, batched=batched)
-    await auc.ping.remote()
-    got: dict[str, object] = {}
-    dupes = 0
-
-    def on_group(g: dict) -> bool:
-        nonlocal dupes
-        for r in g["records"]:
-            dupes += r.task_id in got
-            got[r.task_id] = r
-        return True
-
+    warm = make_tasks(1, "warm-" + batch[0].id)[0]
+    await auc.submit.remote(warm)  # starts the memory shards, loads the embedder
+    await auc.take_timings.remote()
+    actors = list(pool.actors.values())
+    before = await asyncio.gather(*(a.executions.remote() for a in actors))
+    run = Run()
     t0 = time.perf_counter()
     await drive(
         auc,
         [batch[i : i + 1000] for i in range(0, len(batch), 1000)],
-        on_group,
+        run.on_group,
         streams_in_flight=len(batch) // 1000 + 1,
     )
     wall = time.perf_counter() - t0
     timings = await auc.take_timings.remote()
     stats = await auc.stats.remote()
-    ray.kill(auc)
-    added = sorted(
-        run_s * 1e3 - simulated_path_ms(cfg, got[tid]) for tid, _, run_s in timings if tid in got
-    )
-    pick = (
-        (lambda q: round(added[min(len(added) - 1, int(q * len(added)))], 2))
-        if added
-        else (lambda q: None)
-    )
-    return {
-        "tasks": len(batch),
-        "wall_s": round(wall, 3),
-        "auctions_per_s": round(len(got) / wall, 1),
-        "p50_added_ms": pick(0.5),
-        "p99_added_ms": pick(0.99),
-        "lost": len(batch) - len(got),
-        "duplicate_records": dupes,
-        "winners": sum(1 for r in got.values() if r.winner),
-        "mean_batch": {n: round(b["mean_batch"], 1) for n, b in stats["batching"].items()},
-    }
+    after = await asyncio.gather(*(a.executions.remote() for a in actors))
+    ray.kill(auc)  # its memory shards die with it (owned actors)
+    out = _result(cfg, run, batch, wall, timings, _executions_delta(before, after))
+    if batched:
+        out["mean_batch"] = {n: round(b["mean_batch"], 1) for n, b in stats["batching"].items()}
+    out["memory_write_failed"] = stats["memory_write_failed"]
+    return out
 
 
+async def run_inprocess(cfg: SaleConfig, batch: list[Task]) -> dict:
+    """The same Auctioneer, protocol, gates, evaluator and memory, with no Ray in between."""
+    from sale_ray.memory.sharded import ShardedMemory
+
+    agents = {a.name: ScriptedAgent(a, cfg) for a in cfg.pool.agents}
+    infos = [await a.start() for a in agents.values()]
+    prices = {i["name"]: (i["price_in"], i["price_out"]) for i in infos}
+    memory = ShardedMemory.local(cfg.memory, cfg.storage) if cfg.memory.enabled else None
+    core = Auctioneer(agents, prices, cfg, evaluate=make_evaluator(cfg), memory=memory)
+    await core.submit(make_tasks(1, "warm-" + batch[0].id)[0])
+    core.take_timings()
+    before = [a.executions() for a in agents.values()]
+    run = Run()
+    t0 = time.perf_counter()
+    async for g in core.stream(batch):
+        run.on_group(g)
+    wall = time.perf_counter() - t0
+    after = [a.executions() for a in agents.values()]
+    out = _result(cfg, run, batch, wall, core.take_timings(), _executions_delta(before, after))
+    out["memory_write_failed"] = core.counts["memory_write_failed"]
+    return out
+
+
+# --- the benchmark ---------------------------------------------------------------------------------
 async def main(args: argparse.Namespace) -> dict:
-    import ray
-
-    latency = tuple(args.latency_ms)
-    cfg = make_config(args.agents, latency, args.concurrency[0])
+    memory = not args.no_memory
+    zero = (0.0, 0.0)
+    cfg = make_config(args.agents, zero, args.throughput_in_flight, memory)
     pool = await start_agents(cfg)
-    raw = raw_rate(next(iter(pool.actors.values())), args.raw_seconds)
-    calls_per_auction = 2 * args.agents + 1  # a bid and a verdict per agent, one execution
+    peak = PeakMemory()
+    peak.start()
+    batch = make_tasks(args.tasks, "load")
+
+    # throughput: the three runs on the same tasks, in turn; with --repeat, in rotating order
+    # (so load that drifts during the run hits each alike), and the median of each
+    runs: dict[str, list[dict]] = {"batched": [], "unbatched": [], "inprocess": []}
+    order = list(runs)
+    for r in range(args.repeat):
+        for mode in order[r % 3 :] + order[: r % 3]:
+            if mode == "inprocess":
+                res = await run_inprocess(cfg, batch)
+            else:
+                res = await run_ray(cfg, pool, batch, batched=mode == "batched")
+            res["loadavg_1m"] = round(os.getloadavg()[0], 2)
+            runs[mode].append(res)
+
+    def med(mode: str) -> float:
+        return round(statistics.median(x["auctions_per_s"] for x in runs[mode]), 1)
+
     out: dict = {
         "tasks": args.tasks,
         "agents": args.agents,
-        "latency_ms": list(latency),
-        "raw_calls_per_s": round(raw, 1),
-        "calls_per_auction": calls_per_auction,
-        "unbatched_ceiling": round(raw / calls_per_auction, 1),
+        "memory": memory,
+        "embedder": cfg.memory.embedder if memory else None,
+        "throughput_in_flight": args.throughput_in_flight,
+        "repeat": args.repeat,
+        "auctions_per_s": med("batched"),
+        "unbatched_auctions_per_s": med("unbatched"),
+        "inprocess_auctions_per_s": med("inprocess"),
     }
-    rss = PeakRSS()
-    rss.start()
-    runs = []
-    for c in args.concurrency:
-        run_cfg = make_config(args.agents, latency, c)
-        r = await run_once(run_cfg, pool, tasks(args.tasks, f"c{c}"))
-        runs.append({"concurrency": c, **r})
-    if args.unbatched:
-        u = await run_once(
-            make_config(args.agents, latency, args.concurrency[-1]),
-            pool,
-            tasks(args.unbatched, "unbatched"),
-            batched=False,
-        )
-        out["unbatched_measured"] = {
-            "tasks": args.unbatched,
-            **{k: u[k] for k in ("auctions_per_s", "p50_added_ms", "p99_added_ms", "lost")},
-        }
-    execs = await asyncio.gather(*(a.executions.remote() for a in pool.actors.values()))
-    out["peak_rss_mib"] = round(rss.stop(), 1)
-    per_task: dict[str, int] = {}
-    for e in execs:
-        for tid, n in e.items():
-            per_task[tid] = per_task.get(tid, 0) + n
-    best = max(runs, key=lambda r: r["auctions_per_s"])
-    out.update(
-        {
-            k: best[k]
-            for k in ("auctions_per_s", "p50_added_ms", "p99_added_ms", "wall_s", "mean_batch")
-        }
+    out["batched_over_unbatched"] = round(
+        out["auctions_per_s"] / out["unbatched_auctions_per_s"], 3
     )
-    out["speedup_vs_ceiling"] = round(best["auctions_per_s"] / out["unbatched_ceiling"], 2)
-    out["lost"] = sum(r["lost"] for r in runs)
-    out["double_awards"] = sum(r["duplicate_records"] for r in runs) + sum(
-        1 for n in per_task.values() if n > 1
+    out["batched_over_inprocess"] = round(
+        out["auctions_per_s"] / out["inprocess_auctions_per_s"], 3
     )
-    if len(runs) > 1:
-        out["scaling"] = [
-            {
-                k: r[k]
-                for k in ("concurrency", "auctions_per_s", "p50_added_ms", "p99_added_ms", "wall_s")
-            }
-            for r in runs
-        ]
+    out["goal_batched_over_inprocess"] = 0.5
+    out["runs"] = runs
+
+    # added latency at 1, 10, 100 in flight: agents that take --latency-ms per call (their own
+    # actors: an agent's latency is part of its spec), the batched auctioneer, and in-process
     await pool.stop()
-    ray.shutdown()
+    latency = tuple(args.latency_ms)
+    pool = await start_agents(make_config(args.agents, latency, 1, memory))
+    added: dict[str, float | None] = {}
+    added_p99: dict[str, float | None] = {}
+    added_inproc: dict[str, float | None] = {}
+    lat_runs = []
+    for c in args.in_flight:
+        lcfg = make_config(args.agents, latency, c, memory)
+        lbatch = make_tasks(max(args.latency_tasks_min, args.latency_tasks_per_slot * c), f"lat{c}")
+        res = await run_ray(lcfg, pool, lbatch, batched=True)
+        added[str(c)], added_p99[str(c)] = res["p50_added_ms"], res["p99_added_ms"]
+        inproc = await run_inprocess(lcfg, lbatch)
+        added_inproc[str(c)] = inproc["p50_added_ms"]
+        lat_runs += [{"in_flight": c, "mode": "batched", **res}]
+        lat_runs += [{"in_flight": c, "mode": "inprocess", **inproc}]
+    out["latency_ms"] = list(latency)
+    out["added_latency_p50_ms"] = added
+    out["added_latency_p99_ms"] = added_p99
+    out["inprocess_added_latency_p50_ms"] = added_inproc
+    out["latency_runs"] = lat_runs
+
+    rss, pss = peak.stop()
+    out["peak_rss_mib"] = round(rss, 1)
+    out["peak_pss_mib"] = round(pss, 1)
+    every = [x for v in runs.values() for x in v] + lat_runs
+    out["lost"] = sum(x["lost"] for x in every)
+    out["double_awards"] = sum(x["double_awards"] for x in every)
+    out["memory_write_failed"] = sum(x["memory_write_failed"] for x in every)
+    out["cpus"] = os.cpu_count()
+    out["loadavg_1m"] = round(os.getloadavg()[0], 2)
+    await pool.stop()
     return out
 
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--tasks", type=int, default=10_000)
+    ap.add_argument("--tasks", type=int, default=2000, help="tasks per throughput run")
     ap.add_argument("--agents", type=int, default=4)
-    ap.add_argument("--latency-ms", type=float, nargs=2, default=[0.0, 0.0], metavar=("LO", "HI"))
+    ap.add_argument("--no-memory", action="store_true", help="turn the memory off")
     ap.add_argument(
-        "--concurrency",
-        type=int,
-        nargs="+",
-        default=[2000],
-        help="auctions in flight; several values = a scaling sweep",
+        "--throughput-in-flight", type=int, default=1000, help="auctions in flight (throughput)"
     )
-    ap.add_argument("--unbatched", type=int, default=0, help="also run N tasks unbatched")
-    ap.add_argument("--raw-seconds", type=float, default=3.0)
+    ap.add_argument("--repeat", type=int, default=1, help="throughput runs per mode (median)")
+    ap.add_argument(
+        "--latency-ms",
+        type=float,
+        nargs=2,
+        default=[10.0, 30.0],
+        metavar=("LO", "HI"),
+        help="scripted latency per call in the added-latency runs",
+    )
+    ap.add_argument("--in-flight", type=int, nargs="+", default=[1, 10, 100])
+    ap.add_argument("--latency-tasks-min", type=int, default=40)
+    ap.add_argument("--latency-tasks-per-slot", type=int, default=5)
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     a = ap.parse_args()
     connect(num_cpus=2)
-    result = asyncio.run(main(a))
+    try:
+        result = asyncio.run(main(a))
+    finally:
+        import ray
+
+        ray.shutdown()
     if a.json:
         print(json.dumps(result))
     else:
         for k, v in result.items():
-            print(f"{k:>20}: {v}")
+            print(f"{k:>26}: {v}")
     sys.exit(0 if result["lost"] == 0 and result["double_awards"] == 0 else 1)

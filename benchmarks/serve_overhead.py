@@ -1,6 +1,7 @@
 """What the online endpoint costs on top of the model, against what Ray Serve alone costs.
 
     python benchmarks/serve_overhead.py [--json] [--requests 300] [--concurrency 8] [--seconds 5]
+        [--auction-requests 200] [--auction-clients 10] [--auction-rounds 3]
 
 All in one run, on 127.0.0.1, one keep-alive HTTP client per target, requests interleaved
 round-robin so that machine noise hits every target alike:
@@ -14,6 +15,18 @@ round-robin so that machine noise hits every target alike:
 ``p50_overhead_ms`` = p50(passthrough) − p50(direct) (p99 likewise); ``serve_floor_p50_ms`` =
 p50(serve_echo) − p50(uvicorn_echo); the goal is overhead p50 ≤ 1.5 × the floor. ``rps``:
 passthrough requests per second with ``--concurrency`` clients for ``--seconds``.
+
+The auction path (``model: sale``), in the same run: a second app whose pool is two agents
+(``cheap`` 0.1/0.2 and ``dear`` 1.0/2.0 $/Mtok, ``backend: openai``) on the same scripted
+upstream, against the same auction in this process without Serve or Ray — the same
+:class:`~sale_ray.serve.gateway.Gateway` over the same agent specs (``InProcessAgent``), its
+``chat`` called directly on an event loop of its own:
+
+* ``auction_inprocess_p50_ms``: p50 of the in-process auction, one request at a time;
+* ``auction_p50_overhead_ms`` = p50(through Serve) − ``auction_inprocess_p50_ms`` (requests
+  interleaved one for one, so that noise hits both alike); p99 likewise;
+* ``_c10`` keys: the same with ``--auction-clients`` (10) clients at once, Serve and in-process
+  phases alternating for ``--auction-rounds`` rounds.
 """
 
 from __future__ import annotations
@@ -85,6 +98,99 @@ def _start_uvicorn_echo() -> tuple[subprocess.Popen[str], int]:
     raise RuntimeError("uvicorn echo did not start")
 
 
+AUCTION_BODY = {"model": "sale", "messages": [{"role": "user", "content": "ping"}]}
+
+
+def auction_config(upstream_port: int, keys_file: str | None):
+    """The auction app's config: two agents on the scripted upstream (as the Serve tests)."""
+    from sale_ray.config import AgentSpec, AuctionConfig, PoolSpec, SaleConfig, ServeConfig
+
+    def spec(name: str, price: float) -> AgentSpec:
+        return AgentSpec(
+            name=name,
+            backend="openai",
+            model=f"{name}-m",
+            max_concurrency=64,
+            base_url=f"http://127.0.0.1:{upstream_port}/v1",
+            price_in_per_mtok=price,
+            price_out_per_mtok=2 * price,
+        )
+
+    return SaleConfig(
+        pool=PoolSpec(agents=[spec("cheap", 0.1), spec("dear", 1.0)]),
+        auction=AuctionConfig(bid_timeout_s=30, jury_timeout_s=30, execute_timeout_s=30),
+        serve=ServeConfig(
+            api_keys_env=None,
+            api_keys_file=keys_file,
+            max_ongoing_requests=64,
+            max_queued_requests=1024,
+        ),
+    )
+
+
+class InProcessAuction:
+    """The gateway of the auction app in this process (no Serve, no Ray, no HTTP in front):
+    real agents over the same upstream, on an event loop in a thread of its own."""
+
+    def __init__(self, config) -> None:
+        import asyncio
+
+        from sale_ray.agents.agent import Agent
+        from sale_ray.batch import make_evaluator
+        from sale_ray.serve.gateway import Gateway
+        from sale_ray.serve.handles import InProcessAgent
+        from sale_ray.serve.wire import ChatCompletionRequest
+
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._thread.start()
+        agents = {a.name: Agent(a, config) for a in config.pool.agents}
+        for a in agents.values():
+            self.call(a.start())
+        self.gateway = Gateway(
+            {n: InProcessAgent(a) for n, a in agents.items()},
+            {n: a.price_out for n, a in agents.items()},
+            config,
+            evaluate=make_evaluator(config),
+        )
+        self.agents = agents
+        self.request = ChatCompletionRequest.model_validate(AUCTION_BODY)
+
+    def call(self, coro):
+        import asyncio
+
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+
+    async def one(self) -> float:
+        t0 = time.perf_counter()
+        await self.gateway.chat(self.request, 30.0)
+        return (time.perf_counter() - t0) * 1000
+
+    def sequential(self) -> float:
+        return self.call(self.one())
+
+    def concurrent(self, clients: int, each: int) -> list[float]:
+        import asyncio
+
+        async def client() -> list[float]:
+            return [await self.one() for _ in range(each)]
+
+        async def all_clients() -> list[float]:
+            got = await asyncio.gather(*(client() for _ in range(clients)))
+            return [x for g in got for x in g]
+
+        return self.call(all_clients())
+
+    def close(self) -> None:
+        for a in self.agents.values():
+            try:
+                self.call(a.stop())
+            except Exception:  # noqa: BLE001 - closing is best effort
+                pass
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+
+
 def _deploy(upstream_port: int, keys_file: str) -> int:
     from ray import serve
 
@@ -115,6 +221,9 @@ def _deploy(upstream_port: int, keys_file: str) -> int:
     )
     serve.run(build_app(config), name="bench", route_prefix="/bench")
     serve.run(Echo.bind(), name="echo", route_prefix="/echo-app")
+    serve.run(
+        build_app(auction_config(upstream_port, keys_file)), name="sale", route_prefix="/sale"
+    )
     return port
 
 
@@ -142,6 +251,57 @@ def _latencies(targets: dict[str, tuple[str, dict, dict]], n: int) -> dict[str, 
     return out
 
 
+def _auction_latencies(
+    url: str, headers: dict, inproc: InProcessAuction, n: int
+) -> tuple[list[float], list[float]]:
+    """One request at a time, alternating Serve and in-process (after 20 warm-up rounds)."""
+    serve_ms: list[float] = []
+    local_ms: list[float] = []
+    with httpx.Client(timeout=60) as c:
+        for i in range(n + 20):
+            t0 = time.perf_counter()
+            r = c.post(url, json=AUCTION_BODY, headers=headers)
+            dt = (time.perf_counter() - t0) * 1000
+            if r.status_code != 200:
+                raise RuntimeError(f"auction via Serve: HTTP {r.status_code}: {r.text[:200]}")
+            local = inproc.sequential()
+            if i >= 20:
+                serve_ms.append(dt)
+                local_ms.append(local)
+    return serve_ms, local_ms
+
+
+def _auction_concurrent(
+    url: str, headers: dict, inproc: InProcessAuction, clients: int, each: int, rounds: int
+) -> tuple[list[float], list[float], int]:
+    """``clients`` at once, ``each`` requests per client, Serve then in-process, per round."""
+    serve_ms: list[float] = []
+    local_ms: list[float] = []
+    errors = [0]
+    lock = threading.Lock()
+
+    def worker() -> None:
+        with httpx.Client(timeout=60) as c:
+            for _ in range(each):
+                t0 = time.perf_counter()
+                r = c.post(url, json=AUCTION_BODY, headers=headers)
+                dt = (time.perf_counter() - t0) * 1000
+                with lock:
+                    if r.status_code == 200:
+                        serve_ms.append(dt)
+                    else:
+                        errors[0] += 1
+
+    for _ in range(rounds):
+        threads = [threading.Thread(target=worker) for _ in range(clients)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        local_ms += inproc.concurrent(clients, each)
+    return serve_ms, local_ms, errors[0]
+
+
 def _throughput(url: str, headers: dict, concurrency: int, seconds: float) -> tuple[float, int]:
     ok, errors = [0], [0]
     lock = threading.Lock()
@@ -166,12 +326,22 @@ def _throughput(url: str, headers: dict, concurrency: int, seconds: float) -> tu
     return ok[0] / (time.monotonic() - t0), errors[0]
 
 
-def run(requests: int, concurrency: int, seconds: float) -> dict:
+def run(
+    requests: int,
+    concurrency: int,
+    seconds: float,
+    auction_requests: int,
+    auction_clients: int,
+    auction_rounds: int,
+    auction_each: int,
+) -> dict:
     import ray
 
     from sale_ray.runtime import connect
 
     procs: list[subprocess.Popen[str]] = []
+    inproc: InProcessAuction | None = None
+    started = False
     with tempfile.TemporaryDirectory() as tmp:
         keys = Path(tmp) / "keys"
         keys.write_text(KEY + "\n")
@@ -196,7 +366,15 @@ def run(requests: int, concurrency: int, seconds: float) -> dict:
             }
             lat = _latencies(targets, requests)
             rps, errors = _throughput(targets["passthrough"][0], auth, concurrency, seconds)
+            inproc = InProcessAuction(auction_config(up_port, None))
+            sale_url = f"{base}/sale/v1/chat/completions"
+            a_serve, a_local = _auction_latencies(sale_url, auth, inproc, auction_requests)
+            c_serve, c_local, c_errors = _auction_concurrent(
+                sale_url, auth, inproc, auction_clients, auction_each, auction_rounds
+            )
         finally:
+            if inproc is not None:
+                inproc.close()
             for p in procs:
                 p.terminate()
                 p.wait(10)
@@ -211,7 +389,21 @@ def run(requests: int, concurrency: int, seconds: float) -> dict:
     p99 = {k: _pct(v, 0.99) for k, v in lat.items()}
     overhead50 = p50["passthrough"] - p50["direct"]
     floor50 = p50["serve_echo"] - p50["uvicorn_echo"]
+    med = statistics.median
+    a50, c50 = med(a_local), med(c_local)
     return {
+        "auction_p50_overhead_ms": round(med(a_serve) - a50, 3),
+        "auction_inprocess_p50_ms": round(a50, 3),
+        "auction_serve_p50_ms": round(med(a_serve), 3),
+        "auction_p99_overhead_ms": round(_pct(a_serve, 0.99) - _pct(a_local, 0.99), 3),
+        "auction_p50_overhead_ms_c10": round(med(c_serve) - c50, 3),
+        "auction_inprocess_p50_ms_c10": round(c50, 3),
+        "auction_serve_p50_ms_c10": round(med(c_serve), 3),
+        "auction_p99_overhead_ms_c10": round(_pct(c_serve, 0.99) - _pct(c_local, 0.99), 3),
+        "auction_requests": auction_requests,
+        "auction_clients": auction_clients,
+        "auction_requests_c10": len(c_serve),
+        "auction_errors_c10": c_errors,
         "rps": round(rps, 1),
         "p50_overhead_ms": round(overhead50, 3),
         "p99_overhead_ms": round(p99["passthrough"] - p99["direct"], 3),
@@ -224,6 +416,7 @@ def run(requests: int, concurrency: int, seconds: float) -> dict:
         "concurrency": concurrency,
         "throughput_errors": errors,
         "cpus": os.cpu_count(),
+        "loadavg_1m": round(os.getloadavg()[0], 2),
     }
 
 
@@ -233,10 +426,24 @@ def main() -> None:
     p.add_argument("--requests", type=int, default=300, help="timed requests per target")
     p.add_argument("--concurrency", type=int, default=8, help="clients for the rps phase")
     p.add_argument("--seconds", type=float, default=5.0, help="length of the rps phase")
+    p.add_argument("--auction-requests", type=int, default=200, help="sequential auctions")
+    p.add_argument("--auction-clients", type=int, default=10, help="concurrent auction clients")
+    p.add_argument("--auction-rounds", type=int, default=3, help="Serve/in-process alternations")
+    p.add_argument(
+        "--auction-each", type=int, default=20, help="requests per client per round (concurrent)"
+    )
     args = p.parse_args()
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    res = run(args.requests, args.concurrency, args.seconds)
+    res = run(
+        args.requests,
+        args.concurrency,
+        args.seconds,
+        args.auction_requests,
+        args.auction_clients,
+        args.auction_rounds,
+        args.auction_each,
+    )
     if args.json:
         print(json.dumps(res))
         return
@@ -249,6 +456,12 @@ def main() -> None:
     )
     for k in res["p50_ms"]:
         print(f"  {k:<13} p50 {res['p50_ms'][k]:8.2f} ms   p99 {res['p99_ms'][k]:8.2f} ms")
+    print(
+        f"auction (model: sale): in-process p50 {res['auction_inprocess_p50_ms']:.2f} ms, "
+        f"Serve adds {res['auction_p50_overhead_ms']:.2f} ms; at {res['auction_clients']} "
+        f"clients in-process p50 {res['auction_inprocess_p50_ms_c10']:.2f} ms, Serve adds "
+        f"{res['auction_p50_overhead_ms_c10']:.2f} ms"
+    )
 
 
 if __name__ == "__main__":

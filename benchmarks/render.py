@@ -1,0 +1,466 @@
+"""Regenerate the tables of BENCHMARKS.md from the JSON under benchmarks/results/.
+
+    python benchmarks/render.py [--check]
+
+Every table lives between two marker comments, ``<!-- bench:NAME:begin -->`` and
+``<!-- bench:NAME:end -->``; this script replaces what is between them and touches nothing
+else (the prose around a table is written by hand). A section whose JSON files are missing
+keeps its current text. ``--check`` exits 1 if BENCHMARKS.md would change (CI: tables match
+the committed JSON).
+
+Sections and their files:
+
+* ``auctioneer_load``: ``bench_auctioneer_load.json`` (memory on) and
+  ``bench_auctioneer_load_nomem.json`` (memory off), written by ``make bench``;
+* ``serve_overhead``, ``memory_retrieval``, ``snapshot_throughput``: ``bench_<name>*.json``;
+* ``eval_humaneval`` / ``eval_reasoning_gym``: the evaluation's ``summary.json`` copied to
+  ``eval_summary.json`` / ``eval_summary_reasoning_gym.json`` (every method present is shown,
+  and a "× largest_direct" column when ``largest_direct`` is);
+* ``memory_learning``: ``memory_learning.json``; ``demo``: ``demo_summary.json`` (the
+  ``summary.json`` of ``make demo``).
+
+Benchmark files carry ``_meta`` (commit, date, load; see ``benchmarks/bench.py``); for the
+model-based files the header names the commit that last changed the file instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+DOC = ROOT / "BENCHMARKS.md"
+
+
+# --- small helpers ---------------------------------------------------------------------------------
+def _load(name: str) -> dict | None:
+    p = RESULTS / name
+    return json.loads(p.read_text()) if p.is_file() else None
+
+
+def _num(x: float | None, nd: int = 1) -> str:
+    if x is None:
+        return "–"
+    return f"{x:,.{nd}f}"
+
+
+def _pct(x: float | None, nd: int = 1) -> str:
+    return "–" if x is None else f"{100 * x:.{nd}f} %"
+
+
+def _table(head: list[str], rows: list[list[str]]) -> str:
+    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    out += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(out)
+
+
+def _meta_line(data: dict) -> str:
+    m = data.get("_meta") or {}
+    load = m.get("loadavg_before") or []
+    after = m.get("loadavg_after") or []
+    parts = [
+        f"`{m.get('command', '?')}`",
+        f"commit `{m.get('commit', '?')}`",
+        m.get("date", "?"),
+        f"load {load[0]:.2f} → {after[0]:.2f} (1-min average before → after) on "
+        f"{m.get('nproc', '?')} CPUs"
+        if load and after
+        else "load not recorded",
+        f"{m.get('wall_s', 0):.0f} s",
+    ]
+    return "_" + "; ".join(parts) + "._"
+
+
+def _file_line(name: str) -> str:
+    """Where a model-based figure comes from: the file and the commit that last changed it."""
+    try:
+        log = subprocess.run(
+            ["git", "log", "-1", "--format=%h %cs", "--", f"benchmarks/results/{name}"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()
+    except (OSError, subprocess.CalledProcessError):
+        log = []
+    when = f"committed in `{log[0]}` on {log[1]}" if len(log) == 2 else "not committed yet"
+    return f"_From `benchmarks/results/{name}` ({when}); machine load not recorded in it._"
+
+
+# --- the no-model benchmarks -------------------------------------------------------------------------
+def render_auctioneer() -> str | None:
+    on, off = _load("bench_auctioneer_load.json"), _load("bench_auctioneer_load_nomem.json")
+    runs = [d for d in (on, off) if d]
+    if not runs:
+        return None
+    cols = ["measure"] + [
+        "memory on (default)" if d.get("memory") else "memory off (`--no-memory`)" for d in runs
+    ]
+
+    def row(label: str, f: Callable[[dict], str]) -> list[str]:
+        return [label] + [f(d) for d in runs]
+
+    rows = [
+        row("tasks per run (same ids, same prompts in all three)", lambda d: f"{d['tasks']:,}"),
+        row("**batched auctioneer** (auctions/s)", lambda d: f"**{_num(d['auctions_per_s'])}**"),
+        row("unbatched auctioneer, same tasks", lambda d: _num(d["unbatched_auctions_per_s"])),
+        row("in-process, no Ray (the limit)", lambda d: _num(d["inprocess_auctions_per_s"])),
+        row("batched ÷ unbatched", lambda d: f"{d['batched_over_unbatched']:.2f} ×"),
+        row(
+            "batched ÷ in-process (goal ≥ 0.5)",
+            lambda d: f"**{d['batched_over_inprocess']:.2f}**",
+        ),
+        row(
+            "peak RSS / PSS, all processes (MiB)",
+            lambda d: f"{_num(d['peak_rss_mib'], 0)} / {_num(d['peak_pss_mib'], 0)}",
+        ),
+        row("lost / double awards", lambda d: f"{d['lost']} / {d['double_awards']}"),
+    ]
+    levels = list(runs[0]["added_latency_p50_ms"])
+    for c in levels:
+        rows.append(
+            row(
+                f"added latency at {c} in flight, p50 / p99 (ms; in-process p50)",
+                lambda d, c=c: (
+                    f"{_num(d['added_latency_p50_ms'].get(c))} / "
+                    f"{_num(d.get('added_latency_p99_ms', {}).get(c))} "
+                    f"({_num(d.get('inprocess_added_latency_p50_ms', {}).get(c))})"
+                ),
+            )
+        )
+    lat = runs[0].get("latency_ms", [0, 0])
+    lines = [_meta_line(d) for d in runs]
+    note = (
+        f"Added latency: agents sleeping U[{lat[0]:g}, {lat[1]:g}] ms per call, the batched "
+        "auctioneer; per auction, its time in the auctioneer (waiting for a slot excluded) minus "
+        "the scripted latency on its critical path."
+    )
+    return "\n\n".join(["\n".join(lines), _table(cols, rows), note])
+
+
+def render_serve() -> str | None:
+    d = _load("bench_serve_overhead.json")
+    if d is None:
+        return None
+    c = d.get("auction_clients", 10)
+    rows = [
+        [
+            "passthrough (`model: <agent>`) vs the upstream called directly",
+            "1",
+            f"{_num(d['p50_ms']['direct'], 2)}",
+            f"{_num(d['p50_ms']['passthrough'], 2)}",
+            f"**{_num(d['p50_overhead_ms'], 2)}**",
+            f"{_num(d['p99_overhead_ms'], 2)}",
+        ],
+        [
+            "Serve's floor: echo deployment vs the same app under uvicorn",
+            "1",
+            f"{_num(d['p50_ms']['uvicorn_echo'], 2)}",
+            f"{_num(d['p50_ms']['serve_echo'], 2)}",
+            f"{_num(d['serve_floor_p50_ms'], 2)}",
+            "–",
+        ],
+        [
+            "auction (`model: sale`, 2 agents) vs the same auction in-process",
+            "1",
+            f"{_num(d['auction_inprocess_p50_ms'], 2)}",
+            f"{_num(d['auction_serve_p50_ms'], 2)}",
+            f"**{_num(d['auction_p50_overhead_ms'], 2)}**",
+            f"{_num(d['auction_p99_overhead_ms'], 2)}",
+        ],
+        [
+            "the same auction, clients at once",
+            str(c),
+            f"{_num(d['auction_inprocess_p50_ms_c10'], 2)}",
+            f"{_num(d['auction_serve_p50_ms_c10'], 2)}",
+            f"**{_num(d['auction_p50_overhead_ms_c10'], 2)}**",
+            f"{_num(d['auction_p99_overhead_ms_c10'], 2)}",
+        ],
+    ]
+    head = [
+        "path",
+        "clients",
+        "baseline p50 (ms)",
+        "sale-ray p50 (ms)",
+        "p50 overhead (ms)",
+        "p99 overhead (ms)",
+    ]
+    verdict = "met" if d.get("goal_met") else "**not met**"
+    tail = (
+        f"Passthrough overhead ÷ Serve's floor: {d['overhead_over_floor']} (goal ≤ 1.5: "
+        f"{verdict}); passthrough throughput {_num(d['rps'])} req/s at {d['concurrency']} "
+        f"clients; errors {d['throughput_errors']} (passthrough) / "
+        f"{d.get('auction_errors_c10', 0)} (auctions at {c} clients)."
+    )
+    return "\n\n".join([_meta_line(d), _table(head, rows), tail])
+
+
+def _bench_files(prefix: str) -> list[dict]:
+    out = [json.loads(p.read_text()) for p in sorted(RESULTS.glob(f"bench_{prefix}*.json"))]
+    return sorted(out, key=lambda d: d.get("records", 0))
+
+
+def render_retrieval() -> str | None:
+    runs = _bench_files("memory_retrieval")
+    if not runs:
+        return None
+    rows = [
+        [
+            f"{d['records']:,}",
+            f"{_num(d['p50_ms'])} / {_num(d['p99_ms'])}",
+            f"{_num(d['baseline_p50_ms'])} / {_num(d['baseline_p99_ms'])}",
+            _num(d["batched_per_query_ms"]),
+            "yes" if d["exact_match"] else "**no**",
+            "met"
+            if d["p99_ms"] <= d["goal_p99_ms"]
+            else f"missed ({d['p99_ms'] / d['goal_p99_ms']:.1f} ×)",
+        ]
+        for d in runs
+    ]
+    head = [
+        "records",
+        "p50 / p99 (ms)",
+        "in-process baseline p50 / p99 (ms)",
+        "batched 32 queries (ms/query)",
+        "top-k identical",
+        "p99 ≤ 25 ms",
+    ]
+    return "\n\n".join(["\n".join(_meta_line(d) for d in runs), _table(head, rows)])
+
+
+def render_snapshot() -> str | None:
+    runs = _bench_files("snapshot_throughput")
+    if not runs:
+        return None
+    rows = [
+        [
+            f"{d['records']:,} ({_num(d['data_mb'], 0)} MB)",
+            d["target"],
+            f"{_num(d['mb_per_s'])} / {_num(d['raw_mb_per_s'])}",
+            f"**{d['ratio']:.2f}**",
+            f"{_num(d['restore_mb_per_s'])} / {_num(d['raw_restore_mb_per_s'])}",
+            f"{d['restore_ratio']:.2f}",
+            f"{_num(d['snapshot_file_mb'])} / {_num(d['raw_file_mb'])}",
+        ]
+        for d in runs
+    ]
+    head = [
+        "records",
+        "store",
+        "snapshot / raw MB/s",
+        "ratio (goal ≥ 0.70)",
+        "restore / raw read MB/s",
+        "restore ratio",
+        "file MB snapshot / raw",
+    ]
+    return "\n\n".join(["\n".join(_meta_line(d) for d in runs), _table(head, rows)])
+
+
+# --- model-based figures (their own commands; rendered from their summaries) -----------------------
+LABELS = {
+    "cascade": "cascade (FrugalGPT-style, example self-check)",
+    "knn": "knn (MiniLM neighbours)",
+    "sale_default": "sale_default (shipped weights)",
+    "sale_no_memory": "sale_no_memory (fitted weights)",
+    "sale": "**sale** (fitted weights + memory, live)",
+    "sale_lean": "sale_lean (reserve, cheap jury)",
+    "sale_lean_nojury": "sale_lean_nojury",
+    "sale_lean_verify": "sale_lean_verify (reserve, cheap jury, escalate on failed examples)",
+    "oracle": "oracle (cheapest agent whose plan-conditioned answer passes)",
+    "largest_direct": "largest_direct (one call, no plan)",
+    "smallest_direct": "smallest_direct (one call, no plan)",
+    "cascade_direct": "cascade_direct (direct calls, example self-check)",
+    "knn_direct": "knn_direct (MiniLM neighbours, direct calls)",
+    "oracle_direct": "oracle_direct (cheapest agent whose direct call passes)",
+}
+
+
+def render_eval(name: str) -> str | None:
+    d = _load(name)
+    if d is None:
+        return None
+    methods = {k: v for k, v in d.items() if not k.startswith("_") and isinstance(v, dict)}
+    direct = methods.get("largest_direct")
+    plan = methods.get("largest")
+    head = ["method", "pass@1", "cost $"]
+    if direct:
+        head.append("× largest_direct")
+    if plan:
+        head.append("× largest (plan-conditioned)" if direct else "× largest")
+    head += ["largest share", "auction overhead"]
+    rows = []
+    for m, v in methods.items():
+        r = [LABELS.get(m, m), f"{v['pass_at_1']:.3f} ({v.get('passed', '?')}/{v['tasks']})"]
+        r.append(f"{v['cost_usd']:.6f}")
+        for base in (direct, plan):
+            if base:
+                r.append(f"{v['cost_usd'] / base['cost_usd']:.2f}" if base["cost_usd"] else "–")
+        r += [_pct(v.get("largest_share")), _num(v.get("auction_overhead"), 2)]
+        rows.append(r)
+    parts = [_file_line(name), _table(head, rows)]
+    run = d.get("_run") or {}
+    if run:
+        parts.append(
+            f"{run.get('dataset', '?')}: {run.get('tasks', '?')} tasks, "
+            f"{run.get('train_tasks', '?')} train / {run.get('test_tasks', '?')} held-out "
+            f"(figures on the held-out tasks); largest agent `{run.get('largest_agent', '?')}`."
+        )
+    sale = d.get("_sale") or {}
+    if sale:
+        parts.append(_targets(sale))
+    return "\n\n".join(parts)
+
+
+def _targets(sale: dict) -> str:
+    """The targets table: one row per SALE variant, from the summary's ``_sale`` section."""
+
+    def yes(b: bool | None) -> str:
+        return "–" if b is None else ("**met**" if b else "missed")
+
+    rows = []
+    for m, s in sale.items():
+        t = s.get("targets") or {}
+        cost_key = next((k for k in t if k.startswith("cost_le")), None)
+        nd = t.get("not_dominated_by") or {}
+        rows.append(
+            [
+                m,
+                f"{s.get('pass_at_1_minus_largest', 0):+.3f} ({yes(t.get('pass_at_1_ge_largest'))})",
+                f"{_num(s.get('cost_vs_largest'), 2)} × ({yes(t.get(cost_key))})",
+                yes(t.get("largest_share_le_0.40")),
+                ", ".join(f"{k}: {'no' if ok else 'yes'}" for k, ok in nd.items()) or "–",
+                _pct(s.get("oracle_gain_captured"), 0),
+                _pct(s.get("oracle_saving_captured"), 0),
+            ]
+        )
+    head = [
+        "SALE variant",
+        "pass@1 − largest (≥ 0)",
+        "cost ÷ largest (≤ 0.60)",
+        "largest share ≤ 40 %",
+        "dominated by",
+        "oracle's pass@1 gain captured",
+        "oracle's saving captured",
+    ]
+    return _table(head, rows)
+
+
+def render_memory_learning() -> str | None:
+    d = _load("memory_learning.json")
+    if d is None:
+        return None
+    rows = []
+
+    def add(arm: str, w: dict, label: str | None = None) -> None:
+        rows.append(
+            [
+                arm,
+                label or f"{w['start']}–{w['end']}",
+                _pct(w["cheap_share"]),
+                f"{w['pass_at_1']:.3f}",
+                str(w["refined_bids"]),
+                str(w["refined_wins"]),
+                f"{w['cost_usd']:.6f}",
+            ]
+        )
+
+    for arm, a in d["arms"].items():
+        for w in a["windows"]:
+            add(arm, w)
+        add(arm, a["total"], "all")
+    ref = d.get("reference_largest_only")
+    if ref:
+        add("largest alone", ref["total"], "all")
+    head = [
+        "arm",
+        "window",
+        "cheap share",
+        "pass@1",
+        "refined bids",
+        "refined winners",
+        "$ (all phases)",
+    ]
+    return "\n\n".join([_file_line("memory_learning.json"), _table(head, rows)])
+
+
+def render_demo() -> str | None:
+    d = _load("demo_summary.json")
+    if d is None:
+        return None
+    rows = [
+        [
+            p,
+            f"{d['tokens_by_phase'].get(p, 0):,}",
+            f"{d['cost_usd_by_phase'].get(p, 0.0):.8f}",
+            f"{d['seconds_by_phase'].get(p, 0.0):.2f}",
+        ]
+        for p in d["tokens_by_phase"]
+    ]
+    share = ", ".join(f"{a} {100 * s:.0f} %" for a, s in d.get("winner_share", {}).items())
+    p1 = d.get("pass_at_1")
+    head_line = (
+        f"tasks {d['tasks']}, errors {d['errors']}; pass@1 "
+        f"{'–' if p1 is None else f'{p1:.3f}'} ({d['passed']}/{d['verified']}); total cost "
+        f"${d['cost_usd']:.8f}; auction overhead {_num(d.get('auction_overhead'), 2)} "
+        f"(bid+jury+refine tokens ÷ execution tokens); winner share {share}."
+    )
+    table = _table(["phase", "tokens", "cost $", "mean s/task"], rows)
+    return "\n\n".join([_file_line("demo_summary.json"), head_line, table])
+
+
+SECTIONS: dict[str, Callable[[], str | None]] = {
+    "auctioneer_load": render_auctioneer,
+    "serve_overhead": render_serve,
+    "memory_retrieval": render_retrieval,
+    "snapshot_throughput": render_snapshot,
+    "eval_humaneval": lambda: render_eval("eval_summary.json"),
+    "eval_reasoning_gym": lambda: render_eval("eval_summary_reasoning_gym.json"),
+    "memory_learning": render_memory_learning,
+    "demo": render_demo,
+}
+
+
+def render(text: str) -> tuple[str, list[str]]:
+    """``text`` with every section whose data exists regenerated; and the sections done."""
+    done = []
+    for name, fn in SECTIONS.items():
+        pat = re.compile(
+            rf"(<!-- bench:{re.escape(name)}:begin -->\n)(.*?)(<!-- bench:{re.escape(name)}:end -->)",
+            re.S,
+        )
+        if not pat.search(text):
+            print(f"render: no markers for {name} in BENCHMARKS.md", file=sys.stderr)
+            continue
+        body = fn()
+        if body is None:
+            continue
+        text = pat.sub(lambda m, body=body: m.group(1) + body + "\n" + m.group(3), text, count=1)
+        done.append(name)
+    return text, done
+
+
+def render_file(check: bool = False) -> int:
+    """Rewrite BENCHMARKS.md (``check``: only say whether it would change, by the status)."""
+    old = DOC.read_text()
+    new, done = render(old)
+    if check:
+        return int(new != old)
+    DOC.write_text(new)
+    print(f"render: BENCHMARKS.md sections regenerated: {', '.join(done) or 'none'}")
+    return 0
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--check", action="store_true", help="exit 1 if BENCHMARKS.md would change")
+    return render_file(ap.parse_args().check)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
