@@ -33,12 +33,12 @@ demo: install
 ## test: the default suite (unit + integration, real local models; no `slow` tests)
 test: install
 	$(BIN)/sale-ray models fetch $(TEST_MODELS)
-	$(BIN)/python -m pytest -q
+	SALE_RAY_REQUIRE_MODELS=1 $(BIN)/python -m pytest -q
 
 ## test-all: everything, including `slow` tests
 test-all: install
 	$(BIN)/sale-ray models fetch $(DEMO_MODELS)
-	$(BIN)/python -m pytest -q -m ''
+	SALE_RAY_REQUIRE_MODELS=1 $(BIN)/python -m pytest -q -m ''
 
 ## bench: the benchmarks that need no model (~15 min on 2 cores); JSON in benchmarks/results/,
 ## tables in BENCHMARKS.md regenerated from it (model-based sections from their summaries)

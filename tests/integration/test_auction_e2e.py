@@ -10,23 +10,14 @@ from sale_ray.batch import run_tasks, write_results
 from sale_ray.config import AgentSpec, ExecutionConfig, PoolSpec, SaleConfig
 from sale_ray.datasets import load_humaneval
 from sale_ray.summary import summarize
+from tests.conftest import require_models
 
 pytestmark = [pytest.mark.integration, pytest.mark.models]
 
 
-def _pool_installed():
-    from sale_ray.agents import catalog
-
-    return all(catalog.model_status(m).assembled for m in ("smollm2-135m", "qwen2.5-coder-0.5b"))
-
-
 @pytest.fixture(scope="module")
 def two_auctions(ray_cluster, tmp_path_factory):
-    if not _pool_installed():
-        pytest.skip(
-            "local weights missing: run `sale-ray models fetch smollm2-135m "
-            "qwen2.5-coder-0.5b` (make test does)"
-        )
+    require_models("smollm2-135m", "qwen2.5-coder-0.5b")
     config = SaleConfig(
         pool=PoolSpec(
             agents=[

@@ -28,11 +28,10 @@ QUESTION = [{"role": "user", "content": "What is the capital of France? Answer w
 def client(ray_cluster, tmp_path_factory):
     from ray import serve
 
-    from sale_ray.agents import catalog
     from sale_ray.serve.deployment import build_app, start_serve
+    from tests.conftest import require_models
 
-    if not catalog.model_status(MODEL).assembled:
-        pytest.skip(f"local weights missing: run `sale-ray models fetch {MODEL}`")
+    require_models(MODEL)
     keys = tmp_path_factory.mktemp("keys") / "api_keys"
     keys.write_text(KEY + "\n")
     with socket.socket() as s:
