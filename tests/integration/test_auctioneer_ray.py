@@ -17,6 +17,7 @@ from sale_ray.config import (
 )
 from sale_ray.memory.config import MemoryConfig
 from sale_ray.runtime import start_agents, start_auctioneer
+from sale_ray.sink import ResultSink
 from sale_ray.types import Task
 
 pytestmark = pytest.mark.integration
@@ -49,12 +50,14 @@ def tasks(n, tag):
     ]
 
 
-async def run(cfg, batch, on_record=None):
+async def run(cfg, batch, on_record=None, sink=None):
     pool = await start_agents(cfg)
     auc = start_auctioneer(cfg, pool)
     got, dupes = {}, []
 
     def on_group(g):
+        if sink is not None:
+            sink.add(g["records"])
         for r in g["records"]:
             if r.task_id in got:
                 dupes.append(r.task_id)
@@ -75,8 +78,10 @@ async def run(cfg, batch, on_record=None):
     return got, dupes, took, stats, execs
 
 
-def test_killing_an_agent_mid_bid_during_1000_auctions_loses_nothing(ray_cluster):
-    """RELIABILITY row 1: kill an agent actor while 1,000 auctions run."""
+def test_killing_an_agent_mid_bid_during_1000_auctions_loses_nothing(ray_cluster, tmp_path):
+    """RELIABILITY row 1: kill an agent actor while 1,000 auctions run; every task is in the
+    Parquet log the sink wrote, once, with a winner or the reason it has none."""
+    sink = ResultSink(str(tmp_path / "out"), flush_rows=100)
     killed_at = {}
 
     def kill_once(n, pool):
@@ -85,10 +90,13 @@ def test_killing_an_agent_mid_bid_during_1000_auctions_loses_nothing(ray_cluster
             ray_cluster.kill(pool.actors["s1"])
 
     batch = tasks(1000, "kill")
-    got, dupes, _, stats, execs = asyncio.run(run(config((5, 40)), batch, kill_once))
+    got, dupes, _, stats, execs = asyncio.run(run(config((5, 40)), batch, kill_once, sink))
     assert killed_at
     assert sorted(got) == sorted(t.id for t in batch) and not dupes  # conservation
-    assert all(r.winner or r.error for r in got.values())
+    _, written, dropped = sink.finalize()
+    rows = written.select(["task_id", "winner", "error"]).to_pylist()
+    assert sorted(r["task_id"] for r in rows) == sorted(t.id for t in batch) and dropped == 0
+    assert all(r["winner"] or r["error"] for r in rows)
     per_task = {}
     for e in execs:
         for tid, n in e.items():
