@@ -29,7 +29,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel
 
 from .auth import ApiKeys
-from .errors import ClientGone, PayloadTooLarge, RequestTimeout, to_http
+from .errors import ClientGone, Forbidden, PayloadTooLarge, RequestTimeout, to_http
 from .gateway import Chunks, Gateway
 from .metrics import CONTENT_TYPE
 from .wire import ChatCompletionRequest, TaskRequest
@@ -187,7 +187,7 @@ def create_app(
         status = 499  # stays so if we are cancelled (the client left)
         try:
             if not public:
-                keys.check(request.headers.get("authorization"))
+                request.state.identity = keys.check(request.headers.get("authorization"))
             response = await work()
             status = response.status_code
             return response
@@ -224,6 +224,13 @@ def create_app(
             deadline = time.monotonic() + timeout_s
             body = await read_body(request, limits.max_body_bytes, deadline)
             req = TaskRequest.model_validate_json(body)
+            if req.tests is not None and not request.state.identity.may("caller_tests"):
+                # caller-written tests are code we would run: only for keys trusted with that
+                raise Forbidden(
+                    "tests: this API key may not send tests of its own; give it "
+                    "allow=caller_tests in serve.api_keys_file (docs/serve.md)",
+                    param="tests",
+                )
             result, headers = await run(request, gateway.run_task(req), deadline)
             return _json(result, headers)
 

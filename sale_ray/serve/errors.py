@@ -55,7 +55,7 @@ class Unauthorized(HTTPProblem):
 
 
 class Forbidden(HTTPProblem):
-    """A bearer key that is not one of ours."""
+    """A bearer key that is not one of ours, or not allowed what it asked."""
 
     status, type = 403, "permission_error"
 

@@ -44,7 +44,7 @@ def _config(base_url: str, **serve: object) -> SaleConfig:
     )
 
 
-def _serve(config: SaleConfig) -> AppThread:
+def _serve(config: SaleConfig, keys: ApiKeys | None = None) -> AppThread:
     agents = {s.name: Agent(s, config) for s in config.pool.agents}
     for a in agents.values():
         asyncio.run(a.start())  # builds the client only: no network, no loop binding
@@ -53,7 +53,7 @@ def _serve(config: SaleConfig) -> AppThread:
         {n: a.price_out for n, a in agents.items()},
         config,
     )
-    return AppThread(create_app(gw, ApiKeys.from_keys([KEY]))).start()
+    return AppThread(create_app(gw, keys or ApiKeys.from_keys([KEY]))).start()
 
 
 @pytest.fixture(scope="module")
@@ -163,6 +163,37 @@ def test_a_task_returns_its_result_verdict_and_full_record(server):
     assert body["passed"] is False  # the echo is not "hi": verified, not assumed
     assert body["record"]["auction_id"] == body["auction_id"] == r.headers["x-sale-auction-id"]
     assert body["sale"]["scores"] and body["cost_usd"] > 0
+
+
+def test_caller_written_tests_need_a_key_allowed_to_send_them(upstream, tmp_path):
+    """RELIABILITY: tests in POST /v1/tasks are code we would run; only trusted keys may."""
+    trusted = "trusted-" + KEY
+    f = tmp_path / "keys"
+    f.write_text(f"{KEY}\n{trusted} tenant=ci allow=caller_tests\n")
+    config = _config(upstream.base_url)
+    config.serve.api_keys_env, config.serve.api_keys_file = None, str(f)
+    app = _serve(config, ApiKeys.load(config.serve))
+    body = {
+        "prompt": 'def f():\n    """Return 1."""\n [best:cheap-m]',
+        "entry_point": "f",
+        "tests": "def check(f):\n    assert f() == 1\n",
+    }
+    try:
+        r = httpx.post(f"{app.url}/v1/tasks", headers=_auth(KEY), json=body, timeout=30)
+        assert r.status_code == 403 and r.json()["error"]["param"] == "tests", r.text
+        assert "allow=caller_tests" in r.json()["error"]["message"]
+        r = httpx.post(f"{app.url}/v1/tasks", headers=_auth(trusted), json=body, timeout=30)
+        assert r.status_code == 200, r.text
+        assert r.json()["record"]["evaluation"] is not None  # its tests were run
+        no_tests = {k: v for k, v in body.items() if k != "tests"}
+        r = httpx.post(f"{app.url}/v1/tasks", headers=_auth(KEY), json=no_tests, timeout=30)
+        assert r.status_code == 200, r.text  # without tests of its own, any key may
+    finally:
+        app.stop()
+
+
+def _auth(key: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {key}"}
 
 
 def test_auth_401_without_key_403_with_wrong_key_and_the_key_is_never_echoed(server, caplog):

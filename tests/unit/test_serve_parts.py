@@ -3,6 +3,8 @@ metrics and explanations (RELIABILITY rows 10, 11, 13 at the unit level)."""
 
 from __future__ import annotations
 
+import hashlib
+
 import pytest
 from pydantic import ValidationError
 
@@ -133,6 +135,39 @@ def test_keys_come_from_an_env_var_or_a_file_and_are_checked(tmp_path, monkeypat
     with pytest.raises(Forbidden) as e:
         keys.check(f"Bearer {wrong}")
     assert "wrong-key" not in str(e.value)
+
+
+def test_a_key_file_line_names_the_tenant_and_permissions_of_a_key_or_its_digest(tmp_path):
+    trusted = "trusted-key-" + "0123456789abcdef"
+    plain = "plain-key-" + "0123456789abcdef"
+    digest = hashlib.sha256(trusted.encode()).hexdigest()
+    f = tmp_path / "keys"
+    f.write_text(f"sha256:{digest} tenant=acme allow=caller_tests  # CI\n{plain}\n")
+    keys = ApiKeys.load(ServeConfig(api_keys_env=None, api_keys_file=str(f)))
+    acme = keys.check(f"Bearer {trusted}")
+    assert acme.tenant == "acme" and acme.may("caller_tests")
+    other = keys.check(f"Bearer {plain}")
+    assert other.tenant == "default" and not other.may("caller_tests")
+    assert trusted not in f.read_text()  # the file can hold digests only: no secret at rest
+
+
+@pytest.mark.parametrize(
+    "line, problem",
+    [
+        ("sha256:abc tenant=x", "64 hex digits"),
+        ("a-key-0123456789abcdef allow=root", "unknown permission 'root'"),
+        ("a-key-0123456789abcdef tenant=a/b", "tenant must be"),
+        ("a-key-0123456789abcdef owner=me", "expected tenant=NAME"),
+    ],
+)
+def test_a_bad_key_file_line_is_an_error_naming_file_and_line_but_not_the_key(
+    tmp_path, line, problem
+):
+    f = tmp_path / "keys"
+    f.write_text(f"# header\n{line}\n")
+    with pytest.raises(ConfigError, match=problem) as e:
+        ApiKeys.load(ServeConfig(api_keys_env=None, api_keys_file=str(f)))
+    assert f"{f}:2" in str(e.value) and "0123456789abcdef" not in str(e.value)
 
 
 def test_no_key_means_no_endpoint_and_weak_keys_are_refused(monkeypatch, tmp_path):
