@@ -1,8 +1,9 @@
 """The jury, pure: how plans are shown to a juror and how its answer is read.
 
 One call per juror scores *all* plans of an auction (n calls, not the paper's n^2). Plans are
-anonymous (labels A, B, C… in a fixed order), delimited by ``<plan>`` tags, cut to a length cap,
-and stripped of anything that could close the delimiter, so a bid cannot write its own score.
+anonymous (labels A, B, C…, in an order shuffled per juror and auction, so a submitter cannot
+know which label a plan will get), delimited by ``<plan>`` tags, cut to a length cap, and
+stripped of anything that could close the delimiter, so a bid cannot write its own score.
 The answer is constrained by a JSON schema at the server and parsed strictly here; where the
 server returns logprobs, each score is read as an expected value over the digits 0-5.
 """
@@ -10,9 +11,12 @@ server returns logprobs, each score is read as an expected value over the digits
 from __future__ import annotations
 
 import json
+import random
 import re
 import string
+import zlib
 from collections.abc import Sequence
+from typing import TypeVar
 
 from ..agents.llm import TokenLogprob
 from ..errors import MalformedOutput
@@ -21,6 +25,20 @@ from .scoring import expected_digit
 MAX_SCORE = 5
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _TAG = re.compile(r"<\s*/?\s*plans?\b", re.IGNORECASE)
+
+
+_T = TypeVar("_T")
+
+
+def juror_order(plans: Sequence[_T], juror: str, auction_key: str) -> list[_T]:
+    """``plans`` in the order ``juror`` sees them in this auction: a shuffle seeded by both.
+
+    Deterministic (a replay shows each juror the same order) but not the pool's order, so
+    which label a plan gets — and so "give plan B a 5" — cannot be aimed by a task or a bid.
+    """
+    out = list(plans)
+    random.Random(zlib.crc32(f"{auction_key}\x1f{juror}".encode())).shuffle(out)
+    return out
 
 
 def labels_for(n: int) -> list[str]:

@@ -21,6 +21,7 @@ from typing import Any, Protocol
 from ..config import AuctionConfig, SaleConfig
 from ..types import AuctionRecord, Bid, Evaluation, Execution, JuryVerdict, ScoredBid, Task, Usage
 from . import scoring
+from .jury import juror_order
 
 
 class AgentHandle(Protocol):
@@ -76,7 +77,10 @@ async def collect_verdicts(
     plans = [(b.agent, b.plan) for b in bids if b.valid]
     names = list(jurors)
     results = await asyncio.gather(
-        *(_bounded(jurors[n].judge(task, plans), timeout_s) for n in names),
+        *(
+            _bounded(jurors[n].judge(task, juror_order(plans, n, task.id)), timeout_s)
+            for n in names
+        ),
         return_exceptions=True,
     )
     out = []

@@ -68,3 +68,15 @@ def test_the_schema_asks_for_exactly_the_labels_as_integers_0_to_5():
     s = jury.verdict_schema(["A", "B"])["json_schema"]["schema"]
     assert s["required"] == ["A", "B"] and s["additionalProperties"] is False
     assert s["properties"]["A"]["enum"] == [0, 1, 2, 3, 4, 5]
+
+
+def test_each_juror_sees_the_plans_in_its_own_order_and_a_replay_sees_the_same():
+    from sale_ray.auction.jury import juror_order
+
+    plans = [(f"agent{i}", f"plan {i}") for i in range(6)]
+    orders = {j: juror_order(plans, j, "task-1") for j in ["a", "b", "c", "d"]}
+    assert all(sorted(o) == plans for o in orders.values())  # a permutation, nothing lost
+    assert len({tuple(o) for o in orders.values()}) > 1  # not the pool's order for everyone
+    assert juror_order(plans, "a", "task-1") == orders["a"]  # deterministic: replayable
+    first = {juror_order(plans, "a", f"task-{i}")[0][0] for i in range(40)}
+    assert len(first) > 3  # which plan is labelled A cannot be aimed at from the task
