@@ -17,6 +17,7 @@ from ..config import AgentSpec, SaleConfig
 from ..errors import MalformedOutput, ModelError, TruncatedOutput
 from ..types import Bid, Execution, JuryVerdict, Task, Usage
 from . import prompts
+from .delimit import as_data
 from .llm import ChatClient, ChatResult
 
 _EXEC_TIMEOUT_MARGIN = 0.9  # leave the protocol's deadline a little slack to record the outcome
@@ -138,7 +139,9 @@ class Agent:
     async def bid(self, task: Task) -> Bid:
         """Write a short plan; its per-token entropy is the agent's self-confidence."""
         cfg = self.config.auction
-        msg = prompts.render("bid", task=task.prompt, max_words=int(cfg.plan_max_tokens * 0.7))
+        msg = prompts.render(
+            "bid", task=as_data("task", task.prompt), max_words=int(cfg.plan_max_tokens * 0.7)
+        )
         return await self._plan(msg)
 
     async def _plan(self, msg: str, refined: bool = False) -> Bid:
@@ -169,17 +172,18 @@ class Agent:
     async def refine(self, task: Task, plan: str, pairs: Sequence[tuple[str, str, str]]) -> Bid:
         """Rewrite ``plan`` after seeing (past task, losing plan, winning plan) contrasts."""
         cfg = self.config.auction
+        # past tasks come from other callers' auctions: data, never instructions (delimit.py)
+        cap = cfg.jury_max_plan_chars
         shown = "\n\n".join(
-            f"PAST TASK {i}:\n{jurylib.sanitize_plan(t, 600)}\n"
-            f"LOST:\n<plan>\n{jurylib.sanitize_plan(lost, cfg.jury_max_plan_chars)}\n</plan>\n"
-            f"WON:\n<plan>\n{jurylib.sanitize_plan(won, cfg.jury_max_plan_chars)}\n</plan>"
+            f"PAST TASK {i}:\n{as_data('past_task', t, 600)}\n"
+            f"LOST:\n{as_data('plan', lost, cap)}\nWON:\n{as_data('plan', won, cap)}"
             for i, (t, lost, won) in enumerate(pairs, 1)
         )
         msg = prompts.render(
             "refine",
             pairs=shown,
-            task=task.prompt,
-            plan=plan,
+            task=as_data("task", task.prompt),
+            plan=as_data("plan", plan, cap),
             max_words=int(cfg.plan_max_tokens * 0.7),
         )
         return await self._plan(msg, refined=True)
@@ -190,7 +194,7 @@ class Agent:
         labels = jurylib.labels_for(len(plans))
         msg = prompts.render(
             "jury",
-            task=task.prompt,
+            task=as_data("task", task.prompt),
             plans=jurylib.format_plans([p for _, p in plans], cfg.jury_max_plan_chars),
             labels=", ".join(labels),
         )

@@ -12,19 +12,17 @@ from __future__ import annotations
 
 import json
 import random
-import re
 import string
 import zlib
 from collections.abc import Sequence
 from typing import TypeVar
 
+from ..agents.delimit import clean
 from ..agents.llm import TokenLogprob
 from ..errors import MalformedOutput
 from .scoring import expected_digit
 
 MAX_SCORE = 5
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
-_TAG = re.compile(r"<\s*/?\s*plans?\b", re.IGNORECASE)
 
 
 _T = TypeVar("_T")
@@ -49,12 +47,9 @@ def labels_for(n: int) -> list[str]:
 
 
 def sanitize_plan(plan: str, max_chars: int) -> str:
-    """Make a plan safe to embed: no control chars, no plan tags, at most ``max_chars``."""
-    text = _CONTROL.sub("", plan)
-    text = _TAG.sub("[tag removed]", text)
-    if len(text) > max_chars:
-        text = text[:max_chars] + " [cut]"
-    return text
+    """Make a plan safe to embed: no control chars, none of our data tags, at most
+    ``max_chars`` (see :mod:`sale_ray.agents.delimit`)."""
+    return clean(plan, max_chars)
 
 
 def format_plans(plans: Sequence[str], max_chars: int) -> str:
