@@ -25,12 +25,14 @@ from pydantic import ValidationError
 
 from .auctioneer import budget_refused
 from .config import SaleConfig, format_validation_error
+from .datasets import MAX_LINE_BYTES as _DATASET_MAX_LINE
 from .errors import InfraError, TaskValidationError
 from .sink import ResultSink, filesystem
 from .summary import Summary, summarize
 from .types import AuctionRecord, Evaluation, Task, records_table
 
 _TASK_FIELDS = set(Task.model_fields)
+MAX_LINE_BYTES = _DATASET_MAX_LINE  # one cap for every JSONL task reader
 
 
 def make_evaluator(config: SaleConfig):
@@ -59,14 +61,28 @@ def _task(row: dict, where: str) -> Task:
         raise TaskValidationError(f"{where}: {format_validation_error(e)}") from None
 
 
-def _lines(stream: Any, block: int = 1 << 20) -> Iterator[bytes]:
-    rest = b""
+def _lines(
+    stream: Any, where: str, max_line: int | None = None, block: int = 1 << 20
+) -> Iterator[tuple[int, bytes]]:
+    """(line number, line) of a byte stream, read ``block`` bytes at a time.
+
+    The cap is enforced while reading: as soon as a line has grown past ``max_line`` bytes
+    (default :data:`MAX_LINE_BYTES`) without a newline, it is an error naming ``where`` and the
+    line, so no more than ``max_line + block`` bytes are ever held, however long the line."""
+    cap = MAX_LINE_BYTES if max_line is None else max_line
+    n, rest = 0, b""
     while chunk := stream.read(block):
         rest += chunk
         *lines, rest = rest.split(b"\n")
-        yield from lines
+        for line in lines:
+            n += 1
+            if len(line) > cap:
+                raise TaskValidationError(f"{where}: line {n}: longer than {cap} bytes")
+            yield n, line
+        if len(rest) > cap:  # the line is not finished and already too long: stop reading it
+            raise TaskValidationError(f"{where}: line {n + 1}: longer than {cap} bytes")
     if rest:
-        yield rest
+        yield n + 1, rest
 
 
 def iter_tasks(
@@ -93,7 +109,7 @@ def iter_tasks(
             raise TaskValidationError(f"{uri}: task files are .jsonl or .parquet")
         out = []
         with fs.open_input_stream(path) as f:
-            for n, raw in enumerate(_lines(f), 1):
+            for n, raw in _lines(f, uri):
                 if not raw.strip():
                     continue
                 try:
@@ -135,6 +151,7 @@ class BatchResult:
     duplicate_input: int = 0  # the same id twice in the input: run once
     refused: dict[str, str] = field(default_factory=dict)  # id -> why it was not run
     duplicates_dropped: int = 0  # rows the final merge removed (crash between merge and cleanup)
+    quarantined: list[str] = field(default_factory=list)  # unreadable result files moved aside
 
     def describe(self) -> str:
         parts = [f"written {self.written}", f"skipped (already done) {self.skipped_done}"]
@@ -143,6 +160,11 @@ class BatchResult:
         if self.refused:
             why = next(iter(self.refused.values()))
             parts.append(f"not run {len(self.refused)} ({why}; rerun to continue)")
+        if self.quarantined:
+            parts.append(
+                f"unreadable result files moved aside {len(self.quarantined)} "
+                f"(their tasks ran again; first: {self.quarantined[0]})"
+            )
         return "run: " + ", ".join(parts)
 
 
@@ -275,6 +297,7 @@ async def run_batch(
         bar.close()
         await pool.stop()
     res.path, table, res.duplicates_dropped = sink.finalize()
+    res.quarantined = list(sink.quarantined)
     res.summary = summarize(table)
     _write_summary(sink, res.summary)
     return res

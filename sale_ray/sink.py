@@ -3,19 +3,32 @@
 Layout under the output ``OUT``::
 
     OUT/parts/part-<run>-<seq>.parquet   written while the run goes (each one complete)
+    OUT/parts/_quarantine/<ns>-<name>    files found unreadable, moved aside (never deleted)
     OUT/auctions.parquet                 the final file: every part merged, one row per task id
 
-Every file appears atomically: locally it is written under a dot-name and renamed; on S3 a PUT
-(multipart included) only becomes visible when complete. Readers ignore dot-names, so a crash
-at any point leaves only whole files. Resuming reads the ``task_id`` of the final file and of
-every part; those ids are done (except rows refused for lack of budget, which a rerun retries).
+Every file appears under its final name only when complete. It is serialised in memory first
+(so an exception mid-write never reaches storage), uploaded under a dot-name, its stored size
+checked, and only then renamed (locally: ``rename(2)``; on S3: a server-side copy, then the
+dot-name is deleted). This matters on S3: closing a pyarrow S3 stream after an exception
+*completes* the upload, so writing under the final name could publish a truncated file.
+Readers ignore dot- and underscore-names, so a crash at any point leaves only whole files
+(and perhaps a dot-named temp, which nothing reads).
+
+Resuming reads every file whole; those ids are done (except rows refused for lack of budget,
+which a rerun retries). A file that cannot be decoded is **quarantined**: moved to
+``parts/_quarantine/``, logged as a warning and counted in :attr:`ResultSink.quarantined`, and its
+tasks run again: one bad file never blocks a resume. An I/O error (storage unreachable) is
+not corruption: it raises, and nothing is moved.
+
 :meth:`ResultSink.finalize` merges final + parts (first good row per task id wins), writes the
-final file, and only then deletes the parts: a crash in between leaves duplicates that the next
-merge removes, never a gap.
+final file, and only then deletes the parts it merged: a crash in between leaves duplicates
+that the next merge removes, never a gap.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import time
 import uuid
 from collections.abc import Iterable
@@ -28,8 +41,11 @@ import pyarrow.parquet as pq
 from .errors import InfraError
 from .types import AUCTION_SCHEMA, AuctionRecord, records_table
 
+log = logging.getLogger(__name__)
+
 FINAL = "auctions.parquet"
 PARTS = "parts"
+QUARANTINE = "_quarantine"  # under PARTS: the leading "_" keeps readers out
 _BUDGET_REFUSED = "budget exhausted"  # same prefix as sale_ray.auctioneer.BUDGET_REFUSED
 
 
@@ -46,9 +62,25 @@ def filesystem(
             u = urlparse(endpoint_url)
             kw.update(endpoint_override=u.netloc or u.path, scheme=u.scheme or "https")
         return pafs.S3FileSystem(**kw), uri[len("s3://") :].rstrip("/")
-    import os
-
     return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(uri))
+
+
+def _conform(t: pa.Table) -> pa.Table:
+    """``t`` in :data:`AUCTION_SCHEMA` order and types, or ValueError saying why not. A
+    nullable column the file predates is added as nulls (a schema that grew must not make old
+    results unreadable)."""
+    cols = []
+    for f in AUCTION_SCHEMA:
+        if f.name in t.column_names:
+            cols.append(t.column(f.name))
+        elif f.nullable:
+            cols.append(pa.nulls(t.num_rows, f.type))
+        else:
+            raise ValueError(f"lacks the required column {f.name!r}")
+    try:
+        return pa.Table.from_arrays(cols, names=AUCTION_SCHEMA.names).cast(AUCTION_SCHEMA)
+    except (pa.ArrowException, ValueError) as e:
+        raise ValueError(f"does not match the results schema ({str(e)[:200]})") from None
 
 
 def _is_done(errors: Iterable[str | None]) -> list[bool]:
@@ -79,6 +111,7 @@ class ResultSink:
         self._buf: list[AuctionRecord] = []
         self._last = time.monotonic()
         self.rows_written = 0
+        self.quarantined: list[str] = []  # files moved aside as unreadable (warned, counted)
         self.fs.create_dir(f"{self.root}/{PARTS}", recursive=True)
 
     # -- reading -----------------------------------------------------------------------------
@@ -98,17 +131,69 @@ class ResultSink:
         )
         return out + parts
 
-    def _read(self, path: str, columns: list[str] | None = None) -> pa.Table:
+    def _show(self, path: str) -> str:
+        return path if self.local else f"s3://{path}"
+
+    def _load(self, path: str) -> pa.Table | None:
+        """One results file, decoded whole and cast to :data:`AUCTION_SCHEMA`; None (and the
+        file quarantined) if its bytes are not a results file."""
         try:
-            return pq.read_table(path, filesystem=self.fs, columns=columns)
-        except (OSError, pa.ArrowInvalid) as e:
-            raise InfraError(f"{path}: unreadable results file ({type(e).__name__})") from None
+            with self.fs.open_input_file(path) as f:
+                data = f.read()
+        except OSError as e:  # storage, not the file: raise, move nothing
+            raise InfraError(
+                f"{self._show(path)}: cannot read results file ({type(e).__name__})"
+            ) from None
+        try:
+            t = pq.read_table(pa.BufferReader(data))
+        except (pa.ArrowException, OSError, ValueError) as e:
+            self._quarantine(path, f"not readable Parquet ({type(e).__name__})")
+            return None
+        missing = [c for c in ("task_id", "error") if c not in t.column_names]
+        if missing or t.column("task_id").null_count:
+            self._quarantine(path, f"no usable task ids (missing {missing or 'values'})")
+            return None
+        try:
+            return _conform(t)
+        except ValueError as e:  # Parquet, but not (or no longer) a results file
+            self._quarantine(path, str(e))
+            return None
+
+    def _quarantine(self, path: str, why: str) -> None:
+        """Move an undecodable file aside (never delete: it may be inspected or repaired) so
+        that it cannot block this resume or the next; its tasks are simply run again."""
+        dest_dir = f"{self.root}/{PARTS}/{QUARANTINE}"
+        dest = f"{dest_dir}/{time.time_ns()}-{path.rsplit('/', 1)[-1]}"
+        try:
+            if self.local:
+                self.fs.create_dir(dest_dir, recursive=True)
+            self.fs.move(path, dest)
+        except OSError as e:
+            raise InfraError(
+                f"{self._show(path)}: {why}, and it could not be moved aside "
+                f"({type(e).__name__}); move or delete it, then rerun"
+            ) from None
+        self.quarantined.append(self._show(dest))
+        log.warning(
+            "%s: %s; moved to %s, its tasks will run again", self._show(path), why, self._show(dest)
+        )
+
+    def _load_all(self) -> list[tuple[str, pa.Table]]:
+        """(path, table) of every readable results file, final first; bad ones quarantined."""
+        out = []
+        for f in self._files():
+            t = self._load(f)
+            if t is not None:
+                out.append((f, t))
+        return out
 
     def done_ids(self) -> set[str]:
-        """Task ids that already have a result (budget refusals excluded: those may rerun)."""
+        """Task ids that already have a result (budget refusals excluded: those may rerun).
+
+        Files are decoded whole, not just their id column: a file whose ids read but whose
+        other columns do not would count its tasks done here and lose them at the merge."""
         done: set[str] = set()
-        for f in self._files():
-            t = self._read(f, ["task_id", "error"])
+        for _, t in self._load_all():
             ids = t.column("task_id").to_pylist()
             done.update(
                 i for i, ok in zip(ids, _is_done(t.column("error").to_pylist()), strict=True) if ok
@@ -135,22 +220,38 @@ class ResultSink:
         return path
 
     def _write_atomic(self, table: pa.Table, path: str) -> None:
-        if self.local:
-            d, name = path.rsplit("/", 1)
-            tmp = f"{d}/.{name}.{uuid.uuid4().hex[:6]}.tmp"
-            pq.write_table(table, tmp, filesystem=self.fs)
-            self.fs.move(tmp, path)  # rename(2): atomic on one filesystem
-        else:
-            pq.write_table(table, path, filesystem=self.fs)  # an S3 PUT is atomic per key
+        """Make ``path`` appear only complete (see the module docstring for why on S3)."""
+        buf = pa.BufferOutputStream()
+        pq.write_table(table, buf)  # an exception here has touched no storage at all
+        data = buf.getvalue()
+        d, name = path.rsplit("/", 1)
+        tmp = f"{d}/.{name}.{uuid.uuid4().hex[:8]}.tmp"
+        try:
+            with self.fs.open_output_stream(tmp) as out:
+                out.write(data)
+            # closing may have completed a partial upload without raising: check what is stored
+            size = self.fs.get_file_info(tmp).size
+            if size != data.size:
+                raise InfraError(f"{self._show(tmp)}: stored {size} bytes, wrote {data.size}")
+            self.fs.move(tmp, path)  # local: rename(2); S3: server-side copy, then delete
+        except BaseException:
+            try:
+                self.fs.delete_file(tmp)
+            except OSError:
+                pass  # a dot-name: readers never see it
+            raise
 
     def merged(self) -> tuple[pa.Table, int]:
         """Every row so far, one per task id (first done row wins, else the last refusal), and
         the number of duplicate rows dropped."""
-        files = self._files()
-        tables = [self._read(f).select(AUCTION_SCHEMA.names).cast(AUCTION_SCHEMA) for f in files]
-        if not tables:
-            return AUCTION_SCHEMA.empty_table(), 0
-        t = pa.concat_tables(tables)
+        table, dupes, _ = self._merge()
+        return table, dupes
+
+    def _merge(self) -> tuple[pa.Table, int, list[str]]:
+        loaded = self._load_all()
+        if not loaded:
+            return AUCTION_SCHEMA.empty_table(), 0, []
+        t = pa.concat_tables([t for _, t in loaded])
         ids = t.column("task_id").to_pylist()
         done = _is_done(t.column("error").to_pylist())
         pick: dict[str, int] = {}
@@ -159,20 +260,22 @@ class ResultSink:
             if j is None or not done[j]:  # a done row is final; a refusal is replaced
                 pick[tid] = i
         keep = sorted(pick.values())
-        return t.take(pa.array(keep, pa.int64())), len(ids) - len(keep)
+        return t.take(pa.array(keep, pa.int64())), len(ids) - len(keep), [p for p, _ in loaded]
 
     def finalize(self) -> tuple[str, pa.Table, int]:
         """Flush, merge into ``auctions.parquet`` (atomically), then delete the merged parts.
-        Returns (uri of the final file, its table, duplicates dropped)."""
+        Returns (uri of the final file, its table, duplicates dropped).
+
+        Only parts whose rows are in the final file are deleted, and only after it is written:
+        a crash in between leaves duplicates (dropped by the next merge), never a gap."""
         self.flush()
-        parts = [f for f in self._files() if not f.endswith(f"/{FINAL}")]
-        table, dupes = self.merged()
+        table, dupes, merged = self._merge()
         final = f"{self.root}/{FINAL}"
         self._write_atomic(table, final)
-        for p in parts:  # the final file now holds them; a crash here only leaves duplicates
-            self.fs.delete_file(p)
-        shown = final if self.local else f"s3://{final}"
-        return shown, table, dupes
+        for p in merged:
+            if p != final:
+                self.fs.delete_file(p)
+        return self._show(final), table, dupes
 
     def reset(self) -> None:
         """Forget earlier results under this output (a fresh run, ``--no-resume``)."""

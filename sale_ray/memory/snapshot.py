@@ -14,8 +14,10 @@ snapshot has a fresh id). On S3 the pointer is compare-and-swapped with conditio
 two writers racing cannot silently replace each other's commit. A local folder replaces the
 pointer with an atomic rename after a best-effort check (not atomic: one writer per folder).
 
-Restore verifies what it reads (schema_version, sha256, row counts, columns) and raises
-:class:`SnapshotError` naming the offending file before anything is loaded.
+Restore trusts none of it: the pointer's sha256 of the manifest is required, manifest paths
+must stay under ``data/<snapshot_id>/``, every size is checked (and capped) before the bytes
+are read, then schema_version (>= 1), sha256, row counts and columns (:mod:`.manifest`). Any
+failure raises :class:`SnapshotError` naming the offending file before anything is loaded.
 """
 
 from __future__ import annotations
@@ -30,9 +32,18 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .config import StorageConfig
+from .manifest import (
+    MAX_DATA_FILE_BYTES,
+    MAX_FILE_BYTES,
+    SCHEMA_VERSION,
+    FileInfo,
+    Manifest,
+    parse_pointer,
+    read_capped,
+    read_manifest_file,
+)
 from .shard import EMBEDDING, storage_schema
 from .store import (
     POINTER,
@@ -44,6 +55,8 @@ from .store import (
 )
 
 __all__ = [
+    "MAX_DATA_FILE_BYTES",
+    "MAX_FILE_BYTES",
     "POINTER",
     "SCHEMA_VERSION",
     "FileInfo",
@@ -64,39 +77,9 @@ __all__ = [
     "write_snapshot",
 ]
 
-SCHEMA_VERSION = 1
-MAX_FILE_BYTES = 64 * 2**20  # Arrow bytes per data file (a shard may span several)
 Hook = Callable[
     [str, str], None
 ]  # (stage, path): "data" | "manifest" | "before_pointer" | "pointer"
-
-
-class FileInfo(BaseModel):
-    """One data file of a snapshot."""
-
-    model_config = ConfigDict(extra="forbid")
-    path: str = Field(description="Relative to the snapshot root.")
-    shard: int
-    part: int = Field(default=0, description="Order of this file within its shard.")
-    rows: int
-    bytes: int
-    sha256: str
-
-
-class Manifest(BaseModel):
-    """What a snapshot contains; the pointer names exactly one manifest."""
-
-    model_config = ConfigDict(extra="forbid")
-    schema_version: int = SCHEMA_VERSION
-    snapshot_id: str
-    created_at: float
-    shards: int
-    dim: int
-    embedder: str | None = Field(
-        default=None, description="Vector space of the embeddings, e.g. all-MiniLM-L6-v2/384."
-    )
-    files: list[FileInfo]
-    total_rows: int
 
 
 def new_snapshot_id() -> str:
@@ -192,6 +175,11 @@ def write_shard_file(
     size = store.fs.get_file_info(store.full(rel)).size
     if size != sink.n:
         raise SnapshotError(f"{store.display(rel)}: stored {size} bytes, wrote {sink.n}")
+    if sink.n > MAX_DATA_FILE_BYTES:  # a reader would refuse it: fail the snapshot, not restore
+        raise SnapshotError(
+            f"{store.display(rel)}: {sink.n} bytes, more than the {MAX_DATA_FILE_BYTES} a "
+            "reader accepts"
+        )
     info = FileInfo(
         path=rel,
         shard=shard,
@@ -275,58 +263,21 @@ def write_snapshot(
 
 
 # --- reading ------------------------------------------------------------------------------------
-def _check_version(obj: Any, where: str) -> None:
-    if not isinstance(obj, dict):
-        raise SnapshotError(f"{where}: not a JSON object")
-    v = obj.get("schema_version")
-    if not isinstance(v, int):
-        raise SnapshotError(f"{where}: missing or invalid schema_version")
-    if v > SCHEMA_VERSION:
-        raise SnapshotVersionError(
-            f"{where}: schema_version {v} is newer than this sale-ray reads ({SCHEMA_VERSION}); "
-            "upgrade sale-ray to restore it"
-        )
-
-
-def _load_json(data: bytes, where: str) -> dict:
-    try:
-        obj = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise SnapshotError(f"{where}: not valid JSON ({e})") from None
-    _check_version(obj, where)
-    return obj
-
-
 def read_manifest(
     uri: str | SnapshotStore, storage: StorageConfig | None = None
 ) -> Manifest | None:
-    """The manifest the pointer names (verified against the pointer's sha256); None if none."""
+    """The manifest the pointer names, verified against the pointer's (required) sha256, its
+    size checked before it is read, its file paths confined; None if there is no pointer.
+    The checks are listed in :mod:`.manifest`."""
     store = as_store(uri, storage)
     raw, _ = store.read_pointer()
     if raw is None:
         return None
-    pointer = _load_json(raw, store.display(POINTER))
-    rel = pointer.get("manifest")
-    if not isinstance(rel, str) or not rel.startswith("manifests/"):
-        raise SnapshotError(f"{store.display(POINTER)}: no valid 'manifest' entry")
-    body = store.read_bytes(rel)
-    if pointer.get("sha256") and hashlib.sha256(body).hexdigest() != pointer["sha256"]:
-        raise SnapshotError(f"{store.display(rel)}: sha256 does not match the pointer")
-    obj = _load_json(body, store.display(rel))
-    try:
-        manifest = Manifest.model_validate(obj)
-    except ValidationError as e:
-        err = e.errors(include_input=False)[0]
-        loc = ".".join(str(x) for x in err["loc"])
+    sid, rel, sha = parse_pointer(raw, store)
+    manifest = read_manifest_file(store, rel, sha)
+    if manifest.snapshot_id != sid:
         raise SnapshotError(
-            f"{store.display(rel)}: malformed manifest: {loc}: {err['msg']}"
-        ) from None
-    parts = sorted((f.shard, f.part) for f in manifest.files)
-    want = [(s, p) for s in range(manifest.shards) for p in range(_parts(manifest, s))]
-    if parts != want:
-        raise SnapshotError(
-            f"{store.display(rel)}: files do not cover shards 0..{manifest.shards - 1} "
-            "with parts numbered from 0"
+            f"{store.display(rel)}: snapshot_id {manifest.snapshot_id!r}, the pointer says {sid!r}"
         )
     return manifest
 
@@ -334,8 +285,9 @@ def read_manifest(
 def read_shard_file(store: SnapshotStore, info: FileInfo, dim: int) -> pa.Table:
     """One verified data file: checksum, Parquet, columns and row count are all checked."""
     where = store.display(info.path)
-    data = store.read_bytes(info.path)
-    if len(data) != info.bytes or hashlib.sha256(data).hexdigest() != info.sha256:
+    # size (from a HEAD) against the manifest and the cap first: nothing unbounded is read
+    data = read_capped(store, info.path, MAX_DATA_FILE_BYTES, expected=info.bytes)
+    if hashlib.sha256(data).hexdigest() != info.sha256:
         raise SnapshotError(f"{where}: checksum mismatch (file changed or truncated)")
     try:
         table = pq.read_table(pa.BufferReader(data))
@@ -352,10 +304,6 @@ def read_shard_file(store: SnapshotStore, info: FileInfo, dim: int) -> pa.Table:
     if table.num_rows != info.rows:
         raise SnapshotError(f"{where}: {table.num_rows} rows, manifest says {info.rows}")
     return table
-
-
-def _parts(manifest: Manifest, shard: int) -> int:
-    return sum(1 for f in manifest.files if f.shard == shard)
 
 
 def read_shard(store: SnapshotStore, manifest: Manifest, shard: int) -> pa.Table:
@@ -406,9 +354,7 @@ def prune_snapshots(
     raw, _ = store.read_pointer()
     if raw is None:
         return []
-    current = _load_json(raw, store.display(POINTER)).get("snapshot_id")
-    if not isinstance(current, str):
-        raise SnapshotError(f"{store.display(POINTER)}: no snapshot_id")
+    current, _, _ = parse_pointer(raw, store)
     manifests = {n[: -len(".json")] for n in store.list_names("manifests") if n.endswith(".json")}
     data = set(store.list_names("data"))
     committed = sorted(m for m in manifests if m <= current)

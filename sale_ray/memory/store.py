@@ -20,6 +20,7 @@ from ..errors import InfraError
 from .config import StorageConfig
 
 POINTER = "LATEST"
+MAX_POINTER_READ = 64 * 2**10  # the pointer is ~200 bytes; see manifest.MAX_POINTER_BYTES
 
 
 class SnapshotError(InfraError):
@@ -127,19 +128,26 @@ class SnapshotStore:
             f.write(data)
 
     # --- the pointer ------------------------------------------------------------------------------
-    def read_pointer(self) -> tuple[bytes | None, str | None]:
-        """Raw pointer bytes and a version tag for compare-and-swap (None, None if absent)."""
+    def read_pointer(self, max_bytes: int = MAX_POINTER_READ) -> tuple[bytes | None, str | None]:
+        """Raw pointer bytes and a version tag for compare-and-swap (None, None if absent).
+
+        At most ``max_bytes + 1`` bytes are read, so an oversized pointer is detectable by
+        its length without being held in memory whole."""
         if self.is_s3:
             key = f"{self.prefix}/{POINTER}" if self.prefix else POINTER
             try:
                 obj = self.s3.get_object(Bucket=self.bucket, Key=key)
             except self.s3.exceptions.NoSuchKey:
                 return None, None
-            return obj["Body"].read(), obj["ETag"]
+            body = obj["Body"]
+            try:
+                return body.read(max_bytes + 1), obj["ETag"]
+            finally:
+                body.close()  # the rest of an oversized object is not downloaded
         path = self.full(POINTER)
         try:
             with open(path, "rb") as f:
-                data = f.read()
+                data = f.read(max_bytes + 1)
         except FileNotFoundError:
             return None, None
         return data, hashlib.sha256(data).hexdigest()

@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from sale_ray.batch import run_batch
+from tests.conftest_s3 import s3_bucket, s3_server  # noqa: F401 - until registered
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -161,3 +162,72 @@ def test_tasks_from_s3_results_to_s3_and_resume(ray_cluster, s3):
     keys = {o["Key"] for o in client.list_objects_v2(Bucket="runs", Prefix="out/")["Contents"]}
     assert {"out/auctions.parquet", "out/summary.json"} <= keys
     assert not any(k.startswith("out/parts/part-") for k in keys)
+
+
+# --- results on S3 appear only whole; a corrupt part never blocks a resume (issue 13, item 6) --
+def _objects(server, bucket):
+    return [k for k in server.keys(bucket) if not k.endswith("/")]  # not directory markers
+
+
+def _half_then_fail(real):
+    def write_table(self, table, *a, **k):
+        real(self, table.slice(0, 1), *a, **k)
+        raise RuntimeError("killed mid-write")
+
+    return write_table
+
+
+def test_an_exception_mid_write_on_s3_leaves_no_object_under_the_final_name(
+    s3_server,  # noqa: F811
+    s3_bucket,  # noqa: F811
+    monkeypatch,
+):
+    """Closing a pyarrow S3 stream after an exception completes the upload: writing under the
+    final name published a 1-row "part" here. Now nothing but whole files get a final name."""
+    from sale_ray.sink import ResultSink
+    from tests.unit.test_sink import rec
+
+    uri = f"s3://{s3_bucket}/out"
+    s = ResultSink(uri, endpoint_url=s3_server.endpoint_url, flush_rows=100)
+    s.add([rec(f"t{i}") for i in range(5)])
+    monkeypatch.setattr(
+        pq.ParquetWriter, "write_table", _half_then_fail(pq.ParquetWriter.write_table)
+    )
+    with pytest.raises(RuntimeError):
+        s.flush()
+    with pytest.raises(RuntimeError):
+        s.finalize()
+    monkeypatch.undo()
+    assert _objects(s3_server, s3_bucket) == []  # no part, no final file, no temp debris
+    s.finalize()
+    assert _objects(s3_server, s3_bucket) == ["out/auctions.parquet"]
+    assert ResultSink(uri, endpoint_url=s3_server.endpoint_url).done_ids() == {
+        f"t{i}" for i in range(5)
+    }
+
+
+def test_a_corrupt_part_on_s3_is_quarantined_and_resume_goes_on(
+    s3_server,  # noqa: F811
+    s3_bucket,  # noqa: F811
+    caplog,
+):
+    from sale_ray.sink import ResultSink
+    from tests.unit.test_sink import rec
+
+    uri, ep = f"s3://{s3_bucket}/out", s3_server.endpoint_url
+    s = ResultSink(uri, endpoint_url=ep, flush_rows=1)
+    for i in range(3):
+        s.add([rec(f"t{i}")])
+    bad = sorted(k for k in s3_server.keys(s3_bucket) if k.startswith("out/parts/part-"))[1]
+    body = s3_server.client.get_object(Bucket=s3_bucket, Key=bad)["Body"].read()
+    s3_server.client.put_object(Bucket=s3_bucket, Key=bad, Body=body[: len(body) // 2])
+    s2 = ResultSink(uri, endpoint_url=ep, flush_rows=1)
+    with caplog.at_level("WARNING", logger="sale_ray.sink"):
+        assert s2.done_ids() == {"t0", "t2"}
+    assert len(s2.quarantined) == 1 and any("moved to" in r.getMessage() for r in caplog.records)
+    s2.add([rec("t1")])
+    _, table, _ = s2.finalize()
+    assert sorted(table.column("task_id").to_pylist()) == ["t0", "t1", "t2"]
+    keys = s3_server.keys(s3_bucket)
+    assert [k for k in keys if k.startswith("out/parts/_quarantine/")] != []
+    assert not [k for k in keys if k.startswith("out/parts/part-")]

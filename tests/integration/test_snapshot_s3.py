@@ -94,10 +94,30 @@ def test_corrupt_object_on_s3_is_named(s3_server, s3_storage):  # noqa: F811
     manifest = m.snapshot()
     bucket = s3_storage.snapshot_uri.split("/")[2]
     key = f"snapshots/{manifest.files[1].path}"
+    size = manifest.files[1].bytes
+    # the size (from a HEAD) is checked against the manifest before anything is read ...
     s3_server.client.put_object(Bucket=bucket, Key=key, Body=b"garbage")
+    with pytest.raises(snap.SnapshotError, match=rf"s3://{bucket}/{key}: 7 bytes, manifest says"):
+        memory(s3_storage, shards=2)
+    # ... and a same-size replacement fails its sha256
+    s3_server.client.put_object(Bucket=bucket, Key=key, Body=b"g" * size)
     with pytest.raises(snap.SnapshotError, match=rf"s3://{bucket}/{key}: checksum mismatch"):
         memory(s3_storage, shards=2)
     with pytest.raises(snap.SnapshotError):
         m.restore()  # a live memory is left as it was
     assert m.stats()["records"] == 20
     assert np.isfinite(m.search(["task 1"])[0][0].score)
+
+
+def test_a_pointer_without_sha256_is_refused_on_s3(s3_server, s3_storage):  # noqa: F811
+    m = memory(s3_storage, shards=1)
+    m.write(entries(range(5)))
+    m.snapshot()
+    bucket = s3_storage.snapshot_uri.split("/")[2]
+    pointer = json.loads(
+        s3_server.client.get_object(Bucket=bucket, Key="snapshots/LATEST")["Body"].read()
+    )
+    pointer.pop("sha256")
+    s3_server.client.put_object(Bucket=bucket, Key="snapshots/LATEST", Body=json.dumps(pointer))
+    with pytest.raises(snap.SnapshotError, match=r"/LATEST: missing or invalid sha256"):
+        snap.restore_snapshot(s3_storage.snapshot_uri, s3_storage)

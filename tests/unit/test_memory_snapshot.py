@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -115,6 +116,19 @@ def _latest(tmp_path: Path) -> tuple[dict, Path]:
     return pointer, tmp_path / pointer["manifest"]
 
 
+def _rewrite(tmp_path: Path, manifest: dict | bytes | str, **pointer_fields) -> Path:
+    """Replace the latest manifest and re-point LATEST at it with a matching sha256: what a
+    writer (or an attacker) with write access to the location can do."""
+    pointer, mpath = _latest(tmp_path)
+    if isinstance(manifest, dict):
+        manifest = json.dumps(manifest)
+    body = manifest.encode() if isinstance(manifest, str) else manifest
+    mpath.write_bytes(body)
+    pointer.update(sha256=hashlib.sha256(body).hexdigest(), **pointer_fields)
+    (tmp_path / snap.POINTER).write_text(json.dumps(pointer))
+    return mpath
+
+
 def test_corrupt_data_file_is_named_and_nothing_changes(tmp_path):
     snap.write_snapshot(shard_tables(2, 10, 1), str(tmp_path))
     _, mpath = _latest(tmp_path)
@@ -136,13 +150,8 @@ def test_truncated_parquet_with_matching_manifest_is_named(tmp_path):
     f = manifest["files"][0]
     junk = b"PAR1 but not really"
     (tmp_path / f["path"]).write_bytes(junk)
-    import hashlib
-
     f.update(bytes=len(junk), sha256=hashlib.sha256(junk).hexdigest())
-    body = json.dumps(manifest).encode()
-    mpath.write_bytes(body)
-    pointer["sha256"] = hashlib.sha256(body).hexdigest()
-    (tmp_path / snap.POINTER).write_text(json.dumps(pointer))
+    _rewrite(tmp_path, manifest)
     with pytest.raises(
         snap.SnapshotError, match="shard-00000-0000.parquet: not a readable Parquet"
     ):
@@ -155,11 +164,10 @@ def test_malformed_manifest_and_pointer_are_named(tmp_path):
     mpath.write_text("{not json")
     with pytest.raises(snap.SnapshotError, match=rf"{mpath.name}: sha256 does not match"):
         snap.restore_snapshot(str(tmp_path))
-    pointer.pop("sha256")
-    (tmp_path / snap.POINTER).write_text(json.dumps(pointer))
+    _rewrite(tmp_path, "{not json")
     with pytest.raises(snap.SnapshotError, match=rf"{mpath.name}: not valid JSON"):
         snap.restore_snapshot(str(tmp_path))
-    mpath.write_text(json.dumps({"schema_version": 1, "snapshot_id": "x"}))
+    _rewrite(tmp_path, {"schema_version": 1, "snapshot_id": "x"})
     with pytest.raises(snap.SnapshotError, match=rf"{mpath.name}: malformed manifest"):
         snap.restore_snapshot(str(tmp_path))
     (tmp_path / snap.POINTER).write_text("[]")
@@ -173,9 +181,8 @@ def test_future_schema_version_is_refused_naming_the_file(tmp_path):
     manifest = json.loads(mpath.read_text())
     manifest["schema_version"] = snap.SCHEMA_VERSION + 1
     manifest["new_field"] = "from the future"
-    mpath.write_text(json.dumps(manifest))
-    pointer.pop("sha256")
-    (tmp_path / snap.POINTER).write_text(json.dumps(pointer))
+    _rewrite(tmp_path, manifest)
+    pointer, _ = _latest(tmp_path)
     with pytest.raises(
         snap.SnapshotVersionError, match=rf"{mpath.name}: schema_version 2 is newer"
     ):
@@ -252,3 +259,162 @@ def _small_files(real):
         return real(store, sid, shard, table, hook, max_file_bytes=max(1, table.nbytes // 5))
 
     return write
+
+
+# --- durable files are not trusted further than they are checked (issue 13, item 6) ---------
+def test_a_pointer_without_the_manifest_sha256_is_refused(tmp_path):
+    snap.write_snapshot(shard_tables(1, 3, 1), str(tmp_path))
+    for bad in (None, "", "ab" * 31, "Z" * 64):
+        pointer, _ = _latest(tmp_path)
+        pointer.pop("sha256", None)
+        if bad is not None:
+            pointer["sha256"] = bad
+        (tmp_path / snap.POINTER).write_text(json.dumps(pointer))
+        with pytest.raises(snap.SnapshotError, match=r"LATEST: missing or invalid sha256"):
+            snap.restore_snapshot(str(tmp_path))
+        with pytest.raises(snap.SnapshotError, match=r"LATEST: missing or invalid sha256"):
+            snap.prune_snapshots(str(tmp_path), keep=1)
+
+
+def _outside_file(tmp_path: Path, manifest: dict) -> tuple[Path, dict]:
+    """A valid data file copied outside the snapshot root, and its FileInfo fields."""
+    src = tmp_path / "snap" / manifest["files"][0]["path"]
+    out = tmp_path / "outside.parquet"
+    out.write_bytes(src.read_bytes())
+    return out, manifest["files"][0]
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "data/{sid}/../../../outside.parquet",
+        "data/{sid}/../../outside.parquet",  # still inside the root, but not this snapshot's
+        "{abs}",
+        "data/{sid}/./shard-00000-0000.parquet",
+        "data/{sid}//shard-00000-0000.parquet",
+        "data/{sid}\\..\\..\\outside.parquet",
+        "file://{abs}",
+        "data/{sid}",
+    ],
+)
+def test_manifest_paths_must_stay_inside_the_snapshot(tmp_path, path):
+    root = tmp_path / "snap"
+    snap.write_snapshot(shard_tables(1, 3, 1), str(root))
+    _, mpath = _latest(root)
+    manifest = json.loads(mpath.read_text())
+    out, f = _outside_file(tmp_path, manifest)
+    f["path"] = path.format(sid=manifest["snapshot_id"], abs=out)
+    _rewrite(root, manifest)
+    with pytest.raises(snap.SnapshotError, match=rf"{mpath.name}: malformed manifest: .*confined"):
+        snap.restore_snapshot(str(root))
+
+
+def test_a_symlink_out_of_a_local_snapshot_is_refused(tmp_path):
+    root = tmp_path / "snap"
+    snap.write_snapshot(shard_tables(1, 3, 1), str(root))
+    _, mpath = _latest(root)
+    manifest = json.loads(mpath.read_text())
+    out, f = _outside_file(tmp_path, manifest)
+    victim = root / f["path"]
+    victim.unlink()
+    victim.symlink_to(out)  # same bytes, same sha256: only where it lives is wrong
+    with pytest.raises(snap.SnapshotError, match=r"shard-00000-0000.parquet: resolves outside"):
+        snap.restore_snapshot(str(root))
+
+
+def test_the_pointer_names_only_its_own_manifest(tmp_path):
+    root = tmp_path / "snap"
+    first = snap.write_snapshot(shard_tables(1, 3, 1), str(root)).snapshot_id
+    snap.write_snapshot(shard_tables(1, 3, 2), str(root))
+    for rel in ("manifests/../../outside.json", f"manifests/{first}.json", "LATEST"):
+        pointer, _ = _latest(root)
+        pointer["manifest"] = rel
+        (root / snap.POINTER).write_text(json.dumps(pointer))
+        with pytest.raises(snap.SnapshotError, match=r"LATEST: no valid 'manifest' entry"):
+            snap.restore_snapshot(str(root))
+    pointer["manifest"] = f"manifests/{first}.json"
+    pointer["snapshot_id"] = "../x"
+    (root / snap.POINTER).write_text(json.dumps(pointer))
+    with pytest.raises(snap.SnapshotError, match=r"LATEST: missing or invalid snapshot_id"):
+        snap.restore_snapshot(str(root))
+
+
+class _CountingFS:
+    """Wraps a pyarrow filesystem and records which files were opened for reading."""
+
+    def __init__(self, fs):
+        self._fs, self.opened = fs, []
+
+    def open_input_file(self, path):
+        self.opened.append(path)
+        return self._fs.open_input_file(path)
+
+    def __getattr__(self, name):
+        return getattr(self._fs, name)
+
+
+def _counting_store(root: Path) -> tuple[snap.SnapshotStore, _CountingFS]:
+    store = snap.SnapshotStore(str(root))
+    fs = _CountingFS(store.fs)
+    store._fs = fs
+    return store, fs
+
+
+def test_a_data_file_whose_size_differs_from_the_manifest_is_not_read(tmp_path):
+    snap.write_snapshot(shard_tables(2, 10, 1), str(tmp_path))
+    _, mpath = _latest(tmp_path)
+    f = json.loads(mpath.read_text())["files"][1]
+    victim = tmp_path / f["path"]
+    with open(victim, "ab") as out:
+        out.write(b"\0" * 4096)  # grown (or replaced by something huge)
+    store, fs = _counting_store(tmp_path)
+    with pytest.raises(
+        snap.SnapshotError, match=rf"shard-00001-0000.parquet: {f['bytes'] + 4096} bytes, "
+    ):
+        snap.restore_snapshot(store)
+    assert str(victim) not in fs.opened
+
+
+def test_files_over_the_read_caps_are_refused_before_reading(tmp_path, monkeypatch):
+    from sale_ray.memory import manifest as mf
+
+    snap.write_snapshot(shard_tables(1, 10, 1), str(tmp_path))
+    _, mpath = _latest(tmp_path)
+    size = json.loads(mpath.read_text())["files"][0]["bytes"]
+    monkeypatch.setattr(snap, "MAX_DATA_FILE_BYTES", size - 1)
+    store, fs = _counting_store(tmp_path)
+    with pytest.raises(snap.SnapshotError, match=r"shard-00000-0000.parquet: \d+ bytes, more than"):
+        snap.restore_snapshot(store)
+    assert not [p for p in fs.opened if p.endswith(".parquet")]
+    # and a writer refuses to commit a file no reader would accept
+    with pytest.raises(snap.SnapshotError, match=r"more than the \d+ a reader accepts"):
+        snap.write_snapshot(shard_tables(1, 10, 1), str(tmp_path))
+    monkeypatch.undo()
+
+    monkeypatch.setattr(mf, "MAX_MANIFEST_BYTES", mpath.stat().st_size - 1)
+    store, fs = _counting_store(tmp_path)
+    with pytest.raises(snap.SnapshotError, match=rf"{mpath.name}: \d+ bytes, more than"):
+        snap.restore_snapshot(store)
+    assert fs.opened == []
+    monkeypatch.undo()
+
+    pointer, _ = _latest(tmp_path)
+    pointer["padding"] = "x" * (mf.MAX_POINTER_BYTES + 10)
+    (tmp_path / snap.POINTER).write_text(json.dumps(pointer))
+    with pytest.raises(snap.SnapshotError, match=r"LATEST: \d+ bytes, more than"):
+        snap.restore_snapshot(str(tmp_path))
+
+
+@pytest.mark.parametrize("version", [0, -1, True, "1", 1.0])
+def test_schema_version_below_one_is_refused(tmp_path, version):
+    snap.write_snapshot(shard_tables(1, 3, 1), str(tmp_path))
+    pointer, mpath = _latest(tmp_path)
+    manifest = json.loads(mpath.read_text())
+    manifest["schema_version"] = version
+    _rewrite(tmp_path, manifest)
+    with pytest.raises(snap.SnapshotError, match=rf"{mpath.name}: (missing or invalid )?schema"):
+        snap.restore_snapshot(str(tmp_path))
+    manifest["schema_version"] = 1
+    _rewrite(tmp_path, manifest, schema_version=version)
+    with pytest.raises(snap.SnapshotError, match=r"LATEST: (missing or invalid )?schema_version"):
+        snap.restore_snapshot(str(tmp_path))
