@@ -31,6 +31,7 @@ from pydantic import ValidationError
 
 from ..errors import InfraError, SaleRayError, UserError
 from .config import MemoryConfig, StorageConfig
+from .manifest import read_manifest_file
 from .shard import EMBEDDING, storage_schema
 from .snapshot import (
     Manifest,
@@ -266,7 +267,7 @@ def _pointer_id(store: SnapshotStore) -> str | None:
 def _read_listed_manifest(store: SnapshotStore, sid: str) -> tuple[Manifest | None, str]:
     rel = f"manifests/{sid}.json"
     try:
-        return Manifest.model_validate_json(store.read_bytes(rel)), ""
+        return read_manifest_file(store, rel, None), ""  # size-capped before it is read
     except (SnapshotError, ValidationError) as e:
         return None, f"unreadable manifest ({str(e).splitlines()[0]})"
 
