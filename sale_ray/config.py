@@ -181,6 +181,10 @@ class ExecutionConfig(_Strict):
     )
 
 
+# Isolation layers a config may require (see sale_ray/evaluators/isolation.py).
+SandboxLayer = Literal["netns", "pidns", "mountns", "uid", "cgroup"]
+
+
 class SandboxConfig(_Strict):
     """Limits for running generated code (see README 'Sandbox')."""
 
@@ -190,6 +194,28 @@ class SandboxConfig(_Strict):
     max_processes: int = Field(default=16, ge=1, description="Process limit (RLIMIT_NPROC).")
     max_output_bytes: int = Field(default=65536, ge=1024, description="stdout+stderr kept.")
     max_file_mb: int = Field(default=16, ge=1, description="Largest file it may write.")
+    tmp_mb: int = Field(default=64, ge=1, le=4096, description="Size of the private /tmp (tmpfs).")
+    shm_mb: int = Field(
+        default=16, ge=1, le=4096, description="Size of the private /dev/shm (tmpfs, i.e. RAM)."
+    )
+    require: list[SandboxLayer] = Field(
+        default_factory=list,
+        description="Isolation layers that must be present: when one is missing, untrusted code "
+        "is refused (SandboxRefused names the layer and the fix). See docs/sandbox.md.",
+    )
+    warn: list[SandboxLayer] = Field(
+        default_factory=lambda: ["netns", "pidns", "mountns"],
+        description="Layers whose absence is logged (once per process) but accepted.",
+    )
+    serve_require: list[SandboxLayer] = Field(
+        default_factory=lambda: ["netns"],
+        description="Added to `require` by the Serve door (/v1/tasks runs callers' tests).",
+    )
+
+    def for_serve(self) -> SandboxConfig:
+        """This config as the Serve door uses it: ``require`` plus ``serve_require``."""
+        merged = list(dict.fromkeys([*self.require, *self.serve_require]))
+        return self.model_copy(update={"require": merged})
 
 
 class AuctioneerConfig(_Strict):

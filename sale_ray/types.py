@@ -138,6 +138,10 @@ class Evaluation(_Frozen):
 
     passed: bool | None = None
     detail: str = ""
+    isolation: list[str] = Field(
+        default_factory=list,
+        description="Sandbox layers the judged code ran under (docs/sandbox.md); empty: no sandbox.",
+    )
 
 
 Phase = Literal["bid", "jury", "refine", "execute", "evaluate"]

@@ -6,20 +6,23 @@ from .code import (
     extract_code,
     failure_detail,
     normalize_answer,
-    program_with_tests,
     prompt_examples,
     run_self_check,
 )
+from .harness import Verdict, judge
+from .isolation import SandboxRefused
 from .sandbox import SandboxResult, run_python
 
 __all__ = [
+    "SandboxRefused",
     "SandboxResult",
+    "Verdict",
     "build_program",
     "check_solution",
     "extract_code",
+    "judge",
     "failure_detail",
     "normalize_answer",
-    "program_with_tests",
     "prompt_examples",
     "run_python",
     "run_self_check",

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import ast
 import re
-import secrets
 
 from ..config import SandboxConfig
 from ..types import Evaluation, Task
+from .harness import judge, summary
 from .sandbox import SandboxResult, run_python
 
 MAX_DETAIL_CHARS = 500
@@ -21,9 +21,6 @@ MAX_FEEDBACK_CHARS = 1500
 # unittest.main()); the reference HumanEval harness does not run it either.
 _NOT_MAIN = '__name__ = "__sale_ray_solution__"\n'
 _FUTURE = re.compile(r"^from\s+__future__\s+import\s+[^\n]*\n?", re.M)
-# Tests that may end the program themselves (unittest.main() exits): reaching their end is
-# then not required, only reaching their start.
-_TESTS_MAY_EXIT = re.compile(r"\bexit\(|SystemExit|unittest|pytest|os\._exit")
 _FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[^\n]*\n(.*?)(?:```|\Z)", re.DOTALL)
 _PYTHON_TAGS = {"", "python", "py", "python3", "py3"}
 
@@ -83,19 +80,6 @@ def build_program(task: Task, code: str) -> str:
     return futures + _NOT_MAIN + _FUTURE.sub("", program)
 
 
-def program_with_tests(task: Task, code: str) -> tuple[str, list[str]]:
-    """``(program, markers)``: the solution, then the hidden tests, with unguessable markers
-    printed before the tests (the code did not exit early, e.g. ``sys.exit(0)`` at top level)
-    and, unless the tests may end the program themselves, after them. All must be in stdout."""
-    nonce = secrets.token_hex(8)
-    begin, end = f"sale-ray:tests-begin:{nonce}", f"sale-ray:tests-end:{nonce}"
-    tests = task.tests or ""
-    program = build_program(task, code) + f"\n\nprint({begin!r}, flush=True)\n\n" + tests
-    if _TESTS_MAY_EXIT.search(tests):
-        return program, [begin]
-    return program + f"\n\nprint({end!r}, flush=True)\n", [begin, end]
-
-
 # --- judging -----------------------------------------------------------------------------------
 def normalize_answer(text: str) -> str:
     """Casefolded, whitespace-collapsed, without surrounding space or a trailing period."""
@@ -105,9 +89,13 @@ def normalize_answer(text: str) -> str:
 def check_solution(task: Task, answer: str, cfg: SandboxConfig | None = None) -> Evaluation:
     """Judge ``answer`` for ``task``; ``passed=None`` when the task has nothing to check against.
 
-    Code tasks: the extracted code (see :func:`build_program`) followed by ``task.tests`` runs in
-    the sandbox; passed iff it exits with status 0 in time *and* really ran the tests (see
-    :func:`program_with_tests`). ``detail`` is a short reason (at most 500 chars). Raises :class:`~sale_ray.errors.SandboxError` only if the sandbox itself cannot run.
+    Code tasks: the extracted code (see :func:`build_program`) runs in one sandbox, ``task.tests``
+    in another that calls it (see :mod:`~sale_ray.evaluators.harness`); passed iff the tests'
+    sandbox reports that they ran to their end. ``detail`` is a bounded, sanitised summary (the
+    limit hit, the exception type and test line — never the program's output); ``isolation``
+    lists the layers both sandboxes got. Raises :class:`~sale_ray.errors.SandboxError` only if
+    the sandbox cannot run, :class:`~sale_ray.evaluators.isolation.SandboxRefused` when a layer
+    of ``cfg.require`` is missing.
     """
     if task.kind == "answer":
         if task.expected is None:
@@ -119,17 +107,19 @@ def check_solution(task: Task, answer: str, cfg: SandboxConfig | None = None) ->
     code = extract_code(answer, task.entry_point)
     if not code.strip():
         return Evaluation(passed=False, detail="empty answer")
-    program, markers = program_with_tests(task, code)
-    result = run_python(program, cfg)
-    if not result.ok:
-        return Evaluation(passed=False, detail=failure_detail(result))
-    if not all(m in result.stdout for m in markers):
-        return Evaluation(passed=False, detail="the program exited before the tests finished")
-    return Evaluation(passed=True, detail=f"tests passed in {result.duration_s:.2f}s")
+    verdict = judge(build_program(task, code), task.tests, cfg or SandboxConfig())
+    return Evaluation(
+        passed=verdict.passed,
+        detail=summary(verdict, MAX_DETAIL_CHARS),
+        isolation=verdict.isolation,
+    )
 
 
 def failure_detail(result: SandboxResult, limit: int = MAX_DETAIL_CHARS) -> str:
-    """A short reason for a failed run: the limit it hit and/or the last lines of stderr."""
+    """A short reason for a failed run: the limit it hit and/or the last lines of stderr.
+
+    For the executing agent's own fix turn (it wrote the code); never shown to callers, who get
+    :func:`~sale_ray.evaluators.harness.summary` instead. Control characters are dropped."""
     head = {
         "timeout": "timeout",
         "cpu": "CPU time limit",
@@ -137,7 +127,8 @@ def failure_detail(result: SandboxResult, limit: int = MAX_DETAIL_CHARS) -> str:
         "output": "output limit",
         "file_size": "file size limit",
     }.get(result.killed_reason or "", result.killed_reason or f"exit {result.exit_code}")
-    lines = [ln for ln in result.stderr.strip().splitlines() if ln.strip()]
+    printable = "".join(c for c in result.stderr if c.isprintable() or c == "\n")
+    lines = [ln for ln in printable.strip().splitlines() if ln.strip()]
     tail = "\n".join(lines[-4:])
     text = f"{head}: {tail}" if tail else head
     return text if len(text) <= limit else "…" + text[-(limit - 1) :]

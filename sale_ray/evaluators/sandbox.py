@@ -1,31 +1,15 @@
-"""Run untrusted Python (model-written code + tests) in a throw-away, resource-limited process.
+"""Run untrusted Python (model-written code, callers' tests) in a throw-away, contained process.
 
-Isolation layers (``SandboxResult.isolation`` lists the ones a run actually got):
+``run_python`` starts ``launcher.py`` (a fresh interpreter, almost empty environment) in a new
+session; it builds the namespaces, the new root and the limits, then execs the interpreter on
+``inside.py`` with an empty environment. ``SandboxResult.isolation`` lists the layers a run
+actually got (names and meaning: :mod:`~sale_ray.evaluators.isolation`); ``SandboxConfig.require``
+makes a missing one a refusal instead of a logged downgrade. docs/sandbox.md says what each mode
+(root / unprivileged / no user namespaces) isolates and which test proves it.
 
-* ``process-group``  — the run is its own session; the whole group is SIGKILLed at the wall-clock
-  timeout, on output overflow and after it exits.
-* ``pidns``          — a fresh PID namespace whose init is ours: when it exits, the kernel kills
-  every process left inside, including ones that escaped the process group with ``setsid``.
-  Without it (no CAP_SYS_ADMIN) a root sandbox falls back to killing every process of the run's
-  private uid (``uid-sweep``).
-* ``netns``          — a fresh network namespace: no interfaces, loopback down, so not even
-  ``127.0.0.1`` is reachable (also for subprocesses and ctypes, which the next layer cannot stop).
-* ``audit-hook``     — a ``sys.addaudithook`` guard (cannot be removed from Python) that raises
-  PermissionError on every ``socket.*`` event.
-* ``uid:N``          — when we run as root (root ignores RLIMIT_NPROC and may delete anything),
-  the code runs as a private unprivileged uid/gid ``N = UID_BASE + pid of the launcher``: unique
-  per live run, so RLIMIT_NPROC counts exactly this run's processes and concurrent runs cannot
-  starve or signal each other.
-* ``rlimits``        — CPU seconds, address space, processes, file size, open files, no core.
-* ``scratch-cwd``    — a fresh 0700 temp dir (owned by the run's uid) as cwd/HOME/TMPDIR,
-  deleted afterwards; a minimal environment; ``python -I -S -B`` (no site-packages, no
-  PYTHON* variables, no .pyc writes).
-
-Not covered: the code can *read* world-readable files and write to world-writable places such as
-``/tmp`` (within RLIMIT_FSIZE per file). Use a container/VM boundary for hostile workloads.
-
-Setup happens in a small launcher interpreter rather than ``preexec_fn``: the caller may be a
-multi-threaded Ray worker, where forking and running Python before ``exec`` can deadlock.
+Cleanup does not trust the code: the whole process group is SIGKILLed at the wall-clock timeout,
+on output overflow and after it exits; a PID namespace takes everything left inside with its
+init; without one, a root run sweeps its private uid.
 """
 
 from __future__ import annotations
@@ -45,122 +29,25 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..config import SandboxConfig
 from ..errors import SandboxError
+from .isolation import refusal, warn_degraded
 
 UID_BASE = 1_500_000_000  # far above any real account; + launcher pid (< 2**22) stays < 2**31
 MAX_OPEN_FILES = 64
 _GRACE_S = 0.5  # how long we keep draining pipes after the program itself has exited
 
-# The launcher runs as the caller's user (root in CI) in a new session. It unshares namespaces,
-# forks the namespace init, which forks the user process: limits, cwd, privilege drop, exec.
-# Protocol on the info pipe (one line each): "layer NAME", "init HOSTPID", "exec PATH" (about
-# to exec the program), "error MSG" (setup failed), "status WAITSTATUS" (the program ended).
-_LAUNCHER = r"""
-import ctypes, json, os, resource, signal, sys
-spec = json.loads(sys.argv[1])
-info = spec["info_fd"]
-def say(msg):
-    os.write(info, (msg.replace("\n", " ") + "\n").encode())
-libc = ctypes.CDLL(None, use_errno=True)
-root = os.geteuid() == 0
-NEWNET, NEWPID, NEWUSER = 0x40000000, 0x20000000, 0x10000000
-extra = 0 if root else NEWUSER  # unprivileged users may get namespaces via a user namespace
-for flags, names in ((NEWNET | NEWPID, ("netns", "pidns")), (NEWNET, ("netns",))):
-    if libc.unshare(flags | extra) == 0:
-        for n in names:
-            say("layer " + n)
-        break
-uid = spec["uid_base"] + os.getpid() if root else None
-scratch = spec["scratch"]
-if root:
-    for p in (scratch, os.path.join(scratch, "main.py")):
-        os.chown(p, uid, uid)
-    os.chmod(scratch, 0o700)
+_HERE = os.path.dirname(os.path.abspath(__file__))
+# Both run as `-c` text: the launcher's caller may be a uid that cannot read our checkout, and
+# the sandbox's file system does not contain our package at all.
+with open(os.path.join(_HERE, "launcher.py"), encoding="utf-8") as _f:
+    _LAUNCHER = _f.read()
+with open(os.path.join(_HERE, "inside.py"), encoding="utf-8") as _f:
+    _BOOTSTRAP = _f.read()
 
-def user_process():
-    try:
-        mb = 1024 * 1024
-        limits = [
-            (resource.RLIMIT_CPU, spec["cpu_s"], spec["cpu_s"] + 1),
-            (resource.RLIMIT_AS, spec["memory_mb"] * mb, spec["memory_mb"] * mb),
-            (resource.RLIMIT_NPROC, spec["max_processes"], spec["max_processes"]),
-            (resource.RLIMIT_FSIZE, spec["max_file_mb"] * mb, spec["max_file_mb"] * mb),
-            (resource.RLIMIT_NOFILE, spec["max_open_files"], spec["max_open_files"]),
-            (resource.RLIMIT_CORE, 0, 0),
-        ]
-        for which, soft, hard in limits:
-            cur = resource.getrlimit(which)[1]
-            if not root and cur != resource.RLIM_INFINITY:  # only root may raise a hard limit
-                hard = min(hard, cur)
-            resource.setrlimit(which, (min(soft, hard), hard))
-        os.chdir(scratch)
-        if root:
-            os.setgroups([])
-            os.setgid(uid)
-            os.setuid(uid)
-            try:
-                os.setuid(0)
-            except PermissionError:
-                pass
-            else:
-                raise RuntimeError("privilege drop did not stick")
-            say("layer uid:%d" % uid)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: die with our init
-        say("layer rlimits")
-        for exe in spec["pythons"]:
-            if os.access(exe, os.X_OK):
-                break
-        else:
-            raise RuntimeError("no Python interpreter the sandbox user may run: %s" % spec["pythons"])
-        say("exec " + exe)
-        os.set_inheritable(info, False)
-        env = {"PATH": "/usr/bin:/bin", "HOME": scratch, "TMPDIR": scratch, "LC_ALL": "C.UTF-8"}
-        os.execve(exe, [exe, "-I", "-S", "-B", "-c", spec["bootstrap"], "main.py"], env)
-    except BaseException as e:
-        say("error %s: %s" % (type(e).__name__, e))
-    os._exit(127)
-
-def init():
-    libc.prctl(1, signal.SIGKILL)  # if the launcher is killed, the namespace goes with us
-    child = os.fork()
-    if child == 0:
-        user_process()
-    while True:  # reap orphans until the user process itself exits
-        pid, status = os.wait()
-        if pid == child:
-            say("status %d" % status)
-            os._exit(0)
-
-resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-pid = os.fork()
-if pid == 0:
-    try:
-        init()
-    finally:
-        os._exit(126)
-say("init %d" % pid)
-os.waitpid(pid, 0)
-"""
-
-# Runs inside the sandbox before the user's code: audit hooks cannot be removed once added.
-_BOOTSTRAP = r"""
-import sys
-def _sale_ray_no_network(event, args):
-    if event.startswith("socket."):
-        raise PermissionError("network access is disabled in the sale-ray sandbox")
-sys.addaudithook(_sale_ray_no_network)
-del _sale_ray_no_network
-with open(sys.argv[1], encoding="utf-8") as _f:
-    _code = compile(_f.read(), sys.argv[1], "exec")
-sys.argv = sys.argv[1:]
-# A fresh, real __main__ module: unittest.main(), pickle and friends look it up in sys.modules.
-_boot, _main = sys.modules["__main__"], type(sys)("__main__")
-_main.__file__, _main.__builtins__ = sys.argv[0], __builtins__
-sys.modules["__main__"] = _main
-exec(_code, _main.__dict__)
-"""
+# Namespaces the launcher must not even try: the tests use it to play a machine that lacks one.
+_SKIP_LAYERS: set[str] = set()
 
 # What every run gets without needing privileges; the launcher reports the rest.
-_STATIC_LAYERS = ["process-group", "audit-hook", "scratch-cwd"]
+_STATIC_LAYERS = ["process-group", "audit-hook", "scratch-cwd", "empty-env"]
 
 
 class SandboxResult(BaseModel):
@@ -188,42 +75,95 @@ class SandboxResult(BaseModel):
 
 
 def _interpreters() -> list[str]:
-    """Interpreters to try, best first. A root sandbox runs as an unprivileged uid, which may not
-    reach ours (e.g. pyenv under 0700 /root), so same-minor system interpreters follow."""
+    """Interpreters to try, best first: ours, then same-minor system ones (a root sandbox's private
+    uid may not reach ours when the mount namespace is missing, e.g. pyenv under 0700 /root)."""
     ver = f"{sys.version_info.major}.{sys.version_info.minor}"
     cands = [os.path.realpath(sys.executable)]
     cands += [f"{d}/python{ver}" for d in ("/usr/local/bin", "/usr/bin")]
-    return list(dict.fromkeys(c for c in cands if os.path.isfile(c)))
+    # The launcher runs as the caller: the first one the caller may execute starts it.
+    cands = list(dict.fromkeys(c for c in cands if os.path.isfile(c)))
+    return sorted(cands, key=lambda c: not os.access(c, os.X_OK))
+
+
+def _prefixes(pythons: list[str]) -> list[str]:
+    """Installation prefixes outside the system directories, bound read-only into the new root
+    so the interpreter and its standard library exist there (and nothing else of that tree)."""
+    out = []
+    for exe in pythons:
+        if not os.access(exe, os.X_OK):  # the caller cannot reach it: neither can a bind
+            continue
+        prefix = os.path.dirname(os.path.dirname(exe))
+        top = prefix.strip("/").split("/")[0]
+        if top and top not in ("usr", "bin", "sbin", "lib", "lib64"):
+            out.append(prefix)
+    return out
 
 
 def run_python(source: str, cfg: SandboxConfig | None = None, stdin: str = "") -> SandboxResult:
     """Run ``source`` as ``__main__`` in the sandbox and report what happened.
 
     Never raises because of what the code does (crash, loop, fork bomb, 10 GB allocation, ...);
-    raises :class:`SandboxError` only if the sandbox itself cannot be set up.
+    raises :class:`SandboxError` only if the sandbox itself cannot be set up, and
+    :class:`~sale_ray.evaluators.isolation.SandboxRefused` when a layer in ``cfg.require`` is
+    missing (then nothing of ``source`` ran).
     """
-    cfg = cfg or SandboxConfig()
-    scratch = tempfile.mkdtemp(prefix="sale-ray-sbx-")
+    return run_files({"main.py": source}, ["run", "main.py"], cfg or SandboxConfig(), stdin)
+
+
+def run_files(
+    files: dict[str, str],
+    argv: list[str],
+    cfg: SandboxConfig,
+    stdin: str = "",
+    keep_fds: tuple[int, ...] = (),
+) -> SandboxResult:
+    """Run the bootstrap (``inside.py``) with ``argv`` on a fresh scratch dir holding ``files``;
+    ``keep_fds`` are handed to the program (the harness's channels)."""
+    base = tempfile.mkdtemp(prefix="sale-ray-sbx-")
+    scratch, root_dir = os.path.join(base, "work"), os.path.join(base, "root")
     try:
-        with open(os.path.join(scratch, "main.py"), "w", encoding="utf-8") as f:
-            f.write(source)
-        return _run_in(scratch, cfg, stdin)
+        os.chmod(base, 0o711)  # a root run without mount namespace must reach scratch
+        os.mkdir(scratch, 0o700)
+        os.mkdir(root_dir, 0o700)
+        for name, text in files.items():
+            with open(os.path.join(scratch, name), "w", encoding="utf-8") as f:
+                f.write(text)
+        result = _run_in(scratch, root_dir, list(files), argv, cfg, stdin, keep_fds)
     finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+        shutil.rmtree(base, ignore_errors=True)
+    warn_degraded(result.isolation, cfg)
+    return result
 
 
-def _run_in(scratch: str, cfg: SandboxConfig, stdin: str) -> SandboxResult:
+def _run_in(
+    scratch: str,
+    root_dir: str,
+    names: list[str],
+    argv: list[str],
+    cfg: SandboxConfig,
+    stdin: str,
+    keep_fds: tuple[int, ...],
+) -> SandboxResult:
     pythons = _interpreters()
     spec = {
         "scratch": scratch,
+        "root_dir": root_dir,
+        "owned": [os.path.join(scratch, n) for n in names],
         "uid_base": UID_BASE,
         "cpu_s": cfg.cpu_s,
         "memory_mb": cfg.memory_mb,
         "max_processes": cfg.max_processes,
         "max_file_mb": cfg.max_file_mb,
         "max_open_files": MAX_OPEN_FILES,
+        "tmp_mb": cfg.tmp_mb,
+        "shm_mb": cfg.shm_mb,
+        "require": list(cfg.require),
         "pythons": pythons,
+        "prefixes": _prefixes(pythons),
         "bootstrap": _BOOTSTRAP,
+        "argv": argv,
+        "keep_fds": list(keep_fds),
+        "skip": sorted(_SKIP_LAYERS),
     }
     info_r, info_w = os.pipe()
     spec["info_fd"] = info_w
@@ -241,8 +181,10 @@ def _run_in(scratch: str, cfg: SandboxConfig, stdin: str) -> SandboxResult:
             stdin=stdin_file or subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
-            pass_fds=(info_w,),
+            pass_fds=(info_w, *keep_fds),
             cwd=scratch,
+            # The launcher is a fresh interpreter, not a fork of ours: it holds no secret of
+            # this process (keys in memory or environment), and neither does the code.
             env={"PATH": "/usr/bin:/bin", "LC_ALL": "C.UTF-8"},
             start_new_session=True,
         )
@@ -371,15 +313,22 @@ def _sweep_uid(uid: int, python: str) -> None:
 
 
 def _parse_info(raw: bytes | bytearray) -> dict:
-    parsed: dict = {"layers": [], "exec": None, "error": None, "status": None, "init": None}
+    parsed: dict = {
+        "layers": [],
+        "exec": None,
+        "error": None,
+        "status": None,
+        "init": None,
+        "refuse": None,
+    }
     for line in bytes(raw).decode("utf-8", "replace").splitlines():
         word, _, rest = line.partition(" ")
         if word == "layer":
             parsed["layers"].append(rest)
         elif word == "exec":
             parsed["exec"] = rest
-        elif word == "error":
-            parsed["error"] = rest
+        elif word in ("error", "refuse"):
+            parsed[word] = rest
         elif word in ("status", "init") and rest.lstrip("-").isdigit():
             parsed[word] = int(rest)
     return parsed
@@ -388,6 +337,8 @@ def _parse_info(raw: bytes | bytearray) -> dict:
 def _result(proc: subprocess.Popen, out: dict, duration: float) -> SandboxResult:
     info = _parse_info(out["info"])
     stderr = bytes(out["stderr"]).decode("utf-8", "replace")
+    if info["refuse"]:
+        raise refusal(info["refuse"].split(","), _STATIC_LAYERS + info["layers"])
     started = info["exec"] is not None or out["reason"] == "timeout"  # slow start = slow run
     if info["error"] or not started:
         why = info["error"] or (stderr.strip()[-500:] or f"launcher exit {proc.returncode}")

@@ -30,7 +30,9 @@ class SaleGateway:
     """One replica: an agent pool and the gateway over it (built at replica start)."""
 
     def __init__(self, config: dict[str, Any]) -> None:
-        self._config = SaleConfig.model_validate(config)
+        cfg = SaleConfig.model_validate(config)
+        # Serve runs callers' code and tests (/v1/tasks): sandbox.serve_require becomes required.
+        self._config = cfg.model_copy(update={"sandbox": cfg.sandbox.for_serve()})
         self._pool: Any = None
 
     async def __serve_build_asgi_app__(self) -> FastAPI:

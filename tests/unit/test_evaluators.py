@@ -3,6 +3,11 @@ self-checks use only the examples visible in the prompt."""
 
 from __future__ import annotations
 
+import os
+import secrets
+import subprocess
+import sys
+
 import pytest
 
 from sale_ray.config import SandboxConfig
@@ -13,9 +18,10 @@ from sale_ray.evaluators import (
     extract_code,
     normalize_answer,
     prompt_examples,
+    run_python,
     run_self_check,
 )
-from sale_ray.types import Task
+from sale_ray.types import AuctionRecord, Evaluation, Task
 
 FAST = SandboxConfig(timeout_s=5, cpu_s=5)
 
@@ -91,7 +97,7 @@ ADD = Task(id="add", prompt="Write add(a, b).", entry_point="add", tests="assert
 
 def test_code_that_exits_before_the_tests_run_fails():
     ev = check_solution(ADD, "import sys\ndef add(a, b):\n    return 0\nsys.exit(0)\n", FAST)
-    assert ev.passed is False and "exited before the tests" in ev.detail
+    assert ev.passed is False and ev.detail == "the solution raised SystemExit on import"
 
 
 def test_a_function_that_ends_the_process_during_the_tests_fails():
@@ -215,3 +221,147 @@ def test_normalisation_collapses_whitespace_and_case():
 def test_an_answer_task_without_expected_is_not_judged():
     task = Task(id="q", prompt="Anything?", kind="answer")
     assert check_solution(task, "yes").passed is None
+
+
+# --- verdicts the solution cannot forge (issue 13 item 2) -------------------------------------
+# The tests expect a number nobody can guess without reading them; every answer below is wrong
+# and tries to pass anyway. As root the suite also judges from a caller dropped to `nobody`.
+ROOT = os.geteuid() == 0
+CALLERS = ["root", "nobody"] if ROOT else ["user"]
+NONCE = 10**15 + secrets.randbelow(10**15)
+FORGE = Task(
+    id="forge", prompt="Write add(a, b).", entry_point="add", tests=f"assert add(2, 3) == {NONCE}\n"
+)
+_FAKE_VERDICT = 'b = json.dumps({"passed": True}).encode(); fake = len(b).to_bytes(4, "big") + b'
+FORGES = {
+    "print markers, exit 0": (
+        "import os\ndef add(a, b):\n    print('sale-ray:tests-begin:0 sale-ray:tests-end:0 ok')\n"
+        "    os._exit(0)\n"
+    ),
+    "exit 0 at import": "import os\ndef add(a, b):\n    return 0\nprint('OK')\nos._exit(0)\n",
+    "monkeypatch": (
+        "import builtins, sys, unittest\n"
+        "class Eq:\n    def __eq__(self, other):\n        return True\n"
+        "builtins.AssertionError = type('Never', (BaseException,), {})\n"
+        "sys.exit = lambda *a: None\n"
+        "unittest.TestCase.assertEqual = lambda *a, **k: None\n"
+        "def add(a, b):\n    return Eq()\n"
+    ),
+    "fake verdict on every fd": (
+        f"import json, os\n{_FAKE_VERDICT}\n"
+        "for fd in range(3, 64):\n    try:\n        os.write(fd, fake)\n    except OSError:\n"
+        "        pass\ndef add(a, b):\n    return 0\n"
+    ),
+    "read the tests": (
+        "import os, re\n"
+        "def add(a, b):\n"
+        "    found = []\n"
+        "    for d, dirs, files in os.walk('/'):\n"
+        "        skip = ('/usr', '/proc', '/sys', '/dev', '/lib', '/lib64')\n"
+        "        dirs[:] = [x for x in dirs if os.path.join(d, x) not in skip and d.count('/') < 3]\n"
+        "        for f in files:\n"
+        "            try:\n"
+        "                found += re.findall(r'== (\\d{12,})', open(os.path.join(d, f)).read())\n"
+        "            except Exception:\n"
+        "                pass\n"
+        "    for p in os.listdir('/proc'):\n"
+        "        for n in ('cmdline', 'environ'):\n"
+        "            try:\n"
+        "                found += re.findall(r'== (\\d{12,})', open(f'/proc/{p}/{n}').read())\n"
+        "            except Exception:\n"
+        "                pass\n"
+        "    return int(found[0]) if found else 0\n"
+    ),
+}
+_AS_NOBODY = """
+import os, sys
+from sale_ray.config import SandboxConfig
+from sale_ray.evaluators import check_solution
+from sale_ray.types import Task
+os.setgroups([]); os.setgid(65534); os.setuid(65534)
+task, cfg = Task.model_validate_json(sys.argv[1]), SandboxConfig.model_validate_json(sys.argv[3])
+print(check_solution(task, sys.argv[2], cfg).model_dump_json())
+"""
+
+
+def judged(caller: str, task: Task, answer: str) -> Evaluation:
+    if caller != "nobody":
+        return check_solution(task, answer, FAST)
+    p = subprocess.run(
+        [sys.executable, "-c", _AS_NOBODY, task.model_dump_json(), answer, FAST.model_dump_json()],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd="/",
+    )
+    assert p.returncode == 0, p.stderr
+    return Evaluation.model_validate_json(p.stdout)
+
+
+@pytest.mark.parametrize("caller", CALLERS)
+@pytest.mark.parametrize("forge", sorted(FORGES))
+def test_a_forged_pass_is_scored_failed(caller, forge):
+    ev = judged(caller, FORGE, FORGES[forge])
+    assert ev.passed is False, ev.detail
+    assert ev.isolation  # the record says what contained it
+
+
+def test_the_forges_would_pass_if_tests_shared_the_solutions_process():
+    # Control: the old design (solution + tests + markers in one program) falls to these forges,
+    # so the test above fails if the verdict ever moves back into the solution's reach.
+    program = build_program(FORGE, FORGES["read the tests"]) + "\n" + FORGE.tests
+    assert run_python(program, FAST).ok
+    program = build_program(FORGE, FORGES["monkeypatch"]) + "\n" + FORGE.tests
+    assert run_python(program, FAST).ok
+
+
+def test_a_correct_solution_still_passes_through_the_harness():
+    ok = Task(
+        id="ok",
+        prompt="Write add(a, b).",
+        entry_point="add",
+        tests=f"assert add(2, 3) == 5\nassert add({NONCE}, 0) == {NONCE}\n",
+    )
+    ev = check_solution(ok, "def add(a, b):\n    return a + b\n", FAST)
+    assert ev.passed is True, ev.detail
+
+
+# --- what reaches callers: a bounded, sanitised summary (issue 13 item 3) ---------------------
+LEAK = "sale-ray-leak-" + secrets.token_hex(8)
+
+
+@pytest.mark.parametrize(
+    ("answer", "tests", "summary"),
+    [
+        (
+            f"def add(a, b):\n    raise ValueError({LEAK!r})\n",
+            "assert add(2, 3) == 5\n",
+            "ValueError in <module>, tests line 1",
+        ),
+        (
+            f"import sys\ndef add(a, b):\n    print({LEAK!r}, file=sys.stderr)\n    return {LEAK!r}\n",
+            "def check(f):\n    assert f(2, 3) == 5, f(2, 3)\ncheck(add)\n",
+            "AssertionError in check, tests line 2",
+        ),
+        (
+            f"import sys\ndef add(a, b):\n    return 5\nprint({LEAK!r} * 99, file=sys.stderr)\nsys.exit({LEAK!r})\n",
+            "assert add(2, 3) == 5\n",
+            "the solution raised SystemExit on import",
+        ),
+    ],
+)
+def test_failure_details_never_carry_the_programs_output(answer, tests, summary):
+    task = Task(id="leak", prompt="Write add(a, b).", entry_point="add", tests=tests)
+    ev = check_solution(task, answer, FAST)
+    assert ev.passed is False
+    assert ev.detail == summary and LEAK not in ev.detail
+
+
+def test_a_failing_run_in_the_evaluation_record_names_its_isolation():
+    ev = check_solution(ADD, "def add(a, b):\n    return 0\n", FAST)
+    rec = AuctionRecord(auction_id="a", task_id="add", kind="code", evaluation=ev)
+    assert (
+        AuctionRecord.model_validate_json(rec.model_dump_json()).evaluation.isolation
+        == ev.isolation
+    )
+    assert {"rlimits", "empty-env"} <= set(ev.isolation)
