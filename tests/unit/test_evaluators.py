@@ -13,6 +13,7 @@ import pytest
 from sale_ray.config import SandboxConfig
 from sale_ray.datasets import load_humaneval
 from sale_ray.evaluators import (
+    SandboxRefused,
     build_program,
     check_solution,
     extract_code,
@@ -301,6 +302,13 @@ def judged(caller: str, task: Task, answer: str) -> Evaluation:
 @pytest.mark.parametrize("caller", CALLERS)
 @pytest.mark.parametrize("forge", sorted(FORGES))
 def test_a_forged_pass_is_scored_failed(caller, forge):
+    honest = judged(caller, ADD, "def add(a, b):\n    return a + b\n")
+    assert honest.passed is True, honest.detail
+    if caller != "root" and "mountns" not in honest.isolation:
+        # Same uid as the tests' sandbox and no mount namespace: only refusing is safe here.
+        with pytest.raises(SandboxRefused, match="mountns"):
+            check_solution(FORGE, FORGES[forge], FAST.model_copy(update={"require": ["mountns"]}))
+        return
     ev = judged(caller, FORGE, FORGES[forge])
     assert ev.passed is False, ev.detail
     assert ev.isolation  # the record says what contained it
