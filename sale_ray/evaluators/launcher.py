@@ -13,7 +13,8 @@ environment, so it holds no secret of the caller: a fresh interpreter, not a for
 3. forks the user process: limits, (as root) a private uid, the required-layer check, ``execve``.
 
 Protocol on the info pipe (one line each): "layer NAME", "init HOSTPID", "exec PATH" (about to exec
-the program), "refuse LAYER" (a required layer is missing: nothing ran), "error MSG" (setup failed),
+the program), "drop LAYER WHY" (an announced layer could not be completed), "refuse LAYER" (a required layer
+is missing: nothing ran), "error MSG" (setup failed),
 "status WAITSTATUS" (the program ended). Setup happens here rather than in ``preexec_fn``: the
 caller may be a multi-threaded Ray worker, where running Python between fork and exec can deadlock.
 """
@@ -105,6 +106,8 @@ def unshare():
 def new_root(have):
     """Build the sandbox's file system and move into it (we are the new PID namespace's init)."""
     base = spec["root_dir"]
+    if "new-root" in spec["skip"]:  # the tests' stand-in for a kernel that refuses a mount
+        raise OSError(1, "new root skipped")
     mount(None, "/", None, MS_REC | MS_PRIVATE)  # nothing we mount propagates to the host
     mount("tmpfs", base, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=0755")
     for d in SYSTEM_DIRS:
@@ -129,7 +132,6 @@ def new_root(have):
         os.mkdir(base + where, 0o1777)
         opts = f"size={mb}m,nr_inodes=4096,mode=1777"
         mount("tmpfs", base + where, "tmpfs", MS_NOSUID | MS_NODEV, opts)
-    say("layer tmpfs")
     os.mkdir(base + INSIDE, 0o700)
     mount(spec["scratch"], base + INSIDE, None, MS_BIND)
     os.mkdir(base + "/proc", 0o555)
@@ -138,7 +140,6 @@ def new_root(have):
             mount("proc", base + "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
         except OSError:
             pass  # e.g. a container that masks parts of /proc: then the sandbox has no /proc
-    say("layer proc")  # either this namespace's processes only, or no /proc at all
     os.chdir(base)
     number = _PIVOT_ROOT.get(platform.machine())
     if number is not None:
@@ -147,9 +148,12 @@ def new_root(have):
     else:
         check(libc.chroot(b"."), "chroot")
     os.chdir("/")
+
+
+def seal_root():
+    """The new root and /dev read-only (scratch, /tmp and /dev/shm stay writable)."""
     for d in ("/dev", "/"):
         mount(None, d, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
-    say("layer mount-ro")
 
 
 def user_process(have):
@@ -209,10 +213,21 @@ def init(have):
     if "mountns" in have:
         try:
             new_root(have)
-            have |= {"tmpfs", "proc", "mount-ro"}
         except OSError as e:
-            say(f"error setting up the sandbox's file system: {e}")
-            os._exit(126)
+            # Still on the host's tree (the namespace keeps our half-built mounts to itself):
+            # go on without the layer, which `require` turns into a refusal.
+            have.discard("mountns")
+            say(f"drop mountns {e}")
+        else:
+            for layer in ("tmpfs", "proc"):  # either this pid ns's /proc, or none at all
+                have.add(layer)
+                say("layer " + layer)
+            try:
+                seal_root()
+                have.add("mount-ro")
+                say("layer mount-ro")
+            except OSError as e:
+                say(f"drop mount-ro {e}")
     child = os.fork()
     if child == 0:
         user_process(have)

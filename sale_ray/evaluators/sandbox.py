@@ -325,6 +325,9 @@ def _parse_info(raw: bytes | bytearray) -> dict:
         word, _, rest = line.partition(" ")
         if word == "layer":
             parsed["layers"].append(rest)
+        elif word == "drop":  # a layer the launcher had to give up after announcing it
+            gone = rest.split(" ")[0]
+            parsed["layers"] = [x for x in parsed["layers"] if x != gone]
         elif word == "exec":
             parsed["exec"] = rest
         elif word in ("error", "refuse"):

@@ -501,3 +501,12 @@ def test_the_serve_door_requires_network_isolation_and_cgroup_is_never_faked():
     assert SandboxConfig().require == []
     with pytest.raises(SandboxRefused, match="'cgroup' is not implemented"):
         run("print('ran')", require=["cgroup"])
+
+
+def test_a_new_root_that_cannot_be_built_is_a_recorded_downgrade_or_a_refusal(monkeypatch):
+    monkeypatch.setattr(sandbox, "_SKIP_LAYERS", {"new-root"})
+    r = run("import os; print(os.path.isdir('/sandbox'))")
+    assert r.ok and r.stdout == "False\n", r.stderr
+    assert not {"mountns", "tmpfs", "mount-ro"} & set(r.isolation)
+    with pytest.raises(SandboxRefused, match="mountns"):
+        run("print('ran')", require=["mountns"])
