@@ -4,7 +4,8 @@
     python benchmarks/auctioneer_load.py --tasks 2000 --no-memory --json
 
 Throughput (zero-latency scripted agents, the same ``--tasks`` tasks — same ids, same prompts —
-submitted at once to each of three runs, in the same process and the same run):
+submitted at once to each of three runs, in the same process and the same run, with BLAS
+threads as in a Ray worker, ``OMP_NUM_THREADS=1``):
 
 * ``auctions_per_s``: the batched auctioneer actor (the product), over 4 agent actors;
 * ``unbatched_auctions_per_s``: the same auctioneer actor with batching off (one Ray call per
@@ -40,6 +41,11 @@ import sys
 import threading
 import time
 
+# Like with like: Ray runs every worker, the auctioneer actor included, with OMP_NUM_THREADS=1;
+# the in-process run embeds in this process, from several threads at once, and with OpenBLAS's
+# default of one thread per core it oversubscribes the cores (measured here on a loaded 2-core
+# box: 1-2 auctions/s instead of 30-50 with the memory on). Set before numpy is imported.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from sale_ray.agents.scripted import ScriptedAgent, _unit  # noqa: E402
@@ -315,6 +321,7 @@ async def main(args: argparse.Namespace) -> dict:
         "embedder": cfg.memory.embedder if memory else None,
         "throughput_in_flight": args.throughput_in_flight,
         "repeat": args.repeat,
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
         "auctions_per_s": med("batched"),
         "unbatched_auctions_per_s": med("unbatched"),
         "inprocess_auctions_per_s": med("inprocess"),
