@@ -129,9 +129,11 @@ def test_an_infinite_loop_is_killed_at_the_wall_clock_timeout():
 
 
 def test_cpu_time_is_limited_separately_from_wall_time():
-    r = run("while True: pass", cpu_s=1, timeout_s=10)
+    # 1 CPU second against a 60 s wall clock: the CPU limit must be what ends it, however busy
+    # the machine is (no thin wall-clock assert: on a loaded CI box 1 CPU s can take 10 s).
+    r = run("while True: pass", cpu_s=1, timeout_s=60)
     assert r.killed_reason == "cpu" and not r.timed_out and not r.ok
-    assert r.duration_s < 5
+    assert r.duration_s < 60
 
 
 def test_a_fork_bomb_is_contained_and_leaves_no_process_behind():
