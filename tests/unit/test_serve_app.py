@@ -170,7 +170,8 @@ def test_caller_written_tests_need_a_key_allowed_to_send_them(upstream, tmp_path
     trusted = "trusted-" + KEY
     f = tmp_path / "keys"
     f.write_text(f"{KEY}\n{trusted} tenant=ci allow=caller_tests\n")
-    config = _config(upstream.base_url)
+    # a far deadline: two sandboxes judge the trusted key's task, and the box may be loaded
+    config = _config(upstream.base_url, request_timeout_s=120.0)
     config.serve.api_keys_env, config.serve.api_keys_file = None, str(f)
     app = _serve(config, ApiKeys.load(config.serve))
     body = {
