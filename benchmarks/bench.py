@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import math
 import os
 import subprocess
 import sys
@@ -73,6 +74,17 @@ def commit() -> str:
     return head + ("+dirty" if dirty else "")
 
 
+def _finite(x):
+    """NaN / infinity (which some benchmarks print) as null: the file stays standard JSON."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_finite(v) for v in x]
+    return x
+
+
 def run_one(name: str, args: list[str]) -> bool:
     cmd = [sys.executable, str(ROOT / "benchmarks" / args[0]), *args[1:]]
     shown = "python benchmarks/" + " ".join(args)
@@ -104,6 +116,7 @@ def run_one(name: str, args: list[str]) -> bool:
         print(p.stderr[-3000:], file=sys.stderr)
         return False
     meta["exit_status"] = p.returncode
+    result = _finite(result)
     result["_meta"] = meta
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"bench_{name}.json").write_text(json.dumps(result, indent=1) + "\n")

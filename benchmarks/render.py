@@ -15,7 +15,9 @@ Sections and their files:
 * ``serve_overhead``, ``memory_retrieval``, ``snapshot_throughput``: ``bench_<name>*.json``;
 * ``eval_humaneval`` / ``eval_reasoning_gym``: the evaluation's ``summary.json`` copied to
   ``eval_summary.json`` / ``eval_summary_reasoning_gym.json`` (every method present is shown,
-  and a "× largest_direct" column when ``largest_direct`` is);
+  and a "× largest_direct" column when ``largest_direct`` is); for HumanEval the methods of a
+  separate direct-baselines run, ``eval_summary_direct_humaneval.json``, are merged in when it
+  was scored on the same held-out task ids;
 * ``memory_learning``: ``memory_learning.json``; ``demo``: ``demo_summary.json`` (the
   ``summary.json`` of ``make demo``).
 
@@ -77,6 +79,12 @@ def _meta_line(data: dict) -> str:
     return "_" + "; ".join(parts) + "._"
 
 
+def _meta_block(runs: list[dict]) -> str:
+    """One meta line, or a list of them (one per JSON file shown in the table)."""
+    lines = [_meta_line(d) for d in runs]
+    return lines[0] if len(lines) == 1 else "\n".join(f"- {ln}" for ln in lines)
+
+
 def _file_line(name: str) -> str:
     """Where a model-based figure comes from: the file and the commit that last changed it."""
     try:
@@ -135,13 +143,12 @@ def render_auctioneer() -> str | None:
             )
         )
     lat = runs[0].get("latency_ms", [0, 0])
-    lines = [_meta_line(d) for d in runs]
     note = (
         f"Added latency: agents sleeping U[{lat[0]:g}, {lat[1]:g}] ms per call, the batched "
         "auctioneer; per auction, its time in the auctioneer (waiting for a slot excluded) minus "
         "the scripted latency on its critical path."
     )
-    return "\n\n".join(["\n".join(lines), _table(cols, rows), note])
+    return "\n\n".join([_meta_block(runs), _table(cols, rows), note])
 
 
 def render_serve() -> str | None:
@@ -210,28 +217,40 @@ def render_retrieval() -> str | None:
     runs = _bench_files("memory_retrieval")
     if not runs:
         return None
+
+    def recall(d: dict) -> str:
+        r = next((v for k, v in d.items() if k.startswith("recall_at_")), None)
+        same = "yes" if d.get("exact_match") else "**no**"
+        return same if r is None else f"{r:.3f} ({same})"
+
+    def goal(d: dict) -> str:
+        g = d.get("goal_p99_ms")
+        if g is None:
+            return "–"
+        return "met" if d["p99_ms"] <= g else f"missed ({d['p99_ms'] / g:.1f} × {g:g} ms)"
+
     rows = [
         [
             f"{d['records']:,}",
+            str(d.get("index", "exact")),
             f"{_num(d['p50_ms'])} / {_num(d['p99_ms'])}",
             f"{_num(d['baseline_p50_ms'])} / {_num(d['baseline_p99_ms'])}",
             _num(d["batched_per_query_ms"]),
-            "yes" if d["exact_match"] else "**no**",
-            "met"
-            if d["p99_ms"] <= d["goal_p99_ms"]
-            else f"missed ({d['p99_ms'] / d['goal_p99_ms']:.1f} ×)",
+            recall(d),
+            goal(d),
         ]
         for d in runs
     ]
     head = [
         "records",
+        "index",
         "p50 / p99 (ms)",
-        "in-process baseline p50 / p99 (ms)",
+        "in-process scan p50 / p99 (ms)",
         "batched 32 queries (ms/query)",
-        "top-k identical",
-        "p99 ≤ 25 ms",
+        "recall@k (top-k identical to the scan)",
+        "p99 goal",
     ]
-    return "\n\n".join(["\n".join(_meta_line(d) for d in runs), _table(head, rows)])
+    return "\n\n".join([_meta_block(runs), _table(head, rows)])
 
 
 def render_snapshot() -> str | None:
@@ -259,7 +278,7 @@ def render_snapshot() -> str | None:
         "restore ratio",
         "file MB snapshot / raw",
     ]
-    return "\n\n".join(["\n".join(_meta_line(d) for d in runs), _table(head, rows)])
+    return "\n\n".join([_meta_block(runs), _table(head, rows)])
 
 
 # --- model-based figures (their own commands; rendered from their summaries) -----------------------
@@ -281,11 +300,26 @@ LABELS = {
 }
 
 
-def render_eval(name: str) -> str | None:
+def _methods(d: dict) -> dict[str, dict]:
+    return {k: v for k, v in d.items() if not k.startswith("_") and isinstance(v, dict)}
+
+
+def render_eval(name: str, direct_name: str | None = None) -> str | None:
+    """The methods of ``name``; plus those of ``direct_name`` (a separate run of the direct
+    baselines) when that file exists and was scored on the same held-out task ids."""
     d = _load(name)
     if d is None:
         return None
-    methods = {k: v for k, v in d.items() if not k.startswith("_") and isinstance(v, dict)}
+    methods = _methods(d)
+    sources = [_file_line(name)]
+    extra = _load(direct_name) if direct_name else None
+    if extra is not None:
+        same = (extra.get("_run") or {}).get("test_ids") == (d.get("_run") or {}).get("test_ids")
+        if same:
+            methods.update({k: v for k, v in _methods(extra).items() if k not in methods})
+            sources.append(_file_line(direct_name)[:-2] + "; same held-out task ids: merged._")
+        else:
+            sources.append(_file_line(direct_name)[:-2] + "; other held-out tasks: not merged._")
     direct = methods.get("largest_direct")
     plan = methods.get("largest")
     head = ["method", "pass@1", "cost $"]
@@ -303,7 +337,8 @@ def render_eval(name: str) -> str | None:
                 r.append(f"{v['cost_usd'] / base['cost_usd']:.2f}" if base["cost_usd"] else "–")
         r += [_pct(v.get("largest_share")), _num(v.get("auction_overhead"), 2)]
         rows.append(r)
-    parts = [_file_line(name), _table(head, rows)]
+    src = sources[0] if len(sources) == 1 else "\n".join(f"- {x}" for x in sources)
+    parts = [src, _table(head, rows)]
     run = d.get("_run") or {}
     if run:
         parts.append(
@@ -313,6 +348,8 @@ def render_eval(name: str) -> str | None:
         )
     sale = d.get("_sale") or {}
     if sale:
+        base = "`largest`" + (" (plan-conditioned)" if direct else "")
+        parts.append(f"Targets as the summary's `_sale` computes them, against {base}:")
         parts.append(_targets(sale))
     return "\n\n".join(parts)
 
@@ -419,7 +456,9 @@ SECTIONS: dict[str, Callable[[], str | None]] = {
     "serve_overhead": render_serve,
     "memory_retrieval": render_retrieval,
     "snapshot_throughput": render_snapshot,
-    "eval_humaneval": lambda: render_eval("eval_summary.json"),
+    "eval_humaneval": lambda: render_eval(
+        "eval_summary.json", "eval_summary_direct_humaneval.json"
+    ),
     "eval_reasoning_gym": lambda: render_eval("eval_summary_reasoning_gym.json"),
     "memory_learning": render_memory_learning,
     "demo": render_demo,
