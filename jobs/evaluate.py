@@ -5,8 +5,10 @@
         --config benchmarks/eval_local.yaml
 
 Top to bottom on purpose: the same code path as ``sale-ray eval`` (see docs/evaluation.md):
-split -> matrix of every agent on every task (cached, resumable) -> fit on the training split ->
-route the held-out split with every method -> summary.json, decisions/matrix Parquet, report.
+split -> matrix of every agent on every task, plan-conditioned and called directly (cached,
+resumable) -> fit on the training split -> route the held-out split with every method ->
+summary.json, decisions/matrix Parquet, report. ``--methods direct`` makes only the direct calls
+(each agent once per task, no plan) and reports the direct baselines.
 """
 
 from __future__ import annotations

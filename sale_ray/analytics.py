@@ -6,17 +6,16 @@ bid, verdict and execution per task; ``summary.json``) — or a plain ``sale-ray
 (``auctions.parquet`` only) — with pyarrow, and writes ``report.md``, ``report.html`` and PNG
 plots (matplotlib, extra ``report``; without it the report has tables only).
 
-The numbers (pass@1, cost, reliance on the largest agent, per-bin figures, signal AUCs) are
-computed here by the same functions the evaluation uses for ``summary.json``.
+The numbers (pass@1, cost, reliance on the largest agent, per-bin figures; signal AUCs in
+:mod:`.signals`) are computed by the same functions the evaluation uses for ``summary.json``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -26,32 +25,12 @@ import pyarrow.parquet as pq
 
 from .auction.matrix import COST_PHASES
 from .errors import UserError
+from .signals import auc, direct_signal_aucs, signal_aucs  # noqa: F401 - their old home
 
 AUCTION_PHASES = ("bid", "jury", "refine")
 
 
 # --- statistics ---------------------------------------------------------------------------------
-def auc(scores: Sequence[float], labels: Sequence[bool]) -> float | None:
-    """Area under the ROC curve of ``scores`` predicting ``labels`` (ties count half).
-
-    None when either class is missing. 0.5 is chance; below 0.5 the signal points the wrong way.
-    """
-    pts = [
-        (float(s), bool(y))
-        for s, y in zip(scores, labels, strict=True)
-        if s is not None and not math.isnan(float(s))
-    ]
-    pos = [s for s, y in pts if y]
-    neg = [s for s, y in pts if not y]
-    if not pos or not neg:
-        return None
-    from scipy.stats import rankdata
-
-    ranks = rankdata([s for s, _ in pts])
-    r_pos = sum(r for r, (_, y) in zip(ranks, pts, strict=True) if y)
-    return float((r_pos - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
-
-
 def _ratio(a: float, b: float) -> float | None:
     return a / b if b else None
 
@@ -104,23 +83,58 @@ def method_stats(rows: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def compare_to_oracle(stats: dict[str, dict[str, Any]], method: str = "sale") -> dict[str, Any]:
-    """How far ``method`` goes from largest-only towards the oracle, and the issue's targets."""
-    lg, orc, m = stats.get("largest"), stats.get("oracle"), stats.get(method)
+def reference_methods(stats: dict[str, dict[str, Any]]) -> tuple[str, str]:
+    """(the "largest" every ratio is against, its oracle): the largest agent called directly
+    and the direct oracle when they were measured, else the plan-conditioned ones (older runs)."""
+    if "largest_direct" in stats:
+        return "largest_direct", "oracle_direct" if "oracle_direct" in stats else "oracle"
+    return "largest", "oracle"
+
+
+def cost_ratios(stats: dict[str, dict[str, Any]]) -> dict[str, dict[str, float | None]]:
+    """Per method: ``cost_vs_largest_direct`` (the baseline a user means) and
+    ``cost_vs_largest_plan`` (the largest agent planning, then executing), where measured."""
+    out: dict[str, dict[str, float | None]] = {}
+    for m, s in stats.items():
+        out[m] = {
+            f"cost_vs_{ref}": _ratio(s["cost_usd"], stats[name]["cost_usd"])
+            for ref, name in (("largest_direct", "largest_direct"), ("largest_plan", "largest"))
+            if name in stats
+        }
+    return out
+
+
+def compare_to_oracle(
+    stats: dict[str, dict[str, Any]], method: str = "sale", reference: str | None = None
+) -> dict[str, Any]:
+    """How far ``method`` goes from the reference towards the oracle, and the issue's targets.
+
+    The reference is :func:`reference_methods`' (``largest_direct`` with ``oracle_direct`` when
+    measured); ``cost_vs_largest`` and the captures are against it, named in ``reference`` and
+    ``oracle``; ``cost_vs_largest_plan`` keeps the plan-conditioned largest's ratio beside it.
+    """
+    ref, orc_name = reference_methods(stats)
+    if reference is not None:
+        ref = reference
+    lg, orc, m = stats.get(ref), stats.get(orc_name), stats.get(method)
     if not (lg and orc and m):
         return {}
     saving = lg["cost_usd"] - orc["cost_usd"]
     gain = orc["pass_at_1"] - lg["pass_at_1"]
     out: dict[str, Any] = {
         "method": method,
+        "reference": ref,
+        "oracle": orc_name,
         "cost_vs_largest": _ratio(m["cost_usd"], lg["cost_usd"]),
         "oracle_cost_vs_largest": _ratio(orc["cost_usd"], lg["cost_usd"]),
         "oracle_saving_captured": _ratio(lg["cost_usd"] - m["cost_usd"], saving),
         "oracle_gain_captured": _ratio(m["pass_at_1"] - lg["pass_at_1"], gain),
         "pass_at_1_minus_largest": m["pass_at_1"] - lg["pass_at_1"],
     }
+    if ref != "largest" and "largest" in stats:
+        out["cost_vs_largest_plan"] = _ratio(m["cost_usd"], stats["largest"]["cost_usd"])
     frontier = {}
-    for other in ("knn", "cascade"):
+    for other in ("knn", "cascade", "knn_direct", "cascade_direct"):
         o = stats.get(other)
         if o:  # at or beyond: not dominated (no better pass@1 at lower-or-equal cost)
             dominated = (
@@ -144,15 +158,16 @@ def target_lines(stats: dict[str, dict[str, Any]], method: str = "sale") -> list
     c = compare_to_oracle(stats, method)
     if not c:
         return []
-    m, lg = stats[method], stats["largest"]
+    ref = c["reference"]
+    m, lg = stats[method], stats[ref]
     d_pass = m["pass_at_1"] - lg["pass_at_1"]
     ratio = c["cost_vs_largest"] or 0.0
     share = m["largest_share"]
     out = [
-        f"pass@1 {m['pass_at_1']:.3f} vs largest {lg['pass_at_1']:.3f} ({d_pass:+.3f}; "
+        f"pass@1 {m['pass_at_1']:.3f} vs {ref} {lg['pass_at_1']:.3f} ({d_pass:+.3f}; "
         f"target >= 0): {'met' if d_pass >= 0 else 'missed'}",
-        f"cost {ratio:.2f} x largest (target <= 0.60): "
-        + ("met" if ratio <= 0.60 else f"missed by {ratio - 0.60:.2f} x largest"),
+        f"cost {ratio:.2f} x {ref} (target <= 0.60): "
+        + ("met" if ratio <= 0.60 else f"missed by {ratio - 0.60:.2f} x {ref}"),
         f"largest share {share:.1%} (target <= 40 %): "
         + ("met" if share <= 0.40 else f"missed by {share - 0.40:.1%}"),
     ]
@@ -169,7 +184,7 @@ def target_lines(stats: dict[str, dict[str, Any]], method: str = "sale") -> list
     )
     gain, save = c["oracle_gain_captured"], c["oracle_saving_captured"]
     out.append(
-        f"of the oracle's pass@1 gain over the largest it captures "
+        f"of the {c['oracle']}'s pass@1 gain over {ref} it captures "
         f"{'n/a' if gain is None else f'{gain:.0%}'}; of its saving "
         f"{'n/a' if save is None else f'{save:.0%}'}"
     )
@@ -178,72 +193,12 @@ def target_lines(stats: dict[str, dict[str, Any]], method: str = "sale") -> list
         key=lambda kv: kv[1]["pass_at_1"] - lg["per_bin"].get(kv[0], {}).get("pass_at_1", 0.0),
     )[:2]
     out.append(
-        "bins where it trails the largest most: "
+        f"bins where it trails {ref} most: "
         + ", ".join(
             f"bin {b} ({v['pass_at_1']:.2f} vs {lg['per_bin'].get(b, {}).get('pass_at_1', 0):.2f})"
             for b, v in worst
         )
     )
-    return out
-
-
-def signal_aucs(matrix: Iterable[dict[str, Any]]) -> dict[str, Any]:
-    """Which signals predict that an agent's own execution passes (SALE.md: measure them).
-
-    Per bidding agent, per bin and pooled: ``-entropy`` (low doubt), ``jury_mean`` (mean score
-    its plan got), ``jury_self`` (its own score of its plan), ``-plan_tokens`` (short plans) and
-    ``self_check`` (its run on the prompt's examples); per juror, the score it gave each agent's
-    plan. Also each juror's parse-failure rate. Values are AUCs (n = cells scored).
-    """
-    cells = [r for r in matrix if r.get("passed") is not None]
-    sig = {
-        "neg_entropy": lambda r: None if r["entropy"] is None else -r["entropy"],
-        "jury_mean": lambda r: r["jury_mean"],
-        "jury_self": lambda r: r["jury_self"],
-        "neg_plan_tokens": lambda r: -r["plan_tokens"],
-        "self_check": lambda r: None if r["self_check"] is None else float(r["self_check"]),
-    }
-
-    def table(rs: list[dict[str, Any]]) -> dict[str, Any]:
-        res: dict[str, Any] = {
-            "n": len(rs),
-            "pass_rate": float(np.mean([r["passed"] for r in rs])) if rs else None,
-        }
-        for name, f in sig.items():
-            pts = [(f(r), r["passed"]) for r in rs if f(r) is not None]
-            res[name] = auc([p[0] for p in pts], [p[1] for p in pts]) if pts else None
-        return res
-
-    out: dict[str, Any] = {
-        "all": table(cells),
-        "by_agent": {},
-        "by_bin": {},
-        "by_juror": {},
-        "jury_parse_failure": {},
-    }
-    for a in sorted({r["agent"] for r in cells}):
-        out["by_agent"][a] = table([r for r in cells if r["agent"] == a])
-    for b in sorted({r["bin"] for r in cells}, key=lambda x: (x is None, x)):
-        out["by_bin"][str(b)] = table([r for r in cells if r["bin"] == b])
-    # juror -> bidder -> AUC of the score it gave that bidder's plan
-    scores: dict[tuple[str, str], list[tuple[float, bool]]] = defaultdict(list)
-    passed = {(r["task_id"], r["agent"]): r["passed"] for r in cells}
-    for r in matrix:
-        if not r.get("verdict_json"):
-            continue
-        v = json.loads(r["verdict_json"])
-        for bidder, s in (v.get("scores") or {}).items():
-            if v.get("error") is None and (r["task_id"], bidder) in passed:
-                scores[(r["agent"], bidder)].append((s, passed[(r["task_id"], bidder)]))
-    for juror in sorted({r["agent"] for r in matrix}):
-        out["by_juror"][juror] = {
-            b: auc([p[0] for p in pts], [p[1] for p in pts])
-            for (j, b), pts in sorted(scores.items())
-            if j == juror
-        }
-        asked = [r for r in matrix if r["agent"] == juror and r.get("verdict_json")]
-        failed = [r for r in asked if r.get("jury_error")]
-        out["jury_parse_failure"][juror] = len(failed) / len(asked) if asked else None
     return out
 
 

@@ -14,8 +14,11 @@ content-addressed, so duplicates across segments are harmless (the first one rea
 
 A hit returns the stored :class:`~sale_ray.agents.llm.ChatResult` unchanged — same text, same
 token counts, same logprobs, hence the same cost and the same auction arithmetic as the live run —
-except ``latency_s = 0.0``: no model time was spent. That zero is how a hit shows in the logs
-(the evaluation matrix records ``*_cached`` per phase), and :class:`CacheStats` counts hits.
+except ``latency_s = 0.0`` (no model time was spent) and ``cached = True``. That flag, and only
+that flag, is how a hit shows: the agent carries it into :class:`~sale_ray.types.Usage`
+(``cached_calls``), the evaluation matrix records ``*_cached`` per phase from it, and
+:class:`CacheStats` counts hits. A zero latency is not a hit: scripted agents and fast fakes
+report zero latency without any cache.
 """
 
 from __future__ import annotations
@@ -135,7 +138,8 @@ class ResponseCache:
         return len(self._entries)
 
     def get(self, key: str) -> ChatResult | None:
-        """The stored result for ``key`` (``latency_s`` = 0: a hit costs no model time)."""
+        """The stored result for ``key``, marked ``cached`` (``latency_s`` = 0: a hit costs no
+        model time)."""
         with self._lock:
             r = self._entries.get(key)
         if r is None:
@@ -147,6 +151,7 @@ class ResponseCache:
             completion_tokens=r["completion_tokens"],
             latency_s=0.0,
             tokens=_decode_tokens(r["tokens"]),
+            cached=True,
         )
 
     def put(self, key: str, model_key: str, request: str, result: ChatResult) -> None:
@@ -285,8 +290,8 @@ def cached_client(inner: Any, spec: AgentSpec, cfg: CacheConfig) -> CachedChatCl
 
 
 def is_hit(result: ChatResult) -> bool:
-    """True for a result served from the cache (live calls always take some time)."""
-    return result.latency_s == 0.0
+    """True for a result the response cache answered (its ``cached`` mark, never its latency)."""
+    return result.cached
 
 
 __all__ = [

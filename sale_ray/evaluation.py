@@ -3,8 +3,11 @@
 1. **Split** the tasks into train / test by a seeded hash of each task id (a task's split never
    depends on which other tasks run; no test task is ever used in fitting).
 2. **Matrix** (:mod:`sale_ray.auction.matrix`): on Ray, with the response cache on, every agent
-   bids, judges and executes its own plan on every task; the hidden tests judge each execution.
-   Written to ``matrix.parquet`` after each task, so an interrupted run resumes where it stopped.
+   bids, judges and executes its own plan on every task, and is called once directly with the
+   task alone (:mod:`sale_ray.auction.direct`); the hidden tests judge each answer. Only the
+   parts the requested methods read are built (``--methods direct``: the direct calls alone).
+   Written to ``matrix.parquet`` after each task, so an interrupted run resumes where it stopped,
+   and a matrix missing a part (e.g. written before the direct baselines) gets it filled.
 3. **Fit** on the training rows only: SALE's weights (MILP, :mod:`sale_ray.auction.weights`,
    written to ``weights.yaml``), the kNN router, the cascade's thresholds.
    The fitted ``sale_lean_verify`` policy is also written as a runnable config
@@ -20,10 +23,8 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
-import sys
 import time
 import zlib
 from collections.abc import Awaitable, Callable, Sequence
@@ -33,30 +34,39 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from . import analytics
-from .auction.baselines import REQUIRED_METHODS, ROUTERS, RouterContext, make_router
+from .auction.baselines import (
+    DIRECT_METHODS,
+    REQUIRED_METHODS,
+    ROUTERS,
+    RouterContext,
+    make_router,
+)
 from .auction.matrix import (
     Decision,
     Split,
     TaskRow,
-    build_row,
     decisions_table,
     matrix_table,
-    rows_from_table,
 )
 from .auction.weights import FEATURES, FitResult, fit_with, write_weights
 from .config import SaleConfig
 from .errors import UserError
+from .eval_matrix import build_matrix, load_matrix, make_eval_evaluator, same_pool, save_matrix
 from .live_eval import memory_available, sale_with_memory
 from .types import Evaluation, Task
 
-DEFAULT_METHODS = (
+PLAN_METHODS = (
     *REQUIRED_METHODS[:6],
     "sale_default",
     "sale_lean",
     "sale_lean_nojury",
     "sale_lean_verify",
-    *REQUIRED_METHODS[6:],
+    "sale",
+    "oracle",
 )
+DEFAULT_METHODS = (*PLAN_METHODS, *DIRECT_METHODS)
+METHOD_GROUPS = {"direct": DIRECT_METHODS, "plan": PLAN_METHODS, "all": DEFAULT_METHODS}
+"""Names ``--methods`` expands: ``direct`` runs only the direct calls and their methods."""
 LAMBDA_SWEEP = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0)
 ABLATIONS = {
     "no_cost": ("entropy", "jury"),
@@ -67,6 +77,21 @@ ABLATIONS = {
     "jury_only": ("jury",),
 }
 Evaluator = Callable[[Task, str], Awaitable[Evaluation]]
+
+
+def expand_methods(names: Sequence[str]) -> list[str]:
+    """Method names with the groups of :data:`METHOD_GROUPS` expanded, in order, no repeats."""
+    out: list[str] = []
+    for n in names:
+        for m in METHOD_GROUPS.get(n, (n,)):
+            if m not in out:
+                out.append(m)
+    return out
+
+
+def matrix_parts(methods: Sequence[str]) -> tuple[bool, bool]:
+    """(plan-conditioned cells needed, direct cells needed) for ``methods``."""
+    return any(m not in DIRECT_METHODS for m in methods), any(m in DIRECT_METHODS for m in methods)
 
 
 # --- 1. split -------------------------------------------------------------------------------------
@@ -85,83 +110,6 @@ def split_tasks(tasks: Sequence[Task], train_fraction: float, seed: int) -> dict
                 t = min(tasks, key=lambda t: abs(u(t) - train_fraction))
                 out[t.id] = want  # type: ignore[assignment]
     return out
-
-
-# --- 2. the matrix ----------------------------------------------------------------------------------
-def load_matrix(path: Path) -> list[TaskRow]:
-    return rows_from_table(pq.read_table(path)) if path.is_file() else []
-
-
-def save_matrix(rows: Sequence[TaskRow], path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(matrix_table(rows), tmp)
-    tmp.replace(path)  # a reader never sees half a matrix
-
-
-async def build_matrix(
-    tasks: Sequence[Task],
-    splits: dict[str, Split],
-    pool: Any,
-    config: SaleConfig,
-    evaluate: Evaluator,
-    *,
-    path: Path | None = None,
-    done: Sequence[TaskRow] = (),
-    progress: bool = True,
-) -> list[TaskRow]:
-    """Rows for ``tasks`` (in stream order), reusing ``done`` ones and saving to ``path``."""
-    from tqdm import tqdm
-
-    a = config.auction
-    have = {r.task_id: r for r in done}
-    rows: dict[str, TaskRow] = {}
-    todo = []
-    for i, t in enumerate(tasks):
-        if t.id in have:
-            rows[t.id] = have[t.id].model_copy(update={"split": splits[t.id], "order": i})
-        else:
-            todo.append((i, t))
-    bar = tqdm(total=len(todo), desc="matrix", unit="task", disable=not progress)
-    sem = asyncio.Semaphore(config.eval.task_concurrency)
-
-    async def one(i: int, t: Task) -> None:
-        async with sem:
-            rows[t.id] = await build_row(
-                t,
-                pool.handles,
-                pool.price_pairs,
-                evaluate,
-                bid_timeout_s=a.bid_timeout_s,
-                jury_timeout_s=a.jury_timeout_s,
-                execute_timeout_s=a.execute_timeout_s,
-                split=splits[t.id],
-                order=i,
-            )
-        ok = sum(c.passed for c in rows[t.id].cells.values())
-        bar.set_postfix_str(f"{t.id}: {ok}/{len(rows[t.id].cells)} agents pass")
-        bar.update(1)
-        if path is not None:
-            save_matrix([rows[x.id] for x in tasks if x.id in rows], path)
-
-    try:
-        await asyncio.gather(*(one(i, t) for i, t in todo))
-    finally:
-        bar.close()
-    return [rows[t.id] for t in tasks]
-
-
-def make_eval_evaluator(config: SaleConfig) -> Evaluator:
-    """The batch verifier, except for tasks that carry their own (reasoning-gym's score_answer)."""
-    from .batch import make_evaluator
-    from .datasets import verify_answer
-
-    base = make_evaluator(config)
-
-    async def evaluate(task: Task, answer: str) -> Evaluation:
-        own = verify_answer(task, answer)
-        return own if own is not None else await base(task, answer)
-
-    return evaluate
 
 
 # --- 3 + 5. fit and route -------------------------------------------------------------------------------
@@ -220,13 +168,19 @@ def analyse(
     live: dict[str, Decision] | None = None,
     sweep: bool = True,
 ) -> tuple[list[Decision], dict[str, Any]]:
-    """Fit on the training rows, route the held-out rows: (decisions, summary extras)."""
+    """Fit on the training rows, route the held-out rows: (decisions, summary extras).
+
+    SALE's weights, the ablations and the cost sweep need plan-conditioned cells; with direct
+    methods only they are skipped (no ``_fit``, ``_ablations``, ``_frontier``)."""
     train = [r for r in rows if r.split == "train"]
     test = [r for r in rows if r.split == "test"]
     if not train or not test:
         raise UserError(
             f"need training and held-out tasks (got {len(train)} / {len(test)}); raise --limit"
         )
+    if not matrix_parts(methods)[0]:
+        ctx = RouterContext(eval=config.eval, default_weights=config.auction.weights)
+        return route_all(rows, methods, ctx), {}
     res = fit(train, config)
     ctx = RouterContext(
         eval=config.eval, weights=res.weights, default_weights=config.auction.weights, live=live
@@ -276,6 +230,8 @@ def summarize(
     largest = rows[0].by_price()[-1]
     table = decisions_table(decisions, largest).to_pylist()
     stats = analytics.method_stats(table)
+    for m, ratios in analytics.cost_ratios(stats).items():
+        stats[m].update(ratios)
     out: dict[str, Any] = {m: stats[m] for m in stats}
     sale = {m: analytics.compare_to_oracle(stats, m) for m in stats if m.startswith("sale")}
     out["_sale"] = sale
@@ -283,6 +239,7 @@ def summarize(
         p: [c.cached.get(p) for r in rows for c in r.cells.values() if p in c.cached]
         for p in ("bid", "jury", "execute")
     }
+    cached["direct"] = [d.cached for r in rows for d in r.direct.values()]
     run["cache_hit_share"] = {
         p: (sum(map(bool, v)) / len(v) if v else None) for p, v in cached.items()
     }
@@ -304,12 +261,19 @@ async def _live(
 ) -> tuple[list[TaskRow], dict[str, Decision] | None, str]:
     from .runtime import start_agents
 
-    done = load_matrix(out / "matrix.parquet")
-    pool_names = sorted(a.name for a in config.pool.agents)
-    done = [r for r in done if sorted(r.cells) == pool_names]  # another pool: recompute
+    plan, direct = matrix_parts(methods)
+    done = same_pool(
+        load_matrix(out / "matrix.parquet"), sorted(a.name for a in config.pool.agents)
+    )
     need_live = "sale" in methods and memory_available()[0]
-    have = {r.task_id for r in done}
-    if all(t.id in have for t in tasks) and not need_live:  # all in the matrix file already
+    have = {r.task_id: r for r in done}
+    complete = all(
+        t.id in have and (not plan or have[t.id].cells) and (not direct or have[t.id].direct)
+        for t in tasks
+    )
+    why = memory_available()[1] if "sale" in methods else "not requested"
+    parts = {"plan": plan, "direct": direct}
+    if complete and not need_live:  # all in the matrix file already
         rows = await build_matrix(
             tasks,
             splits,
@@ -318,8 +282,9 @@ async def _live(
             evaluate or make_eval_evaluator(config),
             done=done,
             progress=False,
+            **parts,
         )
-        return rows, None, memory_available()[1] if "sale" in methods else "not requested"
+        return rows, None, why
     evaluate = evaluate or make_eval_evaluator(config)
     pool = await start_agents(config)
     try:
@@ -332,8 +297,9 @@ async def _live(
             path=out / "matrix.parquet",
             done=done,
             progress=progress,
+            **parts,
         )
-        live, why = None, memory_available()[1] if "sale" in methods else "not requested"
+        live = None
         if need_live:
             train = [r for r in rows if r.split == "train"]
             w = fit(train, config).weights  # the same fit analyse() makes: deterministic
@@ -358,9 +324,13 @@ def run_eval(
     report: bool = True,
     evaluate: Evaluator | None = None,
 ) -> dict[str, Any]:
-    """The whole comparison; writes matrix / decisions Parquet, weights.yaml, summary.json."""
+    """The whole comparison; writes matrix / decisions Parquet, weights.yaml, summary.json.
+
+    ``methods`` may name groups (:data:`METHOD_GROUPS`): ``["direct"]`` calls each agent once
+    per task and reports the direct baselines only (no weights.yaml / lean_verify.yaml)."""
     from .runtime import connect
 
+    methods = expand_methods(methods)
     unknown = [m for m in methods if m not in ROUTERS]
     if unknown:
         raise UserError(f"unknown method(s) {unknown}; choose from {sorted(ROUTERS)}")
@@ -383,13 +353,14 @@ def run_eval(
             ray.shutdown()
     save_matrix(rows, out / "matrix.parquet")
     decisions, extras = analyse(rows, config, methods, live)
-    res = extras["_fit_result"]
-    write_weights(
-        res,
-        out / "weights.yaml",
-        provenance={"train_tasks": [r.task_id for r in rows if r.split == "train"]},
-    )
-    write_lean_policy(rows, config, out / "lean_verify.yaml")
+    plan, direct = matrix_parts(methods)
+    if plan:
+        write_weights(
+            extras["_fit_result"],
+            out / "weights.yaml",
+            provenance={"train_tasks": [r.task_id for r in rows if r.split == "train"]},
+        )
+        write_lean_policy(rows, config, out / "lean_verify.yaml")
     largest = rows[0].by_price()[-1]
     pq.write_table(decisions_table(decisions, largest), out / "decisions.parquet")
     run = {
@@ -399,9 +370,10 @@ def run_eval(
         "train_tasks": sum(r.split == "train" for r in rows),
         "test_tasks": sum(r.split == "test" for r in rows),
         "test_ids": [r.task_id for r in rows if r.split == "test"],
-        "pool": {a: rows[0].cells[a].price_out for a in rows[0].by_price()},
+        "pool": {a: rows[0].prices[a] for a in rows[0].by_price()},
         "largest_agent": largest,
         "methods": list(methods),
+        "matrix_parts": {"plan": plan, "direct": direct},
         "cost_lambda": config.eval.cost_lambda,
         "seconds": time.time() - t0,
         "sale_memory": live is not None,
@@ -416,80 +388,19 @@ def run_eval(
 
 # --- CLI ------------------------------------------------------------------------------------------------
 def add_eval_parser(sub: Any) -> None:
-    """``sale-ray eval`` (wired into :mod:`sale_ray.cli`)."""
-    from .datasets import DATASETS
+    """``sale-ray eval`` (wired into :mod:`sale_ray.cli`; the parser is in :mod:`.eval_cli`)."""
+    from .eval_cli import add_eval_parser as add
 
-    e = sub.add_parser("eval", help="compare SALE with routers and the oracle on held-out tasks")
-    src = e.add_mutually_exclusive_group(required=True)
-    src.add_argument("--dataset", choices=sorted(DATASETS), help="a shipped benchmark")
-    src.add_argument("--tasks", help="task file (.jsonl or .parquet)")
-    e.add_argument("--limit", type=int, default=None, help="first N tasks only")
-    e.add_argument("--out", required=True, help="output folder (resumable)")
-    e.add_argument("--config", default=None, help="YAML config (default: embedded local pool)")
-    e.add_argument(
-        "--methods",
-        default=",".join(DEFAULT_METHODS),
-        help=f"comma-separated, from {','.join(sorted(ROUTERS))}",
-    )
-    e.add_argument("--seed", type=int, default=None, help="split seed (default: config)")
-    e.add_argument("--train-fraction", type=float, default=None, help="(default: config)")
-    e.add_argument("--cache", default=None, help="response cache folder (default: config)")
-    e.add_argument("--address", default=None, help="Ray cluster address (default: start local)")
-    e.add_argument("--no-report", action="store_true", help="skip the Markdown/HTML report")
-    e.add_argument("--no-progress", action="store_true", help="no progress bar")
-    e.set_defaults(func=cmd_eval)
+    add(sub)
 
 
-def cmd_eval(args: argparse.Namespace) -> int:
-    from .config import load_config
-    from .datasets import load_dataset, load_task_file
-
-    config = load_config(args.config)
-    ev = {
-        k: v
-        for k, v in (("seed", args.seed), ("train_fraction", args.train_fraction))
-        if v is not None
-    }
-    config = config.model_copy(update={"eval": config.eval.model_copy(update=ev)})
-    if args.cache:
-        config = config.model_copy(
-            update={"cache": config.cache.model_copy(update={"path": args.cache})}
-        )
-    tasks = load_task_file(args.tasks) if args.tasks else load_dataset(args.dataset, args.limit)
-    if args.tasks and args.limit:
-        tasks = tasks[: args.limit]
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    s = run_eval(
-        tasks,
-        config,
-        args.out,
-        methods=methods,
-        address=args.address,
-        dataset=args.dataset or args.tasks,
-        progress=not args.no_progress,
-        report=not args.no_report,
-    )
-    print(format_table(s), file=sys.stdout)
-    print(f"wrote {Path(args.out) / 'summary.json'}")
-    return 0
-
-
-def format_table(summary: dict[str, Any]) -> str:
-    """The method table printed at the end of ``sale-ray eval``."""
-    lines = [f"{'method':<16} {'pass@1':>7} {'cost $':>11} {'largest':>8} {'tasks':>6}"]
-    for m, s in summary.items():
-        if not m.startswith("_"):
-            lines.append(
-                f"{m:<16} {s['pass_at_1']:>7.3f} {s['cost_usd']:>11.6f} "
-                f"{s['largest_share']:>8.1%} {s['tasks']:>6}"
-            )
-    stats = {m: s for m, s in summary.items() if not m.startswith("_")}
-    for m in ("sale", "sale_lean"):
-        if m in stats:
-            lines += [f"{m}: {x}" for x in analytics.target_lines(stats, m)]
-    if summary.get("_run", {}).get("sale_note"):
-        lines.append(f"note: {summary['_run']['sale_note']}")
-    return "\n".join(lines)
-
-
-__all__ = ["DEFAULT_METHODS", "analyse", "run_eval", "split_tasks", "summarize"]
+__all__ = [
+    "DEFAULT_METHODS",
+    "METHOD_GROUPS",
+    "PLAN_METHODS",
+    "analyse",
+    "expand_methods",
+    "run_eval",
+    "split_tasks",
+    "summarize",
+]

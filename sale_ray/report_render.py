@@ -8,7 +8,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .analytics import COST_PHASES, compare_to_oracle, signal_aucs, target_lines
+from .analytics import (
+    COST_PHASES,
+    compare_to_oracle,
+    cost_ratios,
+    reference_methods,
+    signal_aucs,
+    target_lines,
+)
+from .report_plots import write_plots
 
 METHOD_ORDER = (
     "largest",
@@ -23,6 +31,11 @@ METHOD_ORDER = (
     "sale_lean_nojury",
     "sale_lean_verify",
     "oracle",
+    "largest_direct",
+    "smallest_direct",
+    "cascade_direct",
+    "knn_direct",
+    "oracle_direct",
 )
 SALE_METHODS = (
     "sale_default",
@@ -76,28 +89,26 @@ def build_blocks(
                 f"every phase (bids, jury, refinement, execution; prompt and completion).",
             )
         )
-    lg = stats.get("largest", {}).get("cost_usd")
+    ratios = cost_ratios(stats)
+    refs = [
+        (key, label)
+        for key, label, name in (
+            ("cost_vs_largest_direct", "cost / largest_direct", "largest_direct"),
+            ("cost_vs_largest_plan", "cost / largest (plan)", "largest"),
+        )
+        if name in stats
+    ]
     b += [
         ("h", 2, "Methods"),
         (
             "table",
+            ["method", "pass@1", "passed", "cost $"]
+            + [label for _, label in refs]
+            + ["largest share", "auction overhead", "note"],
             [
-                "method",
-                "pass@1",
-                "passed",
-                "cost $",
-                "cost / largest",
-                "largest share",
-                "auction overhead",
-                "note",
-            ],
-            [
-                [
-                    m,
-                    _f(s["pass_at_1"]),
-                    f"{s['passed']}/{s['tasks']}",
-                    _f(s["cost_usd"], "{:.6f}"),
-                    _f(s["cost_usd"] / lg if lg else None, "{:.2f}"),
+                [m, _f(s["pass_at_1"]), f"{s['passed']}/{s['tasks']}", _f(s["cost_usd"], "{:.6f}")]
+                + [_f(ratios[m].get(key), "{:.2f}") for key, _ in refs]
+                + [
                     _pct(s["largest_share"]),
                     _f(s["auction_overhead"], "{:.2f}"),
                     "; ".join(s.get("notes", []))[:80],
@@ -110,13 +121,20 @@ def build_blocks(
         (
             "p",
             "Auction overhead = (bid + jury + refinement tokens) / execution tokens. "
-            "Single-agent routers pay the chosen agent's plan as part of its execution.",
+            "Plan-conditioned single-agent routers (largest, smallest, random, cascade, knn, "
+            "oracle) pay the chosen agent's plan as part of its execution; the `*_direct` "
+            "methods call each agent once with the task alone (no plan, no bid, no jury). "
+            '"largest_direct" is the baseline a user means by "just call the largest model"; '
+            '"largest (plan)" is the same agent planning first, then executing.',
         )
     )
-    plots = _plots(stats, decisions, summary, plot_dir) if plot_dir else {}
+    plots = (
+        write_plots(stats, decisions, summary, plot_dir, _order, SALE_METHODS) if plot_dir else {}
+    )
     if "frontier" in plots:
         b.append(("img", plots["frontier"], "cost vs pass@1"))
 
+    ref, orc = reference_methods(stats)
     cmp_rows = []
     for m in (
         "sale",
@@ -144,17 +162,17 @@ def build_blocks(
             )
     if cmp_rows:
         b += [
-            ("h", 2, "SALE against the largest agent and the oracle"),
+            ("h", 2, f"SALE against {ref} and {orc}"),
             (
                 "table",
                 [
                     "method",
-                    "cost / largest",
-                    "oracle cost / largest",
+                    f"cost / {ref}",
+                    f"{orc} cost / {ref}",
                     "oracle saving captured",
                     "oracle pass@1 gain captured",
-                    "pass@1 >= largest",
-                    "cost <= 0.60 x largest",
+                    f"pass@1 >= {ref}",
+                    f"cost <= 0.60 x {ref}",
                     "largest share <= 40 %",
                     "not dominated by",
                 ],
@@ -239,7 +257,11 @@ def build_blocks(
         if "phases" in plots:
             b.append(("img", plots["phases"], "tokens per phase"))
     if matrix:
-        b += _signal_blocks(signal_aucs(matrix))
+        sig = signal_aucs(matrix)
+        if sig["all"]["n"]:
+            b += _signal_blocks(sig)
+        if sig["direct"]:
+            b += _direct_signal_blocks(sig["direct"])
     fit = (summary or {}).get("_fit")
     if fit:
         b += [
@@ -312,6 +334,31 @@ def _signal_blocks(s: dict[str, Any]) -> list[Block]:
     ]
 
 
+def _direct_signal_blocks(s: dict[str, Any]) -> list[Block]:
+    names = ["self_check", "neg_entropy"]
+
+    def row(label: str, t: dict[str, Any]) -> list[str]:
+        return [label, str(t["n"]), _f(t["pass_rate"], "{:.2f}")] + [
+            _f(t[x], "{:.2f}") for x in names
+        ]
+
+    return [
+        ("h", 2, "Signals on direct calls"),
+        (
+            "p",
+            'AUC for "this direct answer passes the hidden tests": its own run of the '
+            "prompt's examples (the direct cascade's verifier on code) and its negated mean "
+            "token entropy (on answer tasks).",
+        ),
+        (
+            "table",
+            ["group", "n", "pass rate"] + names,
+            [row("all direct calls", s["all"])]
+            + [row(f"agent {a}", t) for a, t in s["by_agent"].items()],
+        ),
+    ]
+
+
 # --- rendering ------------------------------------------------------------------------------------
 def render_markdown(blocks: list[Block]) -> str:
     out = []
@@ -354,105 +401,3 @@ def render_html(blocks: list[Block], title: str) -> str:
         elif blk[0] == "img":
             parts.append(f"<img src='{e(Path(blk[1]).name)}' alt='{e(blk[2])}'>")
     return "\n".join(parts) + "</body></html>\n"
-
-
-# --- plots ----------------------------------------------------------------------------------------
-def _plots(
-    stats: dict[str, dict[str, Any]],
-    decisions: list[dict[str, Any]],
-    summary: dict[str, Any] | None,
-    out: Path,
-) -> dict[str, Path]:
-    """PNG files by name; empty when matplotlib is not installed (extra ``report``)."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return {}
-    methods = _order(list(stats))
-    files: dict[str, Path] = {}
-
-    fig, ax = plt.subplots(figsize=(7, 5))
-    span = max((stats[m]["cost_usd"] for m in methods), default=0.0) or 1.0
-    placed: list[tuple[float, float]] = []
-    for m in methods:
-        s = stats[m]
-        x, y = s["cost_usd"], s["pass_at_1"]
-        ax.scatter(x, y, s=60, marker="*" if m == "oracle" else "o")
-        # methods often tie on pass@1 at nearby costs: put a crowded label below its point
-        crowded = any(abs(y - py) < 0.03 and abs(x - px) < 0.12 * span for px, py in placed)
-        ax.annotate(m, (x, y), textcoords="offset points", xytext=(5, -12 if crowded else 4))
-        placed.append((x, y))
-    for name, pts in ((summary or {}).get("_frontier") or {}).items():
-        pts = sorted(pts, key=lambda p: p["cost_usd"])
-        ax.plot(
-            [p["cost_usd"] for p in pts],
-            [p["pass_at_1"] for p in pts],
-            "--",
-            alpha=0.6,
-            label=f"{name} (cost weight sweep)",
-        )
-    if (summary or {}).get("_frontier"):
-        ax.legend(fontsize=8)
-    ax.set_xlabel("total cost on held-out tasks ($)")
-    ax.set_ylabel("pass@1")
-    ax.set_title("cost vs pass@1 (up and left is better)")
-    files["frontier"] = _save(fig, out / "cost_vs_pass.png")
-
-    fig, ax = plt.subplots(figsize=(7, 3.5))
-    ax.bar(methods, [stats[m]["largest_share"] for m in methods])
-    ax.axhline(0.4, ls="--", c="gray")
-    ax.set_ylabel("largest-agent share")
-    ax.tick_params(axis="x", rotation=30)
-    files["largest"] = _save(fig, out / "largest_share.png")
-
-    bins = sorted({k for s in stats.values() for k in s["per_bin"]})
-    if bins:
-        fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-        width = 0.8 / max(len(methods), 1)
-        for i, m in enumerate(methods):
-            xs = [j + i * width for j in range(len(bins))]
-            pb = stats[m]["per_bin"]
-            axes[0].bar(xs, [pb.get(x, {}).get("pass_at_1", 0) for x in bins], width, label=m)
-            axes[1].bar(xs, [pb.get(x, {}).get("cost_usd", 0) for x in bins], width, label=m)
-        for ax, lab in zip(axes, ("pass@1", "cost $"), strict=True):
-            ax.set_xticks([j + 0.4 for j in range(len(bins))], [f"bin {x}" for x in bins])
-            ax.set_ylabel(lab)
-        axes[0].legend(fontsize=7)
-        files["bins"] = _save(fig, out / "per_bin.png")
-
-    sale = [m for m in methods if m in SALE_METHODS]
-    if sale:
-        fig, ax = plt.subplots(figsize=(7, 3.5))
-        for m in sale:
-            ds = sorted((d for d in decisions if d["method"] == m), key=lambda d: d["order"])
-            for a in sorted({d["agent"] for d in ds if d["agent"]}):
-                hits = [d["agent"] == a for d in ds]
-                cum = [sum(hits[: i + 1]) / (i + 1) for i in range(len(hits))]
-                ax.plot(cum, label=f"{m}: {a}")
-        ax.set_xlabel("held-out task (stream order)")
-        ax.set_ylabel("cumulative winner share")
-        ax.legend(fontsize=7)
-        files["stream"] = _save(fig, out / "winner_share_stream.png")
-
-        fig, ax = plt.subplots(figsize=(7, 3.5))
-        bottom = [0.0] * len(sale)
-        for p in COST_PHASES:
-            vals = [stats[m]["tokens_by_phase"][p] for m in sale]
-            ax.bar(sale, vals, bottom=bottom, label=p)
-            bottom = [x + y for x, y in zip(bottom, vals, strict=True)]
-        ax.set_ylabel("tokens (held-out split)")
-        ax.legend()
-        files["phases"] = _save(fig, out / "phase_tokens.png")
-    return files
-
-
-def _save(fig: Any, path: Path) -> Path:
-    import matplotlib.pyplot as plt
-
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path

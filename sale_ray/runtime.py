@@ -125,6 +125,10 @@ class ActorAgent:
     async def refine(self, task: Task, plan: str, pairs: Sequence[Any]) -> Bid:
         return await self._call("refine", task, plan, list(pairs))
 
+    async def execute_direct(self, task: Task) -> Execution:
+        """One call with the task alone (the evaluation's direct baselines; never batched)."""
+        return await self._direct(self.actor.execute_direct.remote(task))
+
     def batch_stats(self) -> dict[str, float]:
         b = [x for x in self._batchers.values() if x.batches]
         items, batches = sum(x.items for x in b), sum(x.batches for x in b)

@@ -72,10 +72,18 @@ class Usage(_Frozen):
     cost_usd: float = 0.0
     latency_s: float = 0.0
     calls: int = 0
+    cached_calls: int = Field(
+        default=0, description="How many of the calls the response cache answered."
+    )
 
     @property
     def total_tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
+
+    @property
+    def cached(self) -> bool:
+        """Every call was answered by the response cache (False when no call was made)."""
+        return self.calls > 0 and self.cached_calls == self.calls
 
     def __add__(self, other: Usage) -> Usage:
         return Usage(
@@ -84,6 +92,7 @@ class Usage(_Frozen):
             cost_usd=self.cost_usd + other.cost_usd,
             latency_s=self.latency_s + other.latency_s,
             calls=self.calls + other.calls,
+            cached_calls=self.cached_calls + other.cached_calls,
         )
 
 
@@ -131,6 +140,9 @@ class Execution(_Frozen):
     self_checks_passed: list[bool] = Field(default_factory=list)
     usage: Usage = Usage()
     error: str | None = None
+    entropy: float | None = Field(
+        default=None, description="Mean per-token entropy of the answer, where it was measured."
+    )
 
 
 class Evaluation(_Frozen):

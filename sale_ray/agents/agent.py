@@ -122,6 +122,7 @@ class Agent:
             cost_usd=cost,
             latency_s=r.latency_s,
             calls=1,
+            cached_calls=1 if r.cached else 0,
         )
 
     async def _chat(self, messages: list[dict[str, str]], **kw: Any) -> ChatResult:
@@ -278,6 +279,55 @@ class Agent:
             )
         return Execution(
             agent=self.name, answer=answer, turns=turns, self_checks_passed=checks, usage=usage
+        )
+
+    async def execute_direct(self, task: Task) -> Execution:
+        """The baseline a user means by "just call the model": one call with the task and the
+        standard instruction (code: complete this function), no plan, no fix turn.
+
+        For code tasks the answer's run of the prompt's examples is recorded (the direct
+        cascade's verifier), never fed back; for answer tasks the answer's mean per-token
+        entropy is (the cascade's verifier there).
+        """
+        from ..evaluators import extract_code, run_self_check
+
+        cfg, max_tokens = self.config.auction, self.config.execution.max_tokens
+        if task.kind == "code":
+            instr = prompts.render("execute_code", entry_point=task.entry_point or "solution")
+        else:
+            instr = prompts.render("execute_answer")
+        user = prompts.render("direct", task_block=_task_block(task), instructions=instr)
+        try:
+            r = await self._chat(
+                [self._system(), {"role": "user", "content": user}],
+                max_tokens=max_tokens,
+                top_logprobs=cfg.top_logprobs if task.kind != "code" else None,
+                timeout_s=cfg.execute_timeout_s * _EXEC_TIMEOUT_MARGIN,
+            )
+        except ModelError as e:
+            return Execution(agent=self.name, error=f"{type(e).__name__}: {e}")
+        usage = self._usage(r)
+        if r.truncated:
+            return Execution(
+                agent=self.name,
+                answer=r.text,
+                turns=1,
+                usage=usage,
+                error=f"TruncatedOutput: answer cut at {max_tokens} tokens",
+            )
+        checks: list[bool] = []
+        if task.kind == "code":
+            code = extract_code(r.text, task.entry_point)
+            ok, _ = await asyncio.to_thread(run_self_check, task, code, self.config.sandbox)
+            checks.append(ok)
+        entropy = mean_entropy(list(t.top.values()) for t in r.tokens) if r.tokens else None
+        return Execution(
+            agent=self.name,
+            answer=r.text,
+            turns=1,
+            self_checks_passed=checks,
+            usage=usage,
+            entropy=entropy,
         )
 
     # --- online endpoint (sale_ray.serve): passthrough and streamed execution -----------------

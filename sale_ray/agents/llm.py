@@ -40,6 +40,7 @@ class ChatResult:
     completion_tokens: int
     latency_s: float
     tokens: list[TokenLogprob] = field(default_factory=list)
+    cached: bool = False  # answered by the response cache, not the model
 
     @property
     def truncated(self) -> bool:

@@ -129,6 +129,21 @@ class ScriptedAgent:
             usage=self._usage(self._prompt_tokens(task) + 100, 120),
         )
 
+    async def execute_direct(self, task: Task) -> Execution:
+        """One call, no plan: passes on its own draw (so direct and plan-conditioned cells
+        differ); its self-check (code) and its entropy (answer tasks: low when it passes) agree
+        with the outcome, as a perfect cheap verifier would."""
+        await self._act(task, "direct")
+        ok = _unit(self.s.seed, "D", self.name, task.id) < self.s.quality
+        return Execution(
+            agent=self.name,
+            answer="PASS" if ok else "FAIL",
+            turns=1,
+            self_checks_passed=[ok] if task.kind == "code" else [],
+            usage=self._usage(self._prompt_tokens(task), 120),
+            entropy=None if task.kind == "code" else round(0.3 if ok else 0.6, 4),
+        )
+
     async def call_many(self, method: str, calls: list[tuple]) -> AsyncIterator[list]:
         """Batched entry point (see :func:`sale_ray.auctioneer.serve_batch`)."""
         from ..auctioneer import serve_batch

@@ -21,6 +21,13 @@ matrix, so they see exactly the same bids, verdicts and executions:
   ``sale_no_memory``, and every decision says so in its note.
 * ``oracle`` — the cheapest agent that passes (the cheapest agent when none does): the limit of
   any router on this pool.
+
+Every router above reads plan-conditioned cells: a single agent "plans, then executes", paying
+its plan. The **direct** baselines are what a user means by "just call the model": the same
+logic over the row's direct calls (each agent once with the task alone, :mod:`.direct`), fitted
+on the training split's direct outcomes — ``largest_direct``, ``smallest_direct``,
+``cascade_direct`` (verifier: the direct answer's own run of the prompt's examples; on answer
+tasks, a fitted threshold on the answer's entropy), ``knn_direct`` and ``oracle_direct``.
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ from typing import Protocol
 import numpy as np
 
 from ..config import EvalConfig, Weights
+from .direct import direct_view
 from .matrix import Decision, TaskRow, single_agent, spend
 from .weights import agent_loss, reference_cost, sale_choice
 
@@ -312,6 +320,24 @@ class SaleWithMemory(SaleRouter):
         return d.model_copy(update={"note": (d.note + "; " if d.note else "") + NO_MEMORY_NOTE})
 
 
+class Direct:
+    """A router's own logic over direct calls: fitted on, and routing, :func:`direct_view`
+    rows (each agent's one call with the task alone; no plan, no bid, no jury)."""
+
+    def __init__(self, name: str, ctx: RouterContext, inner: type[_Fixed]) -> None:
+        self.name, self.inner = name, inner(name, ctx)
+
+    def fit(self, train: Sequence[TaskRow]) -> None:
+        self.inner.fit([direct_view(r) for r in train])
+
+    def route(self, row: TaskRow) -> Decision:
+        return self.inner.route(direct_view(row))
+
+
+def _direct(inner: type[_Fixed]) -> RouterFactory:
+    return lambda name, ctx: Direct(name, ctx, inner)
+
+
 RouterFactory = Callable[[str, RouterContext], Router]
 
 ROUTERS: dict[str, RouterFactory] = {
@@ -327,8 +353,22 @@ ROUTERS: dict[str, RouterFactory] = {
     "sale_lean_nojury": lambda n, c: SaleLean(n, c, jury=False),
     "sale_lean_verify": lambda n, c: SaleLean(n, c, verify=True),
     "oracle": Oracle,
+    "largest_direct": _direct(Largest),
+    "smallest_direct": _direct(Smallest),
+    "cascade_direct": _direct(Cascade),
+    "knn_direct": _direct(KNNRouter),
+    "oracle_direct": _direct(Oracle),
 }
 """Method name -> factory(name, context). The evaluation runs them all by default."""
+
+DIRECT_METHODS = (
+    "largest_direct",
+    "smallest_direct",
+    "cascade_direct",
+    "knn_direct",
+    "oracle_direct",
+)
+"""The methods read from direct cells; every other one needs plan-conditioned cells."""
 
 REQUIRED_METHODS = (
     "largest",
@@ -339,6 +379,7 @@ REQUIRED_METHODS = (
     "sale_no_memory",
     "sale",
     "oracle",
+    *DIRECT_METHODS,
 )
 
 

@@ -2,14 +2,17 @@
 
 One :class:`TaskRow` per task holds one :class:`Cell` per agent: its bid (plan, entropy, tokens),
 its verdict as a juror over all plans of the task, and the execution of *its own plan*, judged by
-the task's hidden verifier. Every router except SALE-with-memory is a pure function of a row
-(:mod:`.baselines`): the oracle is the cheapest passing cell, SALE picks by ``C - V`` from the
-bids and verdicts and reads the winner's cell, a single-agent router reads its agent's cell. So
-the expensive part (model calls) is paid once, and the response cache makes even that free on a
-rerun. :func:`build_row` computes a row with the same protocol functions the live auction uses.
+the task's hidden verifier; and one :class:`~.direct.DirectCell` per agent: its answer when
+called once with the task alone, no plan (the direct baselines, :mod:`.direct`). Every router
+except SALE-with-memory is a pure function of a row (:mod:`.baselines`): the oracle is the
+cheapest passing cell, SALE picks by ``C - V`` from the bids and verdicts and reads the winner's
+cell, a single-agent router reads its agent's cell. So the expensive part (model calls) is paid
+once, and the response cache makes even that free on a rerun. :func:`build_row` computes a row
+with the same protocol functions the live auction uses.
 
 Parquet form (:func:`matrix_table`): one row per (task, agent), with flat columns for analytics
-(``passed``, ``entropy``, ``jury_mean`` …) and the exact objects as JSON for reconstruction.
+(``passed``, ``entropy``, ``jury_mean`` …, ``direct_passed`` …) and the exact objects as JSON for
+reconstruction.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..types import Bid, Evaluation, Execution, JuryVerdict, Task, Usage
+from .direct import DIRECT_COLUMNS, DirectCell, direct_columns, direct_from_columns
 
 Split = Literal["train", "test"]
 COST_PHASES = ("bid", "jury", "refine", "execute")
@@ -72,15 +76,24 @@ class TaskRow(BaseModel):
     bin: int | None = None
     split: Split = "test"
     order: int = 0
-    cells: dict[str, Cell]
+    cells: dict[str, Cell] = Field(
+        default_factory=dict, description="agent -> bid, verdict, plan-conditioned execution"
+    )
+    direct: dict[str, DirectCell] = Field(
+        default_factory=dict, description="agent -> its direct call (empty: not run)"
+    )
+
+    def _pool(self) -> Mapping[str, Cell | DirectCell]:
+        return self.cells or self.direct  # a direct-only run has no plan-conditioned cells
 
     def by_price(self) -> list[str]:
         """Agent names cheapest first (ties by name), the auction's notion of 'cheaper'."""
-        return sorted(self.cells, key=lambda a: (self.cells[a].price_out, a))
+        pool = self._pool()
+        return sorted(pool, key=lambda a: (pool[a].price_out, a))
 
     @property
     def prices(self) -> dict[str, float]:
-        return {a: c.price_out for a, c in self.cells.items()}
+        return {a: c.price_out for a, c in self._pool().items()}
 
     @property
     def verdicts(self) -> list[JuryVerdict]:
@@ -193,10 +206,6 @@ def decisions_table(decisions: Sequence[Decision], largest: str) -> pa.Table:
 Evaluator = Callable[[Task, str], Awaitable[Evaluation]]
 
 
-def _hit(u: Usage) -> bool:
-    return u.calls > 0 and u.latency_s == 0.0  # a cache hit reports no model time
-
-
 async def build_row(
     task: Task,
     agents: Mapping[str, Any],
@@ -245,9 +254,10 @@ async def build_row(
     for name in agents:
         ex, ev = results[name]
         v = vmap.get(name)
-        cached = {"bid": _hit(by_agent[name].usage), "execute": _hit(ex.usage)}
+        # what the response cache says, carried in Usage (a zero latency is not a hit)
+        cached = {"bid": by_agent[name].usage.cached, "execute": ex.usage.cached}
         if v is not None:
-            cached["jury"] = _hit(v.usage)
+            cached["jury"] = v.usage.cached
         cells[name] = Cell(
             agent=name,
             price_in=prices[name][0],
@@ -303,6 +313,7 @@ MATRIX_SCHEMA = pa.schema(
         ("execution_json", pa.string()),
         ("evaluation_json", pa.string()),
     ]
+    + DIRECT_COLUMNS
 )
 
 
@@ -310,15 +321,46 @@ def _received(row: TaskRow, agent: str) -> list[float]:
     return [v.scores[agent] for v in row.verdicts if v.error is None and agent in v.scores]
 
 
+def _plan_columns(row: TaskRow, c: Cell | None) -> dict[str, Any]:
+    if c is None:  # a direct-only row: no bid, verdict or plan-conditioned execution
+        return {}
+    got = _received(row, c.agent)
+    v, ex = c.verdict, c.execution
+    return {
+        "plan_tokens": c.bid.plan_tokens,
+        "entropy": c.bid.entropy,
+        "bid_rejected": c.bid.rejected,
+        "jury_mean": sum(got) / len(got) if got else None,
+        "jury_self": v.scores.get(c.agent) if v is not None and v.error is None else None,
+        "jury_error": v.error if v is not None else None,
+        "self_check": c.self_check,
+        "passed": c.passed,
+        "bid_tokens": c.bid.usage.total_tokens,
+        "jury_tokens": v.usage.total_tokens if v else 0,
+        "execute_tokens": ex.usage.total_tokens if ex else 0,
+        "bid_cost_usd": c.bid.usage.cost_usd,
+        "jury_cost_usd": v.usage.cost_usd if v else 0.0,
+        "execute_cost_usd": ex.usage.cost_usd if ex else 0.0,
+        "bid_cached": c.cached.get("bid"),
+        "jury_cached": c.cached.get("jury"),
+        "execute_cached": c.cached.get("execute"),
+        "bid_json": c.bid.model_dump_json(),
+        "verdict_json": v.model_dump_json() if v else None,
+        "execution_json": ex.model_dump_json() if ex else None,
+        "evaluation_json": c.evaluation.model_dump_json(),
+    }
+
+
 def matrix_rows(rows: Sequence[TaskRow]) -> list[dict[str, Any]]:
-    """Flat dicts (one per task x agent) matching :data:`MATRIX_SCHEMA`."""
+    """Flat dicts (one per task x agent) matching :data:`MATRIX_SCHEMA`; a part not run (plan
+    cells of a direct-only run, direct cells of an older run) is all None."""
     out = []
     for row in rows:
         for a in row.by_price():
-            c = row.cells[a]
-            got = _received(row, a)
-            v, ex = c.verdict, c.execution
-            out.append(
+            c, d = row.cells.get(a), row.direct.get(a)
+            some = c or d
+            r = dict.fromkeys(MATRIX_SCHEMA.names)
+            r.update(
                 {
                     "task_id": row.task_id,
                     "split": row.split,
@@ -327,31 +369,13 @@ def matrix_rows(rows: Sequence[TaskRow]) -> list[dict[str, Any]]:
                     "kind": row.kind,
                     "prompt": row.prompt,
                     "agent": a,
-                    "price_in": c.price_in,
-                    "price_out": c.price_out,
-                    "plan_tokens": c.bid.plan_tokens,
-                    "entropy": c.bid.entropy,
-                    "bid_rejected": c.bid.rejected,
-                    "jury_mean": sum(got) / len(got) if got else None,
-                    "jury_self": v.scores.get(a) if v is not None and v.error is None else None,
-                    "jury_error": v.error if v is not None else None,
-                    "self_check": c.self_check,
-                    "passed": c.passed,
-                    "bid_tokens": c.bid.usage.total_tokens,
-                    "jury_tokens": v.usage.total_tokens if v else 0,
-                    "execute_tokens": ex.usage.total_tokens if ex else 0,
-                    "bid_cost_usd": c.bid.usage.cost_usd,
-                    "jury_cost_usd": v.usage.cost_usd if v else 0.0,
-                    "execute_cost_usd": ex.usage.cost_usd if ex else 0.0,
-                    "bid_cached": c.cached.get("bid"),
-                    "jury_cached": c.cached.get("jury"),
-                    "execute_cached": c.cached.get("execute"),
-                    "bid_json": c.bid.model_dump_json(),
-                    "verdict_json": v.model_dump_json() if v else None,
-                    "execution_json": ex.model_dump_json() if ex else None,
-                    "evaluation_json": c.evaluation.model_dump_json(),
+                    "price_in": some.price_in,
+                    "price_out": some.price_out,
                 }
             )
+            r.update(_plan_columns(row, c))
+            r.update(direct_columns(d))
+            out.append(r)
     return out
 
 
@@ -361,9 +385,13 @@ def matrix_table(rows: Sequence[TaskRow]) -> pa.Table:
 
 
 def rows_from_table(table: pa.Table) -> list[TaskRow]:
-    """Rebuild :class:`TaskRow` objects (in stream order) from :func:`matrix_table`'s output."""
+    """Rebuild :class:`TaskRow` objects (in stream order) from :func:`matrix_table`'s output.
+
+    A matrix written before the direct baselines (no ``direct_*`` columns) loads with no direct
+    cells; the direct methods then ask for a rerun that fills them."""
+    names = [n for n in MATRIX_SCHEMA.names if n in table.column_names]
     grouped: dict[str, dict[str, Any]] = {}
-    for r in table.select(MATRIX_SCHEMA.names).to_pylist():
+    for r in table.select(names).to_pylist():
         g = grouped.setdefault(
             r["task_id"],
             {
@@ -374,8 +402,14 @@ def rows_from_table(table: pa.Table) -> list[TaskRow]:
                 "split": r["split"],
                 "order": r["order"],
                 "cells": {},
+                "direct": {},
             },
         )
+        d = direct_from_columns(r)
+        if d is not None:
+            g["direct"][r["agent"]] = d
+        if not r["bid_json"]:
+            continue
         g["cells"][r["agent"]] = Cell(
             agent=r["agent"],
             price_in=r["price_in"],
@@ -401,81 +435,11 @@ def rows_from_table(table: pa.Table) -> list[TaskRow]:
 def synthetic_matrix(
     n_tasks: int = 60, seed: int = 0, train_fraction: float = 0.5
 ) -> list[TaskRow]:
-    """A made-up matrix with the shape of the real one (three agents, five bins; bigger agents
-    pass more, low entropy and high jury scores go with passing). For tests and report demos."""
-    import random
+    """A made-up matrix with the shape of the real one, direct cells included (for tests and
+    report demos; :func:`.synthetic.synthetic_rows`)."""
+    from .synthetic import synthetic_rows
 
-    rng = random.Random(seed)
-    pool = (("small", 0.027, 0.55), ("mid", 0.10, 0.8), ("large", 0.30, 0.92))
-    rows = []
-    for t in range(n_tasks):
-        b = t % 5
-        skill = {}
-        for name, _, base in pool:
-            skill[name] = rng.random() < base * (1 - 0.12 * b)
-        cells = {}
-        for name, price, _ in pool:
-            ok = skill[name]
-            h = min(1.0, max(0.0, rng.gauss(0.35 if ok else 0.5, 0.08)))
-            toks = rng.randint(40, 96)
-            bid = Bid(
-                agent=name,
-                plan=f"{name} plan {t}",
-                plan_tokens=toks,
-                entropy=h,
-                usage=Usage(
-                    prompt_tokens=150,
-                    completion_tokens=toks,
-                    cost_usd=(150 + toks) * price / 1e6,
-                    latency_s=1.0,
-                    calls=1,
-                ),
-            )
-            scores = {
-                o: min(5.0, max(0.0, rng.gauss(3.8 if skill[o] else 2.6, 0.7))) for o, _, _ in pool
-            }
-            verdict = JuryVerdict(
-                juror=name,
-                scores=scores,
-                usage=Usage(
-                    prompt_tokens=400, completion_tokens=20, cost_usd=420 * price / 1e6, calls=1
-                ),
-            )
-            et = rng.randint(100, 260) * (1 + b // 2)
-            ex = Execution(
-                agent=name,
-                answer="...",
-                turns=1,
-                self_checks_passed=[ok if rng.random() < 0.85 else not ok],
-                usage=Usage(
-                    prompt_tokens=300,
-                    completion_tokens=et,
-                    cost_usd=(300 + et) * price / 1e6,
-                    latency_s=2.0,
-                    calls=1,
-                ),
-            )
-            cells[name] = Cell(
-                agent=name,
-                price_in=price,
-                price_out=price,
-                bid=bid,
-                verdict=verdict,
-                execution=ex,
-                evaluation=Evaluation(passed=ok),
-            )
-        split: Split = "train" if rng.random() < train_fraction else "test"
-        rows.append(
-            TaskRow(
-                task_id=f"syn/{t}",
-                prompt=f"task {t} of bin {b}: " + "x " * (5 + b),
-                bin=b,
-                split=split,
-                order=t,
-                cells=cells,
-            )
-        )
-    return rows
+    return synthetic_rows(n_tasks, seed, train_fraction)
 
 
 def finite(x: float | None) -> bool:

@@ -1,6 +1,6 @@
 """The evaluation on real local models (two HumanEval tasks, two small agents): real bids,
-verdicts, executions and sandboxed tests in the matrix; then a rerun from the response cache
-gives the same numbers without generating a token."""
+verdicts, executions, direct calls and sandboxed tests in the matrix; then a rerun from the
+response cache gives the same numbers without generating a token."""
 
 import pyarrow.parquet as pq
 import pytest
@@ -17,23 +17,13 @@ from sale_ray.config import (
 )
 from sale_ray.datasets import load_humaneval
 from sale_ray.evaluation import run_eval
+from tests.conftest import require_models
 
 pytestmark = [pytest.mark.integration, pytest.mark.models]
-MODELS = ("smollm2-135m", "qwen2.5-coder-0.5b")
-
-
-def _installed():
-    from sale_ray.agents import catalog
-
-    return all(catalog.model_status(m).assembled for m in MODELS)
 
 
 def test_eval_on_real_models_and_a_free_cached_rerun(ray_cluster, tmp_path):
-    if not _installed():
-        pytest.skip(
-            "local weights missing: run `sale-ray models fetch smollm2-135m "
-            "qwen2.5-coder-0.5b` (make test does)"
-        )
+    require_models("smollm2-135m", "qwen2.5-coder-0.5b")
     config = SaleConfig(
         pool=PoolSpec(
             agents=[
@@ -55,10 +45,19 @@ def test_eval_on_real_models_and_a_free_cached_rerun(ray_cluster, tmp_path):
     for r in rows:
         assert r["plan_tokens"] > 0 and 0 <= r["entropy"] <= 1 and r["passed"] in (True, False)
         assert r["execute_tokens"] > 0 and r["bid_cached"] is False
+        # the direct call: one request, the answer checked on the prompt's examples
+        assert r["direct_tokens"] > 0 and r["direct_cached"] is False
+        assert r["direct_passed"] in (True, False) and r["direct_self_check"] in (True, False)
     assert first["_run"]["train_tasks"] == 1 and first["_run"]["test_tasks"] == 1
+    assert first["_sale"]["sale"]["reference"] == "largest_direct"
 
     second = run_eval(tasks, config, tmp_path / "b", progress=False, report=False)
-    assert second["_run"]["cache_hit_share"] == {"bid": 1.0, "jury": 1.0, "execute": 1.0}
+    assert second["_run"]["cache_hit_share"] == {
+        "bid": 1.0,
+        "jury": 1.0,
+        "execute": 1.0,
+        "direct": 1.0,
+    }
     for m in REQUIRED_METHODS:
         assert (second[m]["pass_at_1"], second[m]["cost_usd"], second[m]["largest_share"]) == (
             first[m]["pass_at_1"],

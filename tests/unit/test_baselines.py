@@ -3,12 +3,14 @@
 import pytest
 
 from sale_ray.auction.baselines import (
+    DIRECT_METHODS,
     NO_MEMORY_NOTE,
     REQUIRED_METHODS,
     ROUTERS,
     RouterContext,
     make_router,
 )
+from sale_ray.auction.direct import DirectCell, MissingDirectCells
 from sale_ray.auction.matrix import Cell, Decision, TaskRow, synthetic_matrix
 from sale_ray.config import EvalConfig, Weights
 from sale_ray.errors import ConfigError
@@ -24,11 +26,26 @@ def usage(tokens, price):
 
 
 def row(
-    i, passing, *, checks=None, prompt=None, kind="code", scores=None, split="test", rejected=()
+    i,
+    passing,
+    *,
+    checks=None,
+    prompt=None,
+    kind="code",
+    scores=None,
+    split="test",
+    rejected=(),
+    direct=None,
+    direct_checks=None,
 ):
-    """One task: ``passing`` agents pass the hidden tests; ``checks`` their self-check results."""
+    """One task: ``passing`` agents pass the hidden tests; ``checks`` their self-check results.
+
+    Direct calls (150 + 150 tokens each): ``direct`` agents pass (default: ``passing``), with
+    ``direct_checks`` (default: agreeing with the outcome)."""
     checks = checks if checks is not None else {a: a in passing for a in PRICES}
     scores = scores or {a: 3.0 for a in PRICES}
+    direct = passing if direct is None else direct
+    direct_checks = direct_checks or {a: a in direct for a in PRICES}
     cells = {}
     for a, p in PRICES.items():
         bid = Bid(
@@ -58,6 +75,18 @@ def row(
         split=split,
         order=i,
         cells=cells,
+        direct={
+            a: DirectCell(
+                agent=a,
+                price_in=p,
+                price_out=p,
+                execution=Execution(
+                    agent=a, answer="y", self_checks_passed=[direct_checks[a]], usage=usage(150, p)
+                ),
+                evaluation=Evaluation(passed=a in direct),
+            )
+            for a, p in PRICES.items()
+        },
     )
 
 
@@ -193,8 +222,9 @@ def test_every_router_runs_on_a_synthetic_matrix(name):
     router.fit(train)
     for r in (r for r in rows if r.split == "test"):
         d = router.route(r)
-        assert d.agent in r.cells and d.task_id == r.task_id and d.total_cost > 0
-        assert d.passed == r.cells[d.agent].passed
+        cells = r.direct if name in DIRECT_METHODS else r.cells
+        assert d.agent in cells and d.task_id == r.task_id and d.total_cost > 0
+        assert d.passed == cells[d.agent].passed
 
 
 def test_lean_sale_never_pays_the_largest_bid_and_verify_escalates_on_a_failed_check():
@@ -227,5 +257,75 @@ def test_lean_sale_never_pays_the_largest_bid_and_verify_escalates_on_a_failed_c
         scores={"small": 4.5, "mid": 4.5, "large": 4.0},
     )
     d = verify.route(tricky)
-    if d.provisional != "large":
-        assert d.executed == [d.provisional, "large"] and d.passed
+    # cheap plans score like the easy tasks': small wins, fails its own check, large takes over
+    assert (d.provisional, d.executed, d.agent, d.passed) == (
+        "small",
+        ["small", "large"],
+        "large",
+        True,
+    )
+    assert d.tokens["execute"] == 400 + (100 + 400)  # small's execution, then large plans and runs
+    # the same auction with small's check passing: no escalation, and small's wrong answer stands
+    confident = row(
+        99,
+        {"large"},
+        checks={"small": True, "mid": False, "large": True},
+        scores={"small": 4.5, "mid": 4.5, "large": 4.0},
+    )
+    d = verify.route(confident)
+    assert (d.provisional, d.executed, d.passed) == ("small", ["small"], False)
+
+
+# --- direct baselines: each agent called once with the task alone -------------------------------
+def test_largest_direct_pays_one_call_and_reads_the_direct_answer_not_the_planned_one():
+    r = row(0, {"small"}, direct={"large"})  # planning first cost large the task
+    d = route("largest_direct", r)
+    assert (d.agent, d.executed, d.passed) == ("large", ["large"], True)
+    assert d.tokens == {"bid": 0, "jury": 0, "refine": 0, "execute": 300}  # no plan paid for
+    assert d.total_cost == pytest.approx(300 * 0.3 / 1e6)
+    assert not route("largest", r).passed
+    s = route("smallest_direct", r)
+    assert (s.agent, s.passed) == ("small", False)
+
+
+def test_oracle_direct_is_the_cheapest_direct_call_that_passes():
+    r = row(0, {"small"}, direct={"mid", "large"})
+    assert route("oracle", r).agent == "small"
+    d = route("oracle_direct", r)
+    assert (d.agent, d.passed) == ("mid", True)
+    none = route("oracle_direct", row(1, set(PRICES), direct=set()))
+    assert (none.agent, none.passed, none.note) == ("small", False, "no agent passes")
+
+
+def test_cascade_direct_escalates_on_the_direct_answers_own_example_check():
+    r = row(
+        0,
+        set(),
+        checks={a: True for a in PRICES},  # the plan-conditioned checks would stop at small
+        direct={"large"},
+        direct_checks={"small": False, "mid": True, "large": True},
+    )
+    d = route("cascade_direct", r)
+    assert (
+        d.executed == ["small", "mid"] and d.agent == "mid" and not d.passed
+    )  # a check, not the tests
+    assert d.total_cost == pytest.approx(sum(300 * PRICES[a] / 1e6 for a in ("small", "mid")))
+    assert route("cascade", r).executed == ["small"]
+
+
+def test_knn_direct_learns_from_the_training_splits_direct_outcomes():
+    train = []
+    for i in range(12):
+        prompt = f"reverse the words of a sentence string {i}"
+        # planned, only large passes; called directly, small passes too
+        train.append(row(i, {"large"}, direct={"small", "large"}, prompt=prompt, split="train"))
+    test = row(100, {"large"}, direct={"small", "large"}, prompt="reverse the words of a string")
+    assert route("knn", test, train).agent == "large"
+    d = route("knn_direct", test, train)
+    assert (d.agent, d.passed, d.tokens["execute"]) == ("small", True, 300)
+
+
+def test_a_direct_method_on_a_row_without_direct_cells_says_how_to_fill_them():
+    r = row(0, {"large"}).model_copy(update={"direct": {}})
+    with pytest.raises(MissingDirectCells, match="--methods direct"):
+        route("largest_direct", r)

@@ -27,9 +27,10 @@ class FakeClient:
 
     model = "fake"
 
-    def __init__(self, fail: bool = False):
+    def __init__(self, fail: bool = False, latency_s: float = 0.25):
         self.calls = 0
         self.fail = fail
+        self.latency_s = latency_s
 
     async def chat(
         self,
@@ -51,7 +52,7 @@ class FakeClient:
             finish_reason="stop",
             prompt_tokens=17,
             completion_tokens=5,
-            latency_s=0.25,
+            latency_s=self.latency_s,
             tokens=toks,
         )
 
@@ -99,10 +100,21 @@ def test_miss_then_hit_returns_the_same_numbers_with_zero_latency(tmp_path):
         again.finish_reason,
     ) == (live.text, live.prompt_tokens, live.completion_tokens, live.tokens, live.finish_reason)
     assert not is_hit(live) and is_hit(again)
+    assert again.latency_s == 0.0 < live.latency_s
     assert client.cache.stats.hits == 1 and client.cache.stats.misses == 1
     assert client.cache.stats.saved_tokens == 22
     run(client.chat(MSGS, max_tokens=33))  # another parameter: another entry
     assert inner.calls == 2
+
+
+def test_a_hit_is_the_caches_own_mark_not_a_zero_latency(tmp_path):
+    instant = FakeClient(latency_s=0.0)  # a fast fake or a scripted backend: no time, no cache
+    client = CachedChatClient(instant, ResponseCache(tmp_path), "m")
+    live = run(client.chat(MSGS, max_tokens=8))
+    again = run(client.chat(MSGS, max_tokens=8))
+    assert live.latency_s == again.latency_s == 0.0
+    assert (live.cached, again.cached) == (False, True)
+    assert not is_hit(live) and is_hit(again)
 
 
 def test_entries_persist_as_parquet_and_reload_in_a_new_process_view(tmp_path):
@@ -165,3 +177,8 @@ def test_agent_uses_the_cache_when_configured_and_live_equals_cached(tmp_path):
     assert live.usage.cost_usd == cached.usage.cost_usd > 0
     assert live.usage.total_tokens == cached.usage.total_tokens
     assert cached.usage.latency_s == 0.0 < live.usage.latency_s
+    # the hit travels in the usage: what the matrix's cache marks and cache_hit_share read
+    assert (live.usage.cached_calls, cached.usage.cached_calls) == (0, 1)
+    assert cached.usage.cached and not live.usage.cached
+    both = live.usage + cached.usage
+    assert (both.calls, both.cached_calls, both.cached) == (2, 1, False)
