@@ -13,6 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 EmbedderName = Literal["minilm", "minilm-torch", "hashing"]
 ContrastOn = Literal["auction", "outcome"]
+IndexKind = Literal["auto", "exact", "ivf"]
+Isolation = Literal["shared", "namespace"]
 
 
 class _Strict(BaseModel):
@@ -41,6 +43,38 @@ class MemoryConfig(_Strict):
         default=32,
         ge=1,
         description="Arrow segments a shard keeps before compacting them into one.",
+    )
+    index: IndexKind = Field(
+        default="auto",
+        description="Search inside each shard. 'exact': scan the whole float32 matrix. 'ivf': an "
+        "inverted-file index (faiss) proposes candidates, re-ranked exactly. 'auto': exact "
+        "below index_min_records per shard (where exact is as fast), ivf above.",
+    )
+    index_min_records: int = Field(
+        default=5_000,
+        ge=1,
+        description="Records per shard from which 'auto' (and 'ivf') build the index; below it "
+        "a shard scans exactly (measured cross-over: benchmarks/results/memory_retrieval.md).",
+    )
+    index_nprobe: int = Field(
+        default=16, ge=1, le=4096, description="IVF cells probed per query (recall vs time)."
+    )
+    index_candidates: int = Field(
+        default=64,
+        ge=1,
+        le=4096,
+        description="Candidates per query the index hands to exact re-ranking (at least k).",
+    )
+    index_storage: Literal["sq8", "flat"] = Field(
+        default="sq8",
+        description="Codes the IVF lists hold: 'sq8' int8 (384 B a 384-d record), 'flat' "
+        "float32 (4x more, marginally better candidates). Re-ranking is always float32.",
+    )
+    isolation: Isolation = Field(
+        default="shared",
+        description="'shared': one memory for every caller. 'namespace': each tenant "
+        "(namespace) gets its own shards and snapshot prefix, so no query can reach another "
+        "tenant's auctions (see sale_ray/memory/namespaces.py).",
     )
     contrast_on: ContrastOn = Field(
         default="auction",

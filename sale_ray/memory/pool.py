@@ -1,6 +1,9 @@
 """Where shards live: the :class:`ShardPool` seam, its in-process form, and the functions that
 shards run on themselves (snapshot file writes, staged restores).
 
+Maintenance calls have names of their own (:data:`MAINTENANCE`), so that an actor can run them
+off the event loop that serves searches (:mod:`.remote`); here they are plain function calls.
+
 :mod:`.remote` implements the same seam over Ray actors; nothing here imports Ray.
 """
 
@@ -15,7 +18,7 @@ import pyarrow as pa
 
 from ..errors import InfraError
 from . import snapshot as snap
-from .shard import MemoryShard
+from .shard import MemoryShard, ShardView
 
 
 class ShardUnavailable(InfraError):
@@ -24,6 +27,17 @@ class ShardUnavailable(InfraError):
     def __init__(self, shard: int, cause: str = "") -> None:
         super().__init__(f"memory shard {shard} unavailable{': ' + cause if cause else ''}")
         self.shard = shard
+
+
+class ShardUnhealthy(InfraError):
+    """A shard could not be restored (e.g. its snapshot is corrupt): it is not answering
+    queries as if it were whole. ``report`` says what was lost; an operator either fixes the
+    snapshot and calls :meth:`ShardedMemory.recover` again, or accepts the loss
+    (:meth:`ShardedMemory.accept_loss`)."""
+
+    def __init__(self, shard: int, report: Any) -> None:
+        super().__init__(f"memory shard {shard} is unhealthy (restore failed: {report.error})")
+        self.shard, self.report = shard, report
 
 
 class ShardPool(Protocol):
@@ -48,8 +62,10 @@ class LocalShardPool:
 
     def submit(self, i: int, method: str, *args: Any) -> Future:
         shard = self.shards[i]
-        if method == "apply":  # run a function on the shard (rare operations: snapshot, restore)
+        if method == "apply":  # run a function on the shard (rare operations)
             return self._exec.submit(args[0], shard, *args[1:])
+        if method in MAINTENANCE:
+            return self._exec.submit(MAINTENANCE[method], shard, *args)
         return self._exec.submit(getattr(shard, method), *args)
 
     def result(self, i: int, pending: Future) -> Any:
@@ -60,13 +76,14 @@ class LocalShardPool:
 
     def restart(self, i: int) -> None:
         old = self.shards[i]
-        self.shards[i] = MemoryShard(old.dim, old.max_records, old.max_segments)
+        self.shards[i] = MemoryShard(old.dim, old.max_records, old.max_segments, index=old.policy)
 
 
 # --- run by a shard on itself, through ``apply`` (in the shard's process) ---------------------
 def write_file(
-    shard: MemoryShard, store: snap.SnapshotStore, sid: str, i: int
+    shard: MemoryShard | ShardView, store: snap.SnapshotStore, sid: str, i: int
 ) -> list[snap.FileInfo]:
+    """Snapshot files of a shard (or of a :class:`~.shard.ShardView` of one)."""
     return snap.write_shard_files(store, sid, i, shard.to_table())
 
 
@@ -93,3 +110,13 @@ def load_staged(shard: MemoryShard) -> int:
 
 def drop_staged(shard: MemoryShard) -> None:
     _STAGED.pop(id(shard), None)
+
+
+# Maintenance calls by name -> what an in-process shard runs for them.
+MAINTENANCE = {
+    "snapshot_files": write_file,
+    "restore": restore_file,
+    "stage": stage_file,
+    "load_staged": load_staged,
+    "drop_staged": drop_staged,
+}

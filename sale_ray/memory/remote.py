@@ -3,9 +3,20 @@
 Each :class:`ShardActor` is an async actor wrapping one plain :class:`~.shard.MemoryShard`. The
 shard's Arrow segments are sealed into the object store (``ray.put``) and read back zero-copy, so
 the records live in shared memory rather than on the actor's heap, and can be handed to other
-processes (:meth:`ShardActor.segment_refs`) without a copy. The embedding matrix stays on the
-actor's heap: it is mutated in place and scanned on every query. Methods do no awaiting, so calls
-on one shard run one at a time and the plain shard needs no locks.
+processes (:meth:`ShardActor.segment_refs`) without a copy. The embedding matrix (and the
+approximate index, if any) stays on the actor's heap.
+
+Searches never wait behind maintenance. Writes and searches run on the actor's event loop, one at
+a time, so the plain shard needs no locks. Everything slow runs in a thread on immutable inputs:
+a snapshot writes a :meth:`~.shard.MemoryShard.view` taken between two calls; compaction merges
+and index builds work on segments and matrix rows that are never written again and are swapped
+in between two calls (``defer_maintenance``); a restore builds a whole new shard (index
+included) beside the one serving, replays the writes that arrived meanwhile, and swaps.
+
+How stale a search may be: never by an acknowledged write (writes go to the serving shard and
+its index before they return; a background index build catches up before it is swapped in).
+During a restore, searches answer from the contents before it until the swap - at most the
+restore's duration.
 
 Ray actors are at-most-once (RELIABILITY.md): shards are created with ``max_restarts=0`` and a
 dead one is replaced by :meth:`ShardedMemory.recover`, which restores the last snapshot and
@@ -14,6 +25,7 @@ reports what was lost.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from collections.abc import Callable
@@ -24,10 +36,13 @@ import pyarrow as pa
 import ray
 from ray.exceptions import RayActorError
 
+from . import pool as shard_ops
+from . import snapshot as snap
 from .config import MemoryConfig, StorageConfig
 from .embed import Embedder, make_embedder
+from .index import IndexPolicy
 from .pool import ShardUnavailable
-from .shard import Hit, MemoryShard
+from .shard import Hit, MemoryShard, merge_segments
 from .sharded import ShardedMemory
 
 
@@ -41,42 +56,165 @@ def _seal(table: pa.Table) -> tuple[pa.Table, Any]:
 class ShardActor:
     """One memory shard in its own process (wrap with :func:`ray.remote`, see :func:`start_memory`)."""
 
-    def __init__(self, dim: int, max_records: int, max_segments: int) -> None:
+    def __init__(
+        self, dim: int, max_records: int, max_segments: int, index: IndexPolicy | None = None
+    ) -> None:
         # _seal's ray.get reads this actor's own, already-local object: it never waits, so Ray's
         # "blocking ray.get inside async actor" advice does not apply. (Read per call; this is
         # the actor's own process. A runtime_env would cost a slower worker start instead.)
         os.environ["RAY_WARN_BLOCKING_GET_INSIDE_ASYNC"] = "0"
-        self.shard = MemoryShard(dim, max_records, max_segments, seal=_seal)
+        self.shard = MemoryShard(
+            dim, max_records, max_segments, seal=_seal, index=index, defer_maintenance=True
+        )
+        self._maint: asyncio.Task | None = None
+        self._during_restore: list[tuple[pa.Table, np.ndarray | None]] | None = None
+        self._staged: MemoryShard | None = None
 
     async def write_table(self, table: pa.Table, vectors: np.ndarray | None = None) -> int:
-        return self.shard.write_table(table, vectors)
+        added = self.shard.write_table(table, vectors)
+        if self._during_restore is not None:  # replayed onto the restored shard before the swap
+            self._during_restore.append((table, vectors))
+        self._kick()
+        return added
+
+    # --- maintenance, off the loop ------------------------------------------------------------
+    def _kick(self) -> None:
+        if self._maint is None or self._maint.done():
+            self._maint = asyncio.get_running_loop().create_task(self._maintain())
+
+    async def _maintain(self) -> None:
+        """Due merges and index builds, each computed in a thread, swapped in on the loop."""
+        while True:
+            shard = self.shard
+            if (plan := shard.compaction_plan()) is not None:
+                merged = await asyncio.to_thread(merge_segments, plan[1], _seal)
+                if shard is self.shard:
+                    shard.finish_compaction(plan, merged)
+            elif (job := shard.index_plan()) is not None:
+                index = await asyncio.to_thread(shard.policy.build, *job)
+                if shard is self.shard:
+                    shard.install_index(index, job[1])
+            else:
+                return
+
+    async def settle(self) -> dict[str, Any]:
+        """Wait until no maintenance is due (benchmarks, tests); returns :meth:`stats`."""
+        while True:
+            if self._maint is not None and not self._maint.done():
+                await self._maint
+            elif self.shard.compaction_plan() is None and self.shard.index_plan() is None:
+                return await self.stats()
+            else:
+                self._kick()
+
+    async def _swap_in(self, build: Callable[[], MemoryShard]) -> MemoryShard:
+        """Build a replacement shard in a thread while this one serves; writes that arrive
+        meanwhile are replayed onto it (idempotent by auction id) before it takes over."""
+        self._during_restore = []
+        try:
+            new = await asyncio.to_thread(build)
+            for table, vectors in self._during_restore:
+                new.write_table(table, vectors)
+        finally:
+            self._during_restore = None
+        return new
+
+    async def snapshot_files(self, store: Any, sid: str, i: int) -> list[Any]:
+        view = self.shard.view()  # taken between two calls: consistent
+        return await asyncio.to_thread(shard_ops.write_file, view, store, sid, i)
+
+    async def restore(self, store: Any, manifest: Any, i: int) -> int:
+        shard = self.shard
+        self.shard = await self._swap_in(lambda: shard.loaded(snap.read_shard(store, manifest, i)))
+        self._kick()
+        return len(self.shard)
+
+    async def stage(self, store: Any, manifest: Any, i: int) -> int:
+        """Phase one of a restore: read, verify and build the new shard aside (writes that
+        arrive from now on are replayed onto it by :meth:`load_staged`)."""
+        shard = self.shard
+        self._during_restore = []
+        try:
+            self._staged = await asyncio.to_thread(
+                lambda: shard.loaded(snap.read_shard(store, manifest, i))
+            )
+        except BaseException:
+            self._during_restore = None
+            raise
+        return len(self._staged)
+
+    async def load_staged(self) -> int:
+        staged, self._staged = self._staged, None
+        if staged is None:
+            raise RuntimeError("load_staged without a staged restore")
+        for table, vectors in self._during_restore or []:
+            staged.write_table(table, vectors)
+        self._during_restore = None
+        self.shard = staged
+        self._kick()
+        return len(staged)
+
+    async def drop_staged(self) -> None:
+        self._staged, self._during_restore = None, None
 
     async def search(self, query_vecs: np.ndarray, k: int) -> list[list[Hit]]:
         return self.shard.search(query_vecs, k)
 
-    async def search_rows(self, query_vecs: np.ndarray, k: int) -> list[list[tuple[float, dict]]]:
-        return self.shard.search_rows(query_vecs, k)
+    async def search_rows(
+        self, query_vecs: np.ndarray, k: int, exact: bool = False
+    ) -> list[list[tuple[float, dict]]]:
+        return self.shard.search_rows(query_vecs, k, exact)
+
+    async def rebuild_index(self) -> float:
+        """Build the index from scratch now (in a thread) and swap it in; returns seconds."""
+        t0 = time.perf_counter()
+        shard = self.shard
+        if shard.policy.kind != "exact" and len(shard):
+            job = (shard.view().vecs, shard._base)
+            index = await asyncio.to_thread(shard.policy.build, *job)
+            if shard is self.shard:
+                shard.install_index(index, job[1])
+        return time.perf_counter() - t0
+
+    async def index_blob(self) -> np.ndarray | None:
+        """The index serialised (measuring persist-vs-rebuild; not used by snapshots)."""
+        return self.shard.index.serialize() if self.shard.index is not None else None
 
     async def missing(self, auction_ids: list[str]) -> list[str]:
         return self.shard.missing(auction_ids)
 
     async def stats(self) -> dict[str, Any]:
-        return {**self.shard.stats(), "pid": os.getpid()}
+        return {**self.shard.stats(), "pid": os.getpid(), "peak_rss_bytes": _peak_rss()}
 
     async def to_table(self) -> pa.Table:
         return self.shard.to_table()
 
     async def load_table(self, table: pa.Table) -> int:
-        return self.shard.load_table(table)
+        shard = self.shard
+        self.shard = await self._swap_in(lambda: shard.loaded(table))
+        self._kick()
+        return len(self.shard)
 
     async def apply(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """Run ``fn(shard, *args)`` here: snapshot file writes and restores read and write
-        storage from the shard's own process, in parallel across shards."""
+        """Run ``fn(shard, *args)`` here, on the event loop (quick functions only: searches
+        wait for it; maintenance has its own methods above, which do not block them)."""
         return fn(self.shard, *args)
 
     async def segment_refs(self) -> list[Any]:
         """Object refs of the shard's segments (zero-copy reads for analytics)."""
         return [s.ref for s in self.shard._segments]
+
+
+def _peak_rss() -> int:
+    """This process's peak resident set (VmHWM), bytes; 0 where /proc is missing."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
 
 
 class ActorShardPool:
@@ -128,6 +266,7 @@ def _factory(
     cfg: MemoryConfig, dim: int, actor_options: dict[str, Any] | None
 ) -> Callable[[int], Any]:
     remote_cls = ray.remote(ShardActor)
+    policy = IndexPolicy.from_config(cfg)
     base: dict[str, Any] = {
         "num_cpus": 0,
         "max_restarts": 0,
@@ -139,14 +278,14 @@ def _factory(
         opts = dict(base)
         if not cfg.actor_name_prefix:
             return remote_cls.options(**opts).remote(
-                dim, cfg.max_records_per_shard, cfg.max_segments
+                dim, cfg.max_records_per_shard, cfg.max_segments, policy
             )
         opts["name"] = f"{cfg.actor_name_prefix}-{i}"
         deadline = time.monotonic() + 10
         while True:  # a killed actor's name is freed asynchronously by the GCS
             try:
                 return remote_cls.options(**opts).remote(
-                    dim, cfg.max_records_per_shard, cfg.max_segments
+                    dim, cfg.max_records_per_shard, cfg.max_segments, policy
                 )
             except ValueError:
                 if time.monotonic() > deadline:

@@ -1,8 +1,18 @@
 """One memory shard: immutable Arrow segments of entries plus a float32 embedding matrix.
 
 A plain class (no Ray): :mod:`.remote` wraps it in an actor and passes a ``seal`` hook that moves
-each segment into the object store. Search is exact cosine top-k: vectors are L2-normalised on
-write, so a query is one matrix-vector product plus ``argpartition``.
+each segment into the object store. Vectors are L2-normalised on write. Search is cosine top-k:
+exact (one matrix-vector product plus ``argpartition``), or, once the shard has an approximate
+index (:mod:`.index`, ``memory.index``), the index proposes candidates and they are scored
+exactly from the matrix. Every write is added to the index before the write returns, and every
+eviction removed from it, so a search sees each acknowledged write.
+
+Maintenance that copies a lot (compaction merges, index builds, snapshot tables) works on
+immutable inputs: segments are never mutated, and rows ``[0, n)`` of the matrix array are never
+written again (appends go past ``n``; growth and eviction allocate a new array). So a
+:meth:`MemoryShard.view` taken between two calls can be read from a thread while the shard goes
+on serving, and with ``defer_maintenance`` the shard leaves merges and index builds to its
+owner (the actor runs them in a thread and swaps the result in between two calls).
 
 Why float32 and not float16: numpy has no float16 BLAS, so a float16 scan of 250k x 384 took
 ~215 ms against ~15 ms in float32 here (measured); the memory saved is not worth 15x latency.
@@ -23,16 +33,34 @@ Bound and compaction policy (documented, tested):
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
 import pyarrow as pa
 
 from .entry import ENTRY_SCHEMA, MemoryEntry, entries_table
+from .index import IndexPolicy, IVFIndex
+from .segments import (
+    EMBEDDING,
+    Seal,
+    ShardView,
+    _embedding_matrix,
+    _Segment,
+    merge_segments,
+    normalise_rows,
+    storage_schema,
+)
 
-EMBEDDING = "embedding"
-Seal = Callable[[pa.Table], tuple[pa.Table, Any]]
+__all__ = [
+    "EMBEDDING",
+    "Hit",
+    "MemoryShard",
+    "ShardView",
+    "merge_segments",
+    "normalise_rows",
+    "storage_schema",
+]
 
 
 class Hit(NamedTuple):
@@ -40,31 +68,6 @@ class Hit(NamedTuple):
 
     score: float
     entry: MemoryEntry
-
-
-class _Segment:
-    __slots__ = ("table", "ref")
-
-    def __init__(self, table: pa.Table, ref: Any = None) -> None:
-        self.table = table
-        self.ref = ref  # keeps an object-store copy alive while the segment is in use
-
-
-def normalise_rows(m: np.ndarray) -> np.ndarray:
-    """float32 ``m`` (1-d or 2-d) with unit rows; zero rows stay zero.
-
-    Rows already of unit norm (within 1e-6) are left bit-for-bit as they are, so normalising is
-    idempotent and a snapshot restores exactly the vectors it saved.
-    """
-    m = np.atleast_2d(np.asarray(m, dtype=np.float32))
-    norms = np.linalg.norm(m, axis=1, keepdims=True)
-    scale = np.where(np.abs(norms - 1.0) <= 1e-6, 1.0, 1.0 / np.maximum(norms, 1e-12))
-    return (m * scale.astype(np.float32)).astype(np.float32, copy=False)
-
-
-def storage_schema(dim: int) -> pa.Schema:
-    """Schema of a shard's table form (snapshots): the entry columns plus the embedding."""
-    return ENTRY_SCHEMA.append(pa.field(EMBEDDING, pa.list_(pa.float32(), dim)))
 
 
 class MemoryShard:
@@ -76,18 +79,26 @@ class MemoryShard:
         max_records: int = 250_000,
         max_segments: int = 32,
         seal: Seal | None = None,
+        index: IndexPolicy | None = None,
+        defer_maintenance: bool = False,
     ) -> None:
         if max_records < 1 or max_segments < 1:
             raise ValueError("max_records and max_segments must be >= 1")
         self.dim = dim
         self.max_records = max_records
         self.max_segments = max_segments
+        self.policy = index or IndexPolicy()
+        self.defer_maintenance = defer_maintenance
         self._seal = seal or (lambda t: (t, None))
         self._segments: list[_Segment] = []
         self._vecs = np.zeros((0, dim), dtype=np.float32)
         self._n = 0
+        self._base = 0  # label of row 0 = records ever evicted (labels never shift)
+        self._index: IVFIndex | None = None
+        self._built_base = 0  # _base when the index was trained
         self._ids: set[str] = set()  # auction ids present: the idempotency key
         self._counts = {"writes": 0, "added": 0, "duplicates": 0, "evicted": 0, "compactions": 0}
+        self._counts["index_builds"] = 0
 
     # --- writes ---------------------------------------------------------------------------------
     def write(self, entries: Sequence[MemoryEntry], vectors: np.ndarray) -> int:
@@ -122,13 +133,17 @@ class MemoryShard:
             return 0
         if len(keep) < len(ids):
             table, vectors = table.take(keep), vectors[keep]
-        self._append(table.select(ENTRY_SCHEMA.names).cast(ENTRY_SCHEMA), normalise_rows(vectors))
+        vecs = normalise_rows(vectors)
+        self._append(table.select(ENTRY_SCHEMA.names).cast(ENTRY_SCHEMA), vecs)
+        if self._index is not None:
+            self._index.add(vecs, self._base + self._n - len(vecs))
         self._ids.update(seen)
         self._counts["added"] += len(keep)
         if self._n > self.max_records:
             slack = max(1, self.max_records // 10)
             self._evict(self._n - max(1, self.max_records - slack))
-        self._compact()
+        if not self.defer_maintenance:
+            self.maintain()
         return len(keep)
 
     def _append(self, table: pa.Table, vecs: np.ndarray) -> None:
@@ -160,22 +175,75 @@ class MemoryShard:
                 left = 0
         for col in dropped:
             self._ids.difference_update(col.to_pylist())
-        self._vecs[: self._n - count] = self._vecs[count : self._n]
+        # A new array, not an in-place shift: views taken earlier (snapshots) stay valid.
+        kept = np.empty_like(self._vecs)
+        kept[: self._n - count] = self._vecs[count : self._n]
+        self._vecs = kept
         self._n -= count
+        self._base += count
+        if self._index is not None:
+            self._index.remove_below(self._base)
         self._counts["evicted"] += count
 
-    def _compact(self) -> None:
-        segs = self._segments
-        while len(segs) >= 2 and 2 * segs[-1].table.num_rows >= segs[-2].table.num_rows:
-            self._merge(len(segs) - 2)
-        if len(segs) > self.max_segments:
-            self._merge(0)
+    # --- maintenance: compaction and index builds -------------------------------------------------
+    def maintain(self) -> None:
+        """Run due compactions and index builds here, now (what a plain shard does per write)."""
+        while (plan := self.compaction_plan()) is not None:
+            self.finish_compaction(plan, merge_segments(plan[1], self._seal))
+        if (job := self.index_plan()) is not None:
+            self.install_index(self.policy.build(*job), job[1])
 
-    def _merge(self, start: int) -> None:
-        merged = pa.concat_tables([s.table for s in self._segments[start:]]).combine_chunks()
-        del self._segments[start:]
-        self._segments.append(_Segment(*self._seal(merged)))
+    def compaction_plan(self) -> tuple[int, tuple[_Segment, ...]] | None:
+        """The next merge due, as ``(start, segments)``: size-tiered (the newest segment at
+        least half the one before), and everything past ``max_segments``."""
+        segs = self._segments
+        if len(segs) > self.max_segments:
+            return 0, tuple(segs)
+        if len(segs) >= 2 and 2 * segs[-1].table.num_rows >= segs[-2].table.num_rows:
+            start = len(segs) - 2
+            while (
+                start > 0
+                and 2 * sum(s.table.num_rows for s in segs[start:])
+                >= segs[start - 1].table.num_rows
+            ):
+                start -= 1
+            return start, tuple(segs[start:])
+        return None
+
+    def finish_compaction(self, plan: tuple[int, tuple[_Segment, ...]], merged: _Segment) -> bool:
+        """Swap a merged segment in for its sources, if they are all still there unchanged
+        (an eviction in the meantime slices the oldest one: then the merge is dropped)."""
+        start, sources = plan
+        now = self._segments[start : start + len(sources)]
+        if len(now) != len(sources) or any(a is not b for a, b in zip(now, sources, strict=True)):
+            return False
+        self._segments[start : start + len(sources)] = [merged]
         self._counts["compactions"] += 1
+        return True
+
+    def index_plan(self) -> tuple[np.ndarray, int] | None:
+        """``(vectors, first_label)`` to build an index from, if one is due (a read-only view:
+        build it anywhere, then :meth:`install_index`)."""
+        if not self.policy.wants_build(self._n, self._base, self._index, self._built_base):
+            return None
+        return self._vecs[: self._n], self._base
+
+    def install_index(self, index: IVFIndex, first_label: int) -> None:
+        """Adopt an index built from a view taken at label ``first_label``: rows written since
+        are added to it and rows evicted since removed, then it replaces the current one."""
+        upto = first_label + index.ntotal
+        if upto < self._base + self._n:
+            start = max(upto, self._base) - self._base
+            index.add(self._vecs[start : self._n], self._base + start)
+        if first_label < self._base:
+            index.remove_below(self._base)
+        self._index, self._built_base = index, self._base
+        self._counts["index_builds"] += 1
+
+    @property
+    def index(self) -> IVFIndex | None:
+        """The approximate index, if built (None = exact search)."""
+        return self._index
 
     # --- reads ----------------------------------------------------------------------------------
     def search(self, query_vecs: np.ndarray, k: int) -> list[list[Hit]]:
@@ -185,14 +253,17 @@ class MemoryShard:
             for hits in self.search_rows(query_vecs, k)
         ]
 
-    def search_rows(self, query_vecs: np.ndarray, k: int) -> list[list[tuple[float, dict]]]:
+    def search_rows(
+        self, query_vecs: np.ndarray, k: int, exact: bool = False
+    ) -> list[list[tuple[float, dict]]]:
         """Like :meth:`search` with plain dict rows instead of entries. This is what crosses
         process boundaries: dicts pickle several times faster than pydantic models, and the
-        caller validates only the k rows that survive the merge over shards."""
+        caller validates only the k rows that survive the merge over shards. ``exact`` scans
+        the whole matrix even if an index exists (recall baselines)."""
         q = normalise_rows(query_vecs)
         if q.shape[1] != self.dim:
             raise ValueError(f"query dim {q.shape[1]} != shard dim {self.dim}")
-        rows, scores = self.top_rows(q, k)
+        rows, scores = self.exact_rows(q, k) if exact else self.top_rows(q, k)
         flat = self.rows_at(np.concatenate(rows)) if rows else []
         out, at = [], 0
         for sc in scores:
@@ -205,6 +276,8 @@ class MemoryShard:
         n = self._n
         if n == 0 or k <= 0:
             return [np.empty(0, np.int64)] * len(q), [np.empty(0, np.float32)] * len(q)
+        if self._index is not None:
+            return self._ann_rows(q, k)
         m = self._vecs[:n]
         sims = (m @ q[0])[None, :] if len(q) == 1 else q @ m.T
         kk = min(k, n)
@@ -217,6 +290,27 @@ class MemoryShard:
             out_rows.append(cand[order])
             out_scores.append(sc[order])
         return out_rows, out_scores
+
+    def _ann_rows(self, q: np.ndarray, k: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """Index candidates, scored exactly from the matrix, best first (ties: older row)."""
+        labels = self._index.candidates(q, max(k, self.policy.candidates))  # type: ignore[union-attr]
+        out_rows, out_scores = [], []
+        for i in range(len(q)):
+            rows = labels[i][labels[i] >= self._base] - self._base
+            rows = rows[rows < self._n]
+            sc = self._vecs[rows] @ q[i]
+            order = np.lexsort((rows, -sc))[:k]
+            out_rows.append(rows[order])
+            out_scores.append(sc[order])
+        return out_rows, out_scores
+
+    def exact_rows(self, q: np.ndarray, k: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """:meth:`top_rows` by a full scan even when an index exists (recall baselines)."""
+        index, self._index = self._index, None
+        try:
+            return self.top_rows(q, k)
+        finally:
+            self._index = index
 
     def entries_at(self, rows: Iterable[int]) -> list[MemoryEntry]:
         """Entries at the given row positions (insertion order, oldest = 0)."""
@@ -262,26 +356,53 @@ class MemoryShard:
             "segment_rows": [s.table.num_rows for s in self._segments],
             "record_bytes": sum(s.table.nbytes for s in self._segments),
             "matrix_bytes": int(self._n * self.dim * 4),
+            "index": "ivf" if self._index is not None else "exact",
+            "index_bytes": self._index.nbytes() if self._index is not None else 0,
+            "index_nlist": self._index.nlist if self._index is not None else 0,
             "dim": self.dim,
             **self._counts,
         }
 
     # --- table form (snapshots) -----------------------------------------------------------------
+    def view(self) -> ShardView:
+        """An immutable view of the current contents (cheap: no copy); readable from another
+        thread while this shard goes on serving and writing."""
+        return ShardView(tuple(s.table for s in self._segments), self._vecs[: self._n], self.dim)
+
     def to_table(self) -> pa.Table:
         """All records, oldest first, with an ``embedding`` column (a copy: safe to keep)."""
-        if self._segments:
-            recs = pa.concat_tables([s.table for s in self._segments])
-        else:
-            recs = ENTRY_SCHEMA.empty_table()
-        flat = pa.array(np.array(self._vecs[: self._n]).reshape(-1))
-        emb = pa.FixedSizeListArray.from_arrays(flat, self.dim)
-        return recs.append_column(pa.field(EMBEDDING, emb.type), emb)
+        return self.view().to_table()
 
     def load_table(self, table: pa.Table) -> int:
         """Replace the contents with a table from :meth:`to_table` (restore); returns rows."""
         vectors = _embedding_matrix(table, self.dim)  # validate before dropping anything
-        self.__init__(self.dim, self.max_records, self.max_segments, self._seal)  # type: ignore[misc]
-        return self._write(table, vectors)
+        self.__init__(  # type: ignore[misc]
+            self.dim,
+            self.max_records,
+            self.max_segments,
+            self._seal,
+            self.policy,
+            self.defer_maintenance,
+        )
+        defer, self.defer_maintenance = self.defer_maintenance, False
+        try:
+            return self._write(table, vectors)  # the index is (re)built here: restore = rebuild
+        finally:
+            self.defer_maintenance = defer
+
+    def loaded(self, table: pa.Table) -> MemoryShard:
+        """A new shard like this one holding ``table`` (index built); this one is untouched,
+        so a restore can be prepared beside a shard that keeps serving, then swapped in."""
+        shard = MemoryShard(
+            self.dim,
+            self.max_records,
+            self.max_segments,
+            self._seal,
+            self.policy,
+            self.defer_maintenance,
+        )
+        shard.load_table(table)
+        return shard
 
     @classmethod
     def from_table(cls, table: pa.Table, **kwargs: Any) -> MemoryShard:
@@ -290,13 +411,3 @@ class MemoryShard:
         shard = cls(dim=dim, **kwargs)
         shard.load_table(table)
         return shard
-
-
-def _embedding_matrix(table: pa.Table, dim: int) -> np.ndarray:
-    col = table.column(EMBEDDING).combine_chunks()
-    if not pa.types.is_fixed_size_list(col.type) or col.type.list_size != dim:
-        raise ValueError(f"{EMBEDDING!r} must be fixed_size_list<float>[{dim}], got {col.type}")
-    if col.null_count:
-        raise ValueError(f"{EMBEDDING!r} has null rows")
-    flat = col.flatten().to_numpy(zero_copy_only=False)
-    return np.asarray(flat, dtype=np.float32).reshape(len(col), dim)

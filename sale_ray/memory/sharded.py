@@ -11,6 +11,10 @@ handles. Everything here is plain Python; Ray never appears.
 * Losses are reported, never silent: the ids written to each shard since its last snapshot are
   tracked; when a shard dies it is restarted from the latest snapshot and the ids it no longer
   holds are returned (and logged) as a :class:`LossReport`.
+* Recovery is serialised per shard: callers that find the same shard dead at the same time
+  trigger one restart (a generation count tells a caller its shard was already replaced). If the
+  restore fails (a corrupt snapshot), the shard is marked unhealthy and every call to it raises
+  :class:`~.pool.ShardUnhealthy` with the loss report: it never answers empty as if whole.
 """
 
 from __future__ import annotations
@@ -19,38 +23,33 @@ import asyncio
 import hashlib
 import heapq
 import logging
-import time
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
-from pydantic import BaseModel, Field
 
 from ..errors import InfraError
-from . import pool
 from . import snapshot as snap
 from .config import ContrastOn, MemoryConfig, StorageConfig
 from .embed import Embedder, make_embedder, vector_space
 from .entry import ContrastPair, MemoryEntry, contrastive_pairs, entries_table
-from .pool import LocalShardPool, ShardPool, ShardUnavailable
+from .index import IndexPolicy
+from .pool import LocalShardPool, ShardPool, ShardUnavailable, ShardUnhealthy
+from .recovery import LossReport, Recovery
 from .shard import EMBEDDING, Hit, MemoryShard
 
-__all__ = ["LocalShardPool", "LossReport", "ShardPool", "ShardUnavailable", "ShardedMemory"]
+__all__ = [
+    "LocalShardPool",
+    "LossReport",
+    "ShardPool",
+    "ShardUnavailable",
+    "ShardUnhealthy",
+    "ShardedMemory",
+]
 
 log = logging.getLogger(__name__)
 TRACK_CAP = 100_000  # ids remembered per shard between snapshots (beyond: counted only)
-
-
-class LossReport(BaseModel):
-    """What a shard restart could not bring back."""
-
-    shard: int
-    restored_from: str | None = Field(description="snapshot_id restored, None = started empty")
-    restored_records: int
-    lost_auction_ids: list[str]
-    lost_untracked: int = Field(default=0, description="Lost ids beyond the tracking cap.")
-    at: float
 
 
 def shard_for(task_id: str, n: int) -> int:
@@ -70,7 +69,7 @@ def _hits(merged: list[tuple[float, dict]]) -> list[Hit]:
     return [Hit(score, MemoryEntry.model_validate(row)) for score, row in merged]
 
 
-class ShardedMemory:
+class ShardedMemory(Recovery):
     """The auction memory: writes, retrieval, contrastive pairs, snapshots and recovery."""
 
     def __init__(
@@ -94,6 +93,7 @@ class ShardedMemory:
         self._since = [set[str]() for _ in range(pool.size)]
         self._untracked = [0] * pool.size
         self._new_since_snapshot = 0
+        self._init_recovery(pool.size)
 
     @classmethod
     def local(
@@ -105,8 +105,9 @@ class ShardedMemory:
         """In-process shards (no Ray); restores the latest snapshot if configured."""
         cfg = cfg or MemoryConfig()
         emb = embedder or make_embedder(cfg.embedder)
+        policy = IndexPolicy.from_config(cfg)
         shards = [
-            MemoryShard(emb.dim, cfg.max_records_per_shard, cfg.max_segments)
+            MemoryShard(emb.dim, cfg.max_records_per_shard, cfg.max_segments, index=policy)
             for _ in range(cfg.shards)
         ]
         mem = cls(LocalShardPool(shards), emb, cfg, storage)
@@ -118,6 +119,8 @@ class ShardedMemory:
     def _call_each(self, method: str, args: dict[int, tuple], retry: bool = True) -> list[Any]:
         """Call ``method`` on each shard in ``args`` (with its own args) in parallel; a dead
         shard is recovered and its call retried once (every mutating call is idempotent)."""
+        self._check_healthy(args)
+        gens = {i: self._generation[i] for i in args}
         pend = {i: self.pool.submit(i, method, *a) for i, a in args.items()}
         res: dict[int, Any] = {}
         for i, p in pend.items():
@@ -126,12 +129,9 @@ class ShardedMemory:
             except ShardUnavailable:
                 if not retry:
                     raise
-                self.recover(i)
+                self.recover_once(i, gens[i])
                 res[i] = self.pool.result(i, self.pool.submit(i, method, *args[i]))
         return [res[i] for i in args]
-
-    def _call_all(self, method: str, *args: Any) -> list[Any]:
-        return self._call_each(method, {i: args for i in range(self.pool.size)})
 
     # --- writes -----------------------------------------------------------------------------------
     def write(self, entries: Sequence[MemoryEntry]) -> int:
@@ -163,13 +163,15 @@ class ShardedMemory:
         vecs = await asyncio.to_thread(self.embedder.encode, [e.task_text for e in entries])
         table = entries_table(entries).append_column(EMBEDDING, _fixed_list(vecs))
         parts = self._route(table)
+        self._check_healthy(parts)
+        gens = {i: self._generation[i] for i in parts}
         pend = {i: self.pool.submit(i, "write_table", p) for i, p in parts.items()}
         added = 0
         for i, p in pend.items():
             try:
                 added += await self.pool.aresult(i, p)
             except ShardUnavailable:
-                await asyncio.to_thread(self.recover, i)
+                await asyncio.to_thread(self.recover_once, i, gens[i])
                 added += await self.pool.aresult(i, self.pool.submit(i, "write_table", parts[i]))
             self._track(i, parts[i].column("auction_id").to_pylist())
         if self._snapshot_due(added):
@@ -200,24 +202,29 @@ class ShardedMemory:
         """Top-``k`` past entries for each text (one embedding batch, one call per shard)."""
         return self.search_vectors(self.embedder.encode(list(texts)), k)
 
-    def search_vectors(self, query_vecs: np.ndarray, k: int | None = None) -> list[list[Hit]]:
-        """Top-``k`` for each query vector (rows of ``query_vecs``), merged over all shards."""
+    def search_vectors(
+        self, query_vecs: np.ndarray, k: int | None = None, exact: bool = False
+    ) -> list[list[Hit]]:
+        """Top-``k`` for each query vector (rows of ``query_vecs``), merged over all shards;
+        ``exact`` bypasses the shards' approximate indexes (a full scan, for recall checks)."""
         k = k or self.cfg.k
         q = np.atleast_2d(np.asarray(query_vecs, dtype=np.float32))
-        per_shard = self._call_all("search_rows", q, k)
+        per_shard = self._call_all("search_rows", q, k, exact)
         return [_hits(merge_topk([r[j] for r in per_shard], k)) for j in range(len(q))]
 
     async def asearch(self, texts: Sequence[str], k: int | None = None) -> list[list[Hit]]:
         """Async :meth:`search`."""
         k = k or self.cfg.k
         q = await asyncio.to_thread(self.embedder.encode, list(texts))
+        self._check_healthy(range(self.pool.size))
+        gens = list(self._generation)
         pend = {i: self.pool.submit(i, "search_rows", q, k) for i in range(self.pool.size)}
         per_shard = []
         for i, p in pend.items():
             try:
                 per_shard.append(await self.pool.aresult(i, p))
             except ShardUnavailable:
-                await asyncio.to_thread(self.recover, i)
+                await asyncio.to_thread(self.recover_once, i, gens[i])
                 per_shard.append(
                     await self.pool.aresult(i, self.pool.submit(i, "search_rows", q, k))
                 )
@@ -270,7 +277,7 @@ class ShardedMemory:
             _, expected = self.store.read_pointer()
             sid = snap.new_snapshot_id()
             per_shard = self._call_each(
-                "apply", {i: (pool.write_file, self.store, sid, i) for i in range(self.pool.size)}
+                "snapshot_files", {i: (self.store, sid, i) for i in range(self.pool.size)}
             )
             files = [f for fs in per_shard for f in fs]
             manifest = snap.commit(
@@ -310,13 +317,13 @@ class ShardedMemory:
         if self._direct(manifest):
             # Two phases: every shard reads and verifies its own file (in parallel, in its own
             # process); only if all succeed do they swap it in. A bad file replaces nothing.
-            args = {i: (pool.stage_file, self.store, manifest, i) for i in range(manifest.shards)}
+            args = {i: (self.store, manifest, i) for i in range(manifest.shards)}
             try:
-                self._call_each("apply", args, retry=False)
+                self._call_each("stage", args, retry=False)
             except BaseException:
-                self._call_all("apply", pool.drop_staged)
+                self._call_all("drop_staged")
                 raise
-            self._call_each("apply", {i: (pool.load_staged,) for i in range(self.pool.size)}, False)
+            self._call_each("load_staged", {i: () for i in range(self.pool.size)}, False)
         else:
             parts = self._rows_by_shard(manifest)
             empty = _empty_like(self.embedder.dim)
@@ -341,44 +348,6 @@ class ShardedMemory:
             vecs = self.embedder.encode(table.column("task_text").to_pylist())
             table = table.drop_columns([EMBEDDING]).append_column(EMBEDDING, _fixed_list(vecs))
         return self._route(table)
-
-    def recover(self, i: int) -> LossReport:
-        """Replace dead shard ``i`` with a fresh one restored from the latest snapshot; report
-        which ids written since that snapshot it no longer holds."""
-        self.pool.restart(i)
-        manifest = snap.read_manifest(self.store) if self.store is not None else None
-        restored = 0
-        if manifest is not None and self._direct(manifest):
-            restored = self.pool.result(
-                i, self.pool.submit(i, "apply", pool.restore_file, self.store, manifest, i)
-            )
-        elif manifest is not None:
-            part = self._rows_by_shard(manifest).get(i)
-            if part is not None:
-                restored = self.pool.result(i, self.pool.submit(i, "load_table", part))
-        lost = self.pool.result(i, self.pool.submit(i, "missing", sorted(self._since[i])))
-        report = LossReport(
-            shard=i,
-            restored_from=manifest.snapshot_id if manifest is not None else None,
-            restored_records=restored,
-            lost_auction_ids=lost,
-            lost_untracked=self._untracked[i],
-            at=time.time(),
-        )
-        self._since[i] = set(self._since[i]) - set(lost)
-        self._untracked[i] = 0
-        self.losses.append(report)
-        log.warning(
-            "memory shard %d restarted from snapshot %s: %d records restored, %d auctions lost "
-            "(%s%s)",
-            i,
-            report.restored_from,
-            restored,
-            len(lost) + report.lost_untracked,
-            ", ".join(lost[:5]),
-            "..." if len(lost) > 5 else "",
-        )
-        return report
 
 
 def _pairs(hits: list[Hit], agents: Sequence[str], on: ContrastOn) -> dict[str, list[ContrastPair]]:

@@ -121,3 +121,56 @@ def test_named_shards_connect_and_restart(ray_cluster, s3_storage):  # noqa: F81
     assert ray.get_actor("mem-test-0") is not None
     for h in owner.pool.handles:
         ray.kill(h, no_restart=True)
+
+
+def test_a_search_is_answered_while_a_snapshot_of_the_same_shard_is_being_written(ray_cluster):
+    """The snapshot runs off the actor's event loop: here its store blocks until the test has
+    had its search answered (if the snapshot ran on the loop, the search would wait forever)."""
+    ray = ray_cluster
+    import os
+    import tempfile
+
+    from sale_ray.memory.remote import start_memory
+
+    gate = os.path.join(tempfile.mkdtemp(), "release")
+
+    class BlockingStore:  # defined here so Ray ships it by value to the actor
+        def __init__(self, gate):
+            self.gate = gate
+
+        def __getattr__(self, name):
+            if name.startswith("__"):
+                raise AttributeError(name)
+            while not os.path.exists(self.gate):
+                time.sleep(0.01)
+            raise RuntimeError("store released")
+
+    mem = start_memory(MemoryConfig(shards=1, embedder="hashing"), embedder=HashingEmbedder())
+    mem.write(entries(range(30)))
+    shard = mem.pool.handles[0]
+    snapshot = shard.snapshot_files.remote(BlockingStore(gate), "sid", 0)
+    q = HashingEmbedder().encode(["task 3 about math"])
+    hits = ray.get(shard.search_rows.remote(q, 3), timeout=120)
+    ready, _ = ray.wait([snapshot], timeout=0)
+    assert len(hits[0]) == 3 and not ready  # answered while the snapshot was still blocked
+    assert mem.write(entries(range(30, 35))) == 5  # writes go on too
+    open(gate, "w").close()
+    with pytest.raises(ray.exceptions.RayTaskError, match="store released"):
+        ray.get(snapshot, timeout=120)
+
+
+def test_shard_actors_build_the_index_in_the_background_and_find_new_writes(ray_cluster):
+    ray = ray_cluster
+    from sale_ray.memory.remote import start_memory
+
+    cfg = MemoryConfig(shards=2, embedder="hashing", index="ivf", index_nprobe=64)
+    mem = start_memory(cfg, embedder=HashingEmbedder())
+    assert mem.write(entries(range(3000))) == 3000
+    stats = ray.get([h.settle.remote() for h in mem.pool.handles])
+    assert all(s["index"] == "ivf" for s in stats)
+    mem.write(entries([5000]))
+    (hit,) = mem.search(["task 5000 about math"], k=1)[0]  # 5000 % 3 == 2: math
+    assert hit.entry.auction_id == "a5000"
+    exact = mem.search_vectors(HashingEmbedder().encode(["task 7 about strings"]), 8, exact=True)
+    approx = mem.search_vectors(HashingEmbedder().encode(["task 7 about strings"]), 8)
+    assert exact[0][0].entry.auction_id == approx[0][0].entry.auction_id

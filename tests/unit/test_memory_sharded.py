@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -17,6 +19,7 @@ from sale_ray.memory.sharded import (
     LocalShardPool,
     ShardedMemory,
     ShardUnavailable,
+    ShardUnhealthy,
     merge_topk,
     shard_for,
 )
@@ -247,3 +250,116 @@ def test_recover_after_shard_count_change_reroutes(tmp_path):
     pool.victim = 1
     m3.search(["v1"], k=3)
     assert m3.shard_tables()[1].equals(before[1]) and m3.losses[0].lost_auction_ids == []
+
+
+class DeadUntilRestartedPool(LocalShardPool):
+    """Shard ``dead`` answers ShardUnavailable until restarted. Callers that find it dead wait
+    for each other at ``barrier`` first, so every one of them has failed before anyone starts
+    recovering (the race the serialisation is about). Restarts are counted."""
+
+    def __init__(self, shards, dead, callers):
+        super().__init__(shards, threads=8)
+        self.dead, self.restarts = dead, 0
+        self.barrier = threading.Barrier(callers)
+
+    def submit(self, i, method, *args):
+        if i == self.dead:
+            return ("dead", i)
+        return super().submit(i, method, *args)
+
+    def result(self, i, pending):
+        if pending == ("dead", i):
+            self.barrier.wait(timeout=30)
+            raise ShardUnavailable(i, "test kill")
+        return super().result(i, pending)
+
+    def restart(self, i):
+        self.restarts += 1
+        self.dead = None
+        super().restart(i)
+
+
+def test_concurrent_callers_that_find_a_shard_dead_trigger_one_recovery(tmp_path):
+    st = StorageConfig(snapshot_uri=str(tmp_path / "snap"))
+    cfg = MemoryConfig(shards=2, embedder="hashing")
+    pool = DeadUntilRestartedPool([MemoryShard(DIM) for _ in range(2)], dead=None, callers=3)
+    m = ShardedMemory(pool, FixedEmbedder(), cfg, st)
+    m.write(entries(range(40)))
+    m.snapshot()
+    pool.dead = 1
+    with ThreadPoolExecutor(3) as ex:
+        results = list(ex.map(lambda _: m.search(["v3"], k=4)[0], range(3)))
+    assert pool.restarts == 1 and len(m.losses) == 1
+    assert all(
+        [h.entry.auction_id for h in r] == [h.entry.auction_id for h in results[0]] for r in results
+    )
+    assert m.stats()["records"] == 40  # restored once, not wiped by a second racing restart
+
+
+def test_async_callers_share_one_recovery_too(tmp_path):
+    st = StorageConfig(snapshot_uri=str(tmp_path / "snap"))
+    cfg = MemoryConfig(shards=2, embedder="hashing")
+    pool = DeadUntilRestartedPool([MemoryShard(DIM) for _ in range(2)], dead=None, callers=2)
+    pool.aresult = lambda i, p: asyncio.to_thread(pool.result, i, p)  # type: ignore[method-assign]
+    m = ShardedMemory(pool, FixedEmbedder(), cfg, st)
+    m.write(entries(range(40)))
+    m.snapshot()
+    pool.dead = 0
+
+    async def both():
+        return await asyncio.gather(m.asearch(["v1"], k=3), m.asearch(["v2"], k=3))
+
+    asyncio.run(both())
+    assert pool.restarts == 1 and len(m.losses) == 1
+
+
+def _corrupt_snapshot_of(tmp_path, shard):
+    data = sorted((tmp_path / "snap" / "data").rglob(f"shard-{shard:05d}-*.parquet"))
+    assert data, "no data file for the shard"
+    raw = bytearray(data[0].read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    data[0].write_bytes(bytes(raw))
+
+
+def test_a_corrupt_snapshot_during_recovery_leaves_the_shard_unhealthy_never_empty(tmp_path):
+    st = StorageConfig(snapshot_uri=str(tmp_path / "snap"))
+    cfg = MemoryConfig(shards=2, embedder="hashing")
+    pool = DyingPool([MemoryShard(DIM) for _ in range(2)])
+    m = ShardedMemory(pool, FixedEmbedder(), cfg, st)
+    m.write(entries(range(40)))
+    m.snapshot()
+    m.write(entries(range(40, 50)))  # since the snapshot: tracked
+    in_snapshot = m.shard_tables()[1].num_rows - sum(
+        1 for i in range(40, 50) if shard_for(f"t{i}", 2) == 1
+    )
+    _corrupt_snapshot_of(tmp_path, 1)
+    pool.victim = 1
+    with pytest.raises(ShardUnhealthy) as err:
+        m.search(["v1"], k=5)
+    report = err.value.report
+    assert report.restored_from is None and "checksum" in report.error
+    assert report.lost_snapshot_records == in_snapshot
+    assert sorted(report.lost_auction_ids) == sorted(
+        f"a{i}" for i in range(40, 50) if shard_for(f"t{i}", 2) == 1
+    )
+    assert m.losses == [report] and m.unhealthy == {1: report}
+    with pytest.raises(ShardUnhealthy):  # later calls too: no silent empty answers
+        m.search(["v2"], k=5)
+    with pytest.raises(ShardUnhealthy):
+        asyncio.run(m.asearch(["v2"], k=5))
+
+
+def test_an_unhealthy_shard_serves_again_only_by_an_explicit_decision(tmp_path):
+    st = StorageConfig(snapshot_uri=str(tmp_path / "snap"))
+    cfg = MemoryConfig(shards=2, embedder="hashing")
+    pool = DyingPool([MemoryShard(DIM) for _ in range(2)])
+    m = ShardedMemory(pool, FixedEmbedder(), cfg, st)
+    m.write(entries(range(20)))
+    m.snapshot()
+    _corrupt_snapshot_of(tmp_path, 0)
+    pool.victim = 0
+    with pytest.raises(ShardUnhealthy):
+        m.search(["v1"], k=3)
+    m.accept_loss(0)
+    assert len(m.search(["v1"], k=3)[0]) == 3  # the healthy shard's records, knowingly
+    assert len(m.losses) == 1 and not m.unhealthy
