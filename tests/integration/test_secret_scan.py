@@ -145,7 +145,9 @@ def _config(upstream: ScriptedUpstream, tmp_path: Path) -> SaleConfig:
 
     return SaleConfig(
         pool=PoolSpec(agents=[spec("cheap", 0.1), spec("dear", 1.0)]),
-        auction=AuctionConfig(bid_timeout_s=10, jury_timeout_s=10),
+        # far deadlines: on a loaded box a missed bid would leave the 500 task without the
+        # upstream error this scan needs
+        auction=AuctionConfig(bid_timeout_s=60, jury_timeout_s=60, execute_timeout_s=120),
         cache=CacheConfig(enabled=True, path=str(tmp_path / "cache"), flush_every=1),
         memory=MemoryConfig(shards=1, embedder="hashing"),
         storage=StorageConfig(snapshot_uri=str(tmp_path / "snapshots")),
@@ -244,7 +246,11 @@ def test_no_key_reaches_logs_errors_results_snapshots_cache_or_sandbox_output(
         rows = {r["task_id"]: r for r in pq.read_table(out / "auctions.parquet").to_pylist()}
         assert set(rows) == {"dump-env", "upstream-500", "plain"}
         # an upstream error text to scan (the agent's HTTP client saw the key go out)
-        assert "HTTP 500" in (rows["upstream-500"]["execution_error"] or "")
+        assert "HTTP 500" in (rows["upstream-500"]["execution_error"] or ""), {
+            k: v
+            for k, v in rows["upstream-500"].items()
+            if "error" in k or k in ("winner", "notes")
+        }
         texts = [r.get(k) for r in rows.values() for k in _ERROR_FIELDS]
         scan.blob("errors", "record errors", json.dumps(texts))
 
