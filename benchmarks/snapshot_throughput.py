@@ -46,6 +46,7 @@ from sale_ray.memory.config import MemoryConfig, StorageConfig  # noqa: E402
 from sale_ray.memory.entry import BID_TYPE, ENTRY_SCHEMA  # noqa: E402
 from sale_ray.memory.shard import EMBEDDING  # noqa: E402
 from sale_ray.memory.sharded import ShardedMemory  # noqa: E402
+from sale_ray.memory.snapshot import ROW_GROUP_SIZE, writer_options  # noqa: E402
 
 DIM = 384
 WORDS = (
@@ -125,39 +126,13 @@ def start_moto() -> tuple[StorageConfig, str, subprocess.Popen]:
     return storage, "bench/raw", proc
 
 
-def leaf_paths(schema: pa.Schema) -> list[str]:
-    """Parquet leaf column paths (what per-column writer options name), as the snapshot does."""
-
-    def walk(name: str, t: pa.DataType) -> list[str]:
-        if pa.types.is_struct(t):
-            return [
-                p
-                for i in range(t.num_fields)
-                for p in walk(f"{name}.{t.field(i).name}", t.field(i).type)
-            ]
-        if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
-            return walk(f"{name}.list.element", t.value_type)
-        return [name]
-
-    return [p for f in schema for p in walk(f.name, f.type)]
-
-
-# The snapshot writer's options (sale_ray/memory/snapshot.py, write_shard_file): the baseline
-# must pay for the same encoding work, or the ratio compares encoders rather than snapshots.
-COMPRESSION = "snappy"
-ROW_GROUP_SIZE = 65_536
+# The snapshot writer's own options (one function, imported): the baseline must pay for the
+# same encoding work, or the ratio compares encoders rather than snapshots.
+COMPRESSION = writer_options(pa.schema([]))["compression"]
 
 
 def raw_write_file(table: pa.Table, path: str, fs) -> None:
-    cols = [p for p in leaf_paths(table.schema) if not p.startswith(EMBEDDING)]
-    with pq.ParquetWriter(
-        path,
-        table.schema,
-        filesystem=fs,
-        compression=COMPRESSION,
-        use_dictionary=cols,
-        write_statistics=cols,
-    ) as w:
+    with pq.ParquetWriter(path, table.schema, filesystem=fs, **writer_options(table.schema)) as w:
         w.write_table(table, row_group_size=ROW_GROUP_SIZE)
 
 

@@ -110,6 +110,20 @@ class _HashingSink:
         return True
 
 
+ROW_GROUP_SIZE = 65_536
+
+
+def writer_options(schema: pa.Schema) -> dict:
+    """The ``ParquetWriter`` options of every snapshot data file (benchmarks reuse them, so a
+    baseline pays for the same encoding work).
+
+    Embeddings are random-looking floats: dictionary encoding and statistics would only cost.
+    (Nested columns are named by leaf path, e.g. ``bids.list.element.agent``.)
+    """
+    cols = [p for p in _leaf_paths(schema) if not p.startswith(EMBEDDING)]
+    return {"compression": "snappy", "use_dictionary": cols, "write_statistics": cols}
+
+
 def _leaf_paths(schema: pa.Schema) -> list[str]:
     """Parquet leaf column paths of an Arrow schema (what per-column writer options name)."""
 
@@ -157,19 +171,10 @@ def write_shard_file(
 ) -> FileInfo:
     """Write one Parquet file of a shard under ``data/<snapshot_id>/``; returns its FileInfo."""
     rel = f"data/{snapshot_id}/shard-{shard:05d}-{part:04d}.parquet"
-    # Embeddings are random-looking floats: dictionary encoding and statistics would only cost.
-    # (Nested columns are named by leaf path, e.g. bids.list.element.agent.)
-    dict_cols = [p for p in _leaf_paths(table.schema) if not p.startswith(EMBEDDING)]
     with store.open_output(rel) as out:
         sink = _HashingSink(out)
-        with pq.ParquetWriter(
-            sink,
-            table.schema,
-            compression="snappy",
-            use_dictionary=dict_cols,
-            write_statistics=dict_cols,
-        ) as w:
-            w.write_table(table, row_group_size=65_536)
+        with pq.ParquetWriter(sink, table.schema, **writer_options(table.schema)) as w:
+            w.write_table(table, row_group_size=ROW_GROUP_SIZE)
     # One HEAD per file: an S3 endpoint that stored something else (e.g. moto keeping the
     # aws-chunked framing of an unsigned upload) fails the snapshot now, not the restore later.
     size = store.fs.get_file_info(store.full(rel)).size
