@@ -68,7 +68,13 @@ def commit() -> str:
 
     try:
         head = git("rev-parse", "--short", "HEAD")
-        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+        # the results this run writes (and the page rendered from them) are not dirt
+        dirty = bool(
+            git(
+                "status", "--porcelain", "--untracked-files=no", "--", ".",
+                ":!benchmarks/results", ":!BENCHMARKS.md",
+            )
+        )  # fmt: skip
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return head + ("+dirty" if dirty else "")
