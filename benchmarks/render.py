@@ -451,7 +451,34 @@ def render_demo() -> str | None:
     return "\n\n".join([_file_line("demo_summary.json"), head_line, table])
 
 
+def render_jury_injection() -> str | None:
+    d = _load("jury_injection.json")
+    if d is None:
+        return None
+    rows = [
+        [
+            arm,
+            str(r["n"]),
+            _num(r["mean_gain"], 3),
+            "–" if r["ci95"] is None else f"[{r['ci95'][0]:+.3f}, {r['ci95'][1]:+.3f}]",
+            _pct(r.get("share_gained_over_0.5"), 0),
+        ]
+        for arm, r in d["arms"].items()
+    ]
+    beat = ", ".join(d["attacks_beating_noise"]) or "none"
+    head = (
+        f"juror `{d['model']}`, {d['trials']} HumanEval tasks, {d['abstained']} abstentions, "
+        f"{d['seconds']:.0f} s; attacks whose interval lies wholly above the benign arm's: "
+        f"**{beat}**."
+    )
+    table = _table(
+        ["arm", "trials", "mean score gain", "95 % CI", "gained > 0.5"], rows
+    )  # fmt: skip
+    return "\n\n".join([_file_line("jury_injection.json"), head, table])
+
+
 SECTIONS: dict[str, Callable[[], str | None]] = {
+    "jury_injection": render_jury_injection,
     "auctioneer_load": render_auctioneer,
     "serve_overhead": render_serve,
     "memory_retrieval": render_retrieval,
