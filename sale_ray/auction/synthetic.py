@@ -9,6 +9,17 @@ from .direct import DirectCell
 from .matrix import Cell, Split, TaskRow
 
 
+def _usage(prompt: int, completion: int, price: float, latency_s: float = 0.0) -> Usage:
+    """One call's usage at one $/Mtok price for prompt and completion alike."""
+    return Usage(
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+        cost_usd=(prompt + completion) * price / 1e6,
+        latency_s=latency_s,
+        calls=1,
+    )
+
+
 def synthetic_direct(
     rng: random.Random, name: str, price: float, base: float, bin_: int
 ) -> DirectCell:
@@ -22,13 +33,7 @@ def synthetic_direct(
         turns=1,
         self_checks_passed=[ok if rng.random() < 0.85 else not ok],
         entropy=min(1.0, max(0.0, rng.gauss(0.3 if ok else 0.5, 0.08))),
-        usage=Usage(
-            prompt_tokens=180,
-            completion_tokens=toks,
-            cost_usd=(180 + toks) * price / 1e6,
-            latency_s=1.5,
-            calls=1,
-        ),
+        usage=_usage(180, toks, price, 1.5),
     )
     return DirectCell(
         agent=name, price_in=price, price_out=price, execution=ex, evaluation=Evaluation(passed=ok)
@@ -60,13 +65,7 @@ def synthetic_rows(n_tasks: int = 60, seed: int = 0, train_fraction: float = 0.5
                 plan=f"{name} plan {t}",
                 plan_tokens=toks,
                 entropy=h,
-                usage=Usage(
-                    prompt_tokens=150,
-                    completion_tokens=toks,
-                    cost_usd=(150 + toks) * price / 1e6,
-                    latency_s=1.0,
-                    calls=1,
-                ),
+                usage=_usage(150, toks, price, 1.0),
             )
             scores = {
                 o: min(5.0, max(0.0, rng.gauss(3.8 if skill[o] else 2.6, 0.7))) for o, _, _ in pool
@@ -74,9 +73,7 @@ def synthetic_rows(n_tasks: int = 60, seed: int = 0, train_fraction: float = 0.5
             verdict = JuryVerdict(
                 juror=name,
                 scores=scores,
-                usage=Usage(
-                    prompt_tokens=400, completion_tokens=20, cost_usd=420 * price / 1e6, calls=1
-                ),
+                usage=_usage(400, 20, price),
             )
             et = rng.randint(100, 260) * (1 + b // 2)
             ex = Execution(
@@ -84,13 +81,7 @@ def synthetic_rows(n_tasks: int = 60, seed: int = 0, train_fraction: float = 0.5
                 answer="...",
                 turns=1,
                 self_checks_passed=[ok if rng.random() < 0.85 else not ok],
-                usage=Usage(
-                    prompt_tokens=300,
-                    completion_tokens=et,
-                    cost_usd=(300 + et) * price / 1e6,
-                    latency_s=2.0,
-                    calls=1,
-                ),
+                usage=_usage(300, et, price, 2.0),
             )
             cells[name] = Cell(
                 agent=name,

@@ -376,14 +376,7 @@ class MemoryShard:
     def load_table(self, table: pa.Table) -> int:
         """Replace the contents with a table from :meth:`to_table` (restore); returns rows."""
         vectors = _embedding_matrix(table, self.dim)  # validate before dropping anything
-        self.__init__(  # type: ignore[misc]
-            self.dim,
-            self.max_records,
-            self.max_segments,
-            self._seal,
-            self.policy,
-            self.defer_maintenance,
-        )
+        self.__init__(*self._settings())  # type: ignore[misc]
         defer, self.defer_maintenance = self.defer_maintenance, False
         try:
             return self._write(table, vectors)  # the index is (re)built here: restore = rebuild
@@ -393,7 +386,13 @@ class MemoryShard:
     def loaded(self, table: pa.Table) -> MemoryShard:
         """A new shard like this one holding ``table`` (index built); this one is untouched,
         so a restore can be prepared beside a shard that keeps serving, then swapped in."""
-        shard = MemoryShard(
+        shard = MemoryShard(*self._settings())
+        shard.load_table(table)
+        return shard
+
+    def _settings(self) -> tuple:
+        """What ``__init__`` was given: an empty shard like this one is built from it."""
+        return (
             self.dim,
             self.max_records,
             self.max_segments,
@@ -401,8 +400,6 @@ class MemoryShard:
             self.policy,
             self.defer_maintenance,
         )
-        shard.load_table(table)
-        return shard
 
     @classmethod
     def from_table(cls, table: pa.Table, **kwargs: Any) -> MemoryShard:
