@@ -415,8 +415,9 @@ def load_config(path: str | Path | None) -> SaleConfig:
         raise ConfigError(f"{p}: {format_validation_error(e)}") from None
 
 
-def parse_yaml(text: str, source: str = "<string>") -> Any:
-    """Parse one YAML document, refusing a key repeated in one mapping.
+def parse_yaml(text: str, source: str = "<string>", *, documents: bool = False) -> Any:
+    """Parse one YAML document (``documents=True``: a list of every ``---`` document), refusing
+    a key repeated in one mapping.
 
     Plain YAML keeps the last of two equal keys, so ``quota: {budget_usd: 10}`` followed by
     another ``quota:`` line silently drops the spending cap; here it is a :class:`ConfigError`
@@ -439,6 +440,8 @@ def parse_yaml(text: str, source: str = "<string>") -> Any:
             return super().construct_mapping(node, deep=deep)
 
     try:
+        if documents:
+            return list(yaml.load_all(text, Loader=StrictLoader))  # noqa: S506 - SafeLoader
         return yaml.load(text, Loader=StrictLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as e:
         raise ConfigError(f"{source}: not valid YAML: {e}") from None

@@ -14,8 +14,7 @@ FILES = sorted(p for p in CLUSTER.rglob("*.yaml"))
 
 def docs(path):
     """Every document of a file; a key repeated in any of them is an error, as in a config."""
-    parts = path.read_text().split("\n---")
-    return [d for d in (parse_yaml(part, str(path)) for part in parts) if d is not None]
+    return [d for d in parse_yaml(path.read_text(), str(path), documents=True) if d is not None]
 
 
 def sale_sections(doc):
