@@ -141,6 +141,13 @@ class AuctionConfig(_Strict):
     plan_max_tokens: int = Field(default=96, ge=8, le=1024, description="Cap on a bid's plan.")
     top_logprobs: int = Field(default=5, ge=1, le=20, description="k for entropy (top-k).")
     jury: bool = Field(default=True, description="Run the jury (one call per juror).")
+    screen_directives: bool = Field(
+        default=True,
+        description="Jurors and refiners see plans, tasks and past tasks with every sentence "
+        "addressed to the reviewer (a rating request, an order to ignore the instructions, a "
+        "prompt role, a ready-made verdict) replaced by a marker (agents/screen.py); plans "
+        "stay as written for execution and the record lists what was removed.",
+    )
     jury_max_plan_chars: int = Field(
         default=1200,
         ge=100,

@@ -106,6 +106,10 @@ class Bid(_Frozen):
     usage: Usage = Usage()
     rejected: str | None = Field(default=None, description="Why this bid is out; None if valid.")
     refined: bool = False
+    screened: list[str] = Field(
+        default_factory=list,
+        description="Rules of agents/screen.py the plan broke: sentences jurors did not see.",
+    )
 
     @property
     def valid(self) -> bool:

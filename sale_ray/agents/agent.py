@@ -19,6 +19,7 @@ from ..types import Bid, Execution, JuryVerdict, Task, Usage
 from . import prompts
 from .delimit import as_data
 from .llm import ChatClient, ChatResult
+from .screen import screen
 
 _EXEC_TIMEOUT_MARGIN = 0.9  # leave the protocol's deadline a little slack to record the outcome
 
@@ -160,7 +161,8 @@ class Agent:
         plan = r.text.strip()
         if not plan:
             return Bid(agent=self.name, usage=usage, rejected="empty plan", refined=refined)
-        # A plan cut at the cap is still a plan (the cap is ours); it is kept as written.
+        # A plan cut at the cap is still a plan (the cap is ours); it is kept as written, and
+        # the record says which of its sentences jurors will not see (screen.py).
         return Bid(
             agent=self.name,
             plan=plan,
@@ -168,7 +170,12 @@ class Agent:
             entropy=mean_entropy(list(t.top.values()) for t in r.tokens),
             usage=usage,
             refined=refined,
+            screened=[rule for rule, _ in screen(plan).removed],
         )
+
+    def _shown(self, text: str) -> str:
+        """``text`` as a juror or refiner may see it: screened unless the config says not."""
+        return screen(text).text if self.config.auction.screen_directives else text
 
     async def refine(self, task: Task, plan: str, pairs: Sequence[tuple[str, str, str]]) -> Bid:
         """Rewrite ``plan`` after seeing (past task, losing plan, winning plan) contrasts."""
@@ -176,8 +183,9 @@ class Agent:
         # past tasks come from other callers' auctions: data, never instructions (delimit.py)
         cap = cfg.jury_max_plan_chars
         shown = "\n\n".join(
-            f"PAST TASK {i}:\n{as_data('past_task', t, 600)}\n"
-            f"LOST:\n{as_data('plan', lost, cap)}\nWON:\n{as_data('plan', won, cap)}"
+            f"PAST TASK {i}:\n{as_data('past_task', self._shown(t), 600)}\n"
+            f"LOST:\n{as_data('plan', self._shown(lost), cap)}\n"
+            f"WON:\n{as_data('plan', self._shown(won), cap)}"
             for i, (t, lost, won) in enumerate(pairs, 1)
         )
         msg = prompts.render(
@@ -195,8 +203,8 @@ class Agent:
         labels = jurylib.labels_for(len(plans))
         msg = prompts.render(
             "jury",
-            task=as_data("task", task.prompt),
-            plans=jurylib.format_plans([p for _, p in plans], cfg.jury_max_plan_chars),
+            task=as_data("task", self._shown(task.prompt)),
+            plans=jurylib.format_plans([self._shown(p) for _, p in plans], cfg.jury_max_plan_chars),
             labels=", ".join(labels),
         )
         try:
