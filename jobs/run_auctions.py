@@ -14,10 +14,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import itertools
 import sys
 
-from sale_ray.batch import iter_tasks, run_batch
+from sale_ray.batch import run_batch
 from sale_ray.config import load_config
 from sale_ray.errors import SaleRayError, UserError
 from sale_ray.runtime import connect
@@ -57,16 +56,12 @@ try:
         if v is not None
     }
     config = config.model_copy(update={"auctioneer": config.auctioneer.model_copy(update=over)})
-    if args.tasks:
-        source = itertools.chain.from_iterable(
-            iter_tasks(args.tasks, endpoint_url=args.s3_endpoint)
-        )
+    if args.tasks:  # streamed, and counted for the progress bar's total where that is cheap
+        source = args.tasks
     else:
         from sale_ray.datasets import load_dataset
 
-        source = iter(load_dataset(args.dataset, None))
-    if args.limit:
-        source = itertools.islice(source, args.limit)
+        source = load_dataset(args.dataset, args.limit or None)
 
     started = connect(args.address)
     result = asyncio.run(
@@ -74,6 +69,7 @@ try:
             source,
             args.out,
             config,
+            limit=(args.limit or None) if args.tasks else None,  # a dataset is cut when loaded
             resume=args.resume,
             progress=not args.no_progress,
             endpoint_url=args.s3_endpoint,

@@ -13,9 +13,9 @@ written, so a killed job resumes where it stopped, without duplicates.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
-import sys
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,7 @@ from .auctioneer import budget_refused
 from .config import SaleConfig, format_validation_error
 from .datasets import MAX_LINE_BYTES as _DATASET_MAX_LINE
 from .errors import InfraError, TaskValidationError
+from .progress import BatchProgress, pending_total
 from .sink import ResultSink, filesystem
 from .summary import Summary, summarize
 from .types import AuctionRecord, Evaluation, Task, records_table
@@ -128,6 +129,30 @@ def iter_tasks(
         raise TaskValidationError(f"{uri}: task file not found") from None
 
 
+def task_ids(
+    uri: str, *, endpoint_url: str | None = None, region: str = "us-east-1"
+) -> Iterator[Any] | None:
+    """The ``id`` of every row of a task file, in order, unvalidated and read lazily (for
+    counting: the real read reports bad rows and missing files). None where counting costs a
+    second download: JSONL on S3 (a Parquet file's id column is read alone, wherever it is)."""
+    if uri.startswith("s3://") and not uri.endswith(".parquet"):
+        return None
+
+    def ids() -> Iterator[Any]:
+        fs, path = filesystem(uri, endpoint_url=endpoint_url, region=region)
+        if path.endswith(".parquet"):
+            pf = pq.ParquetFile(fs.open_input_file(path))
+            for rb in pf.iter_batches(columns=["id"]):
+                yield from rb.column(0).to_pylist()
+            return
+        with fs.open_input_stream(path) as f:
+            for _, raw in _lines(f, uri):
+                if raw.strip():
+                    yield json.loads(raw).get("id")
+
+    return ids()
+
+
 def _chunks(tasks: Iterable[Task], size: int) -> Iterator[list[Task]]:
     out: list[Task] = []
     for t in tasks:
@@ -210,6 +235,7 @@ async def run_batch(
     out: str,
     config: SaleConfig,
     *,
+    limit: int | None = None,
     resume: bool = True,
     progress: bool = True,
     chunk: int = 256,
@@ -219,11 +245,10 @@ async def run_batch(
     flush_rows: int = 1000,
     flush_s: float = 5.0,
 ) -> BatchResult:
-    """Auction every task of ``source`` not yet in ``out`` and write the results (Ray must be
-    connected). Agents and the auctioneer live for this call only. A part file is written
-    every ``flush_rows`` results or ``flush_s`` seconds: what a crash can lose (a rerun redoes)."""
-    from tqdm import tqdm
-
+    """Auction every task of ``source`` (its first ``limit`` rows) not yet in ``out`` and write
+    the results (Ray must be connected). Agents and the auctioneer live for this call only. A
+    part file is written every ``flush_rows`` results or ``flush_s`` seconds: what a crash can
+    lose (a rerun redoes). The progress bar has a total when the source can be counted."""
     from .runtime import start_agents, start_auctioneer
 
     sink = ResultSink(
@@ -234,11 +259,15 @@ async def run_batch(
     done = sink.done_ids()
     res = BatchResult()
     seen: set[str] = set()
-    tasks = (
-        iter_tasks(source, batch_size=chunk, endpoint_url=endpoint_url, region=region)
-        if isinstance(source, str)
-        else _chunks(source, chunk)
-    )
+    s3 = dict(endpoint_url=endpoint_url, region=region)
+    if isinstance(source, str):
+        tasks = iter_tasks(source, batch_size=chunk, **s3)
+        if limit is not None:
+            tasks = _chunks(itertools.islice(itertools.chain.from_iterable(tasks), limit), chunk)
+        ids = task_ids(source, **s3) if progress else None
+    else:
+        tasks = _chunks(itertools.islice(source, limit), chunk)
+        ids = (t.id for t in source) if progress and isinstance(source, Sequence) else None
 
     def fresh() -> Iterator[list[Task]]:
         for c in tasks:
@@ -254,12 +283,9 @@ async def run_batch(
             if keep:
                 yield keep
 
-    bar = tqdm(desc="auctions", unit="task", disable=not progress, file=sys.stderr)
-    passed = verified = 0
-    spent = 0.0
+    bar = BatchProgress(pending_total(ids, done, limit=limit), enabled=progress)
 
     def on_group(g: dict[str, Any]) -> bool:
-        nonlocal passed, verified, spent
         recs: list[AuctionRecord] = []
         for r in g["records"]:
             if budget_refused(r) and not r.cost_usd:
@@ -269,14 +295,7 @@ async def run_batch(
         sink.add(recs)
         res.written += len(recs)
         res.refused.update(g["refused"])
-        for r in recs:
-            spent += r.cost_usd
-            if r.passed is not None:
-                verified += 1
-                passed += bool(r.passed)
-        p1 = f"{passed / verified:.3f}" if verified else "n/a"
-        bar.set_postfix_str(f"pass@1 {p1} spent ${spent:.6f} not-run {len(res.refused)}")
-        bar.update(len(recs))
+        bar.add(recs, not_run=len(res.refused))
         # money is gone: stop feeding (what is in flight finishes; a rerun continues)
         return not any(w.startswith("budget exhausted") for w in g["refused"].values())
 

@@ -43,7 +43,6 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    import itertools
 
     from .batch import run_batch
     from .config import load_config
@@ -64,12 +63,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
     )
     if args.tasks:  # streamed (local or s3://), never held whole in memory
         source = args.tasks
-        if args.limit:
-            from .batch import iter_tasks
-
-            source = itertools.islice(
-                itertools.chain.from_iterable(iter_tasks(args.tasks)), args.limit
-            )
     else:
         from .datasets import load_dataset
 
@@ -82,7 +75,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
     started = connect(args.address)
     try:
         res = asyncio.run(
-            run_batch(source, args.out, config, resume=args.resume, progress=not args.no_progress)
+            run_batch(
+                source,
+                args.out,
+                config,
+                limit=(args.limit or None) if args.tasks else None,  # a dataset is cut when loaded
+                resume=args.resume,
+                progress=not args.no_progress,
+            )
         )
     finally:
         if started:
