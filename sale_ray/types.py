@@ -212,6 +212,7 @@ _BID = pa.struct(
         ("latency_s", pa.float64()),
         ("rejected", pa.string()),
         ("refined", pa.bool_()),
+        ("screened", pa.list_(pa.string())),  # agents/screen.py rules the plan broke
     ]
 )
 
@@ -230,6 +231,7 @@ AUCTION_SCHEMA = pa.schema(
         ("execution_turns", pa.int64()),
         ("execution_error", pa.string()),
         ("evaluation_detail", pa.string()),
+        ("evaluation_isolation", pa.list_(pa.string())),  # sandbox layers (docs/sandbox.md)
         ("error", pa.string()),
         ("notes", pa.list_(pa.string())),
         ("started_at", pa.float64()),
@@ -267,6 +269,7 @@ def record_row(rec: AuctionRecord) -> dict:
                 "latency_s": sb.bid.usage.latency_s,
                 "rejected": sb.bid.rejected,
                 "refined": sb.bid.refined,
+                "screened": list(sb.bid.screened),
             }
             for sb in rec.bids
         ],
@@ -274,6 +277,7 @@ def record_row(rec: AuctionRecord) -> dict:
         "execution_turns": ex.turns if ex else None,
         "execution_error": ex.error if ex else None,
         "evaluation_detail": rec.evaluation.detail,
+        "evaluation_isolation": list(rec.evaluation.isolation),
         "error": rec.error,
         "notes": list(rec.notes),
         "started_at": rec.started_at,

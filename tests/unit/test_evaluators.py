@@ -22,7 +22,7 @@ from sale_ray.evaluators import (
     run_python,
     run_self_check,
 )
-from sale_ray.types import AuctionRecord, Evaluation, Task
+from sale_ray.types import AuctionRecord, Evaluation, Task, records_table
 
 FAST = SandboxConfig(timeout_s=5, cpu_s=5)
 
@@ -373,3 +373,6 @@ def test_a_failing_run_in_the_evaluation_record_names_its_isolation():
         == ev.isolation
     )
     assert {"rlimits", "empty-env"} <= set(ev.isolation)
+    # and the Parquet log carries it, a column analytics can group by
+    row = records_table([rec]).to_pylist()[0]
+    assert row["evaluation_isolation"] == ev.isolation

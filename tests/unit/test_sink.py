@@ -290,3 +290,20 @@ def test_a_batch_result_shows_the_quarantined_count():
 
     text = BatchResult(quarantined=["out/parts/_quarantine/1-part-a.parquet"]).describe()
     assert "unreadable result files moved aside 1" in text and "1-part-a.parquet" in text
+
+
+def test_old_results_whose_bids_predate_the_screened_field_still_merge(tmp_path):
+    from sale_ray.types import Bid, ScoredBid
+
+    s = ResultSink(str(tmp_path), flush_rows=1)
+    bid = Bid(agent="a", plan="p", screened=["rating request"])
+    s.add([rec("t1").model_copy(update={"bids": [ScoredBid(bid=bid)]})])
+    part = tmp_path / "parts" / _parts(tmp_path)[0]
+    t = pq.read_table(part)
+    assert t.column("bids").to_pylist()[0][0]["screened"] == ["rating request"]
+    i = t.schema.get_field_index("bids")
+    old_bid = pa.struct([f for f in t.schema.field("bids").type.value_type if f.name != "screened"])
+    old = t.set_column(i, "bids", t.column("bids").cast(pa.list_(old_bid)))
+    pq.write_table(old, part)
+    merged = ResultSink(str(tmp_path)).merged()[0].column("bids").to_pylist()
+    assert merged[0][0]["plan"] == "p" and merged[0][0]["screened"] is None
