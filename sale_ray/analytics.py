@@ -3,11 +3,13 @@
 ``sale-ray report DIR|s3://bucket/prefix`` reads what ``sale-ray eval`` wrote there
 (``decisions.parquet``: one row per method x held-out task; ``matrix.parquet``: every agent's
 bid, verdict and execution per task; ``summary.json``) — or a plain ``sale-ray run`` folder
-(``auctions.parquet`` only) — with pyarrow, and writes ``report.md``, ``report.html`` and PNG
+(``auctions.parquet`` and/or the parts of a run still going) — with DuckDB queries over the
+files in place (:mod:`sale_ray.queries`), and writes ``report.md``, ``report.html`` and PNG
 plots (matplotlib, extra ``report``; without it the report has tables only).
 
-The numbers (pass@1, cost, reliance on the largest agent, per-bin figures; signal AUCs in
-:mod:`.signals`) are computed by the same functions the evaluation uses for ``summary.json``.
+The numbers (pass@1, cost, reliance on the largest agent, per-bin figures) are the ones
+:func:`method_stats` gives the evaluation's ``summary.json``, computed in SQL
+(:func:`method_stats_sql`; a test holds the two equal); signal AUCs come from :mod:`.signals`.
 """
 
 from __future__ import annotations
@@ -21,10 +23,10 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from .auction.matrix import COST_PHASES
 from .errors import UserError
+from .logdb import LogDB, open_logs
 from .signals import auc, direct_signal_aucs, signal_aucs  # noqa: F401 - their old home
 
 AUCTION_PHASES = ("bid", "jury", "refine")
@@ -202,46 +204,63 @@ def target_lines(stats: dict[str, dict[str, Any]], method: str = "sale") -> list
     return out
 
 
-# --- reading logs (local or S3) -----------------------------------------------------------------
-def _fs(src: str, endpoint_url: str | None = None) -> tuple[Any, str]:
-    from pyarrow import fs
+# --- reading logs (local or S3): DuckDB over the files in place (sale_ray.logdb) ----------------
+def method_stats_sql(db: LogDB) -> dict[str, dict[str, Any]]:
+    """:func:`method_stats` computed by DuckDB over the ``decisions`` view (the named queries
+    ``method_*`` in :mod:`sale_ray.queries`): the same dict, without loading the rows."""
+    from .queries import query_db
 
-    if src.startswith("s3://"):
-        if endpoint_url:  # pyarrow ignores AWS_ENDPOINT_URL: pass it explicitly
-            import os
-
-            scheme, _, host = endpoint_url.partition("://")
-            region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
-            kw = {"region": region} if region else {}
-            return (
-                fs.S3FileSystem(endpoint_override=host, scheme=scheme, **kw),
-                src[len("s3://") :],
-            )
-        return fs.FileSystem.from_uri(src)
-    return fs.LocalFileSystem(), str(Path(src).expanduser().resolve())
-
-
-def read_logs(src: str, endpoint_url: str | None = None) -> dict[str, Any]:
-    """The tables and summary found under ``src``: keys ``decisions``, ``matrix``, ``auctions``
-    (Arrow tables or None) and ``summary`` (dict or None)."""
-    from pyarrow import fs as pafs
-
-    filesystem, base = _fs(src, endpoint_url)
-    out: dict[str, Any] = {}
-    for name in ("decisions", "matrix", "auctions"):
-        path = f"{base.rstrip('/')}/{name}.parquet"
-        info = filesystem.get_file_info(path)
-        out[name] = (
-            pq.read_table(path, filesystem=filesystem) if info.type == pafs.FileType.File else None
-        )
-    spath = f"{base.rstrip('/')}/summary.json"
-    out["summary"] = None
-    if filesystem.get_file_info(spath).type == pafs.FileType.File:
-        with filesystem.open_input_stream(spath) as f:
-            out["summary"] = json.loads(f.read().decode())
-    if all(out[k] is None for k in ("decisions", "matrix", "auctions")):
-        raise UserError(f"{src}: no decisions.parquet, matrix.parquet or auctions.parquet there")
+    shares: dict[str, dict[str, float]] = defaultdict(dict)
+    for r in query_db(db, "method_winner_share").to_pylist():
+        shares[r["method"]][r["agent"]] = float(r["share"])
+    bins: dict[str, dict[str, Any]] = defaultdict(dict)
+    for r in query_db(db, "method_pass_at_1_per_bin").to_pylist():
+        bins[r["method"]][str(r["bin"])] = {
+            k: float(r[k]) if k != "tasks" else int(r[k])
+            for k in ("tasks", "pass_at_1", "cost_usd", "largest_share")
+        }
+    notes: dict[str, list[str]] = defaultdict(list)
+    for r in query_db(db, "method_notes").to_pylist():
+        notes[r["method"]].append(f"{r['note']} ({r['k']}/{r['n']})")
+    out: dict[str, dict[str, Any]] = {}
+    for r in query_db(db, "method_summary").to_pylist():
+        m = r["method"]
+        tokens = {p: int(r[f"{p}_tokens"]) for p in COST_PHASES}
+        cost = {p: float(r[f"{p}_cost_usd"]) for p in COST_PHASES}
+        out[m] = {
+            "pass_at_1": float(r["pass_at_1"]),
+            "cost_usd": float(r["cost_usd"]),
+            "largest_share": float(r["largest_share"]),
+            "tasks": int(r["tasks"]),
+            "passed": int(r["passed"]),
+            "executions_per_task": float(r["executions_per_task"]),
+            "tokens_by_phase": tokens,
+            "cost_usd_by_phase": cost,
+            "auction_overhead": _ratio(sum(tokens[p] for p in AUCTION_PHASES), tokens["execute"]),
+            "auction_cost_share": _ratio(sum(cost[p] for p in AUCTION_PHASES), sum(cost.values())),
+            "winner_share": dict(sorted(shares[m].items())),
+            "per_bin": bins[m],
+            "notes": notes[m],
+        }
     return out
+
+
+def stream_shares(db: LogDB, buckets: int) -> dict[str, list[dict[str, Any]]]:
+    """Per method: the task stream (in order) cut into ``buckets`` parts, each
+    ``{"part", "tasks", "won": {agent: tasks won}}`` (query ``winner_share_over_stream``)."""
+    from .queries import query_db
+
+    parts: dict[tuple[str, int], dict[str, Any]] = {}
+    for r in query_db(db, "winner_share_over_stream", buckets=buckets).to_pylist():
+        p = parts.setdefault(
+            (r["method"], r["part"]), {"part": r["part"], "tasks": int(r["tasks"]), "won": {}}
+        )
+        if r["agent"]:
+            p["won"][r["agent"]] = int(r["won"])
+    out: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for (m, _), p in sorted(parts.items()):
+        out[m].append(p)
+    return dict(out)
 
 
 def decisions_from_auctions(table: pa.Table, method: str = "run") -> list[dict[str, Any]]:
@@ -286,23 +305,30 @@ def write_report(
     plots: bool = True,
 ) -> Path:
     """Read ``src`` and write ``report.md`` + ``report.html`` (+ PNGs) into ``out_dir``
-    (default: ``src/report`` for a local folder). Returns the Markdown path."""
-    from .report_render import build_blocks, render_html, render_markdown
+    (default: ``src/report`` for a local folder). Returns the Markdown path.
+
+    Every figure is a DuckDB query over the Parquet files in place (:mod:`sale_ray.queries`),
+    so the report's memory is the size of its tables, not of the logs; only the matrix's
+    numeric columns are loaded, for the signal AUCs."""
+    from .queries import query_db
+    from .report_render import ReportData, build_blocks, render_html, render_markdown
 
     if out_dir is None:
         if src.startswith("s3://"):
             raise UserError("an s3:// source needs --out (a local folder for the report)")
         out_dir = Path(src) / "report"
-    logs = read_logs(src, endpoint_url)
     out = Path(out_dir)
+    with open_logs(src, endpoint_url) as db:
+        summary_text = db.text("summary.json")
+        data = ReportData(
+            stats=method_stats_sql(db),
+            stream=stream_shares(db, 4),
+            stream_fine=stream_shares(db, 20),
+            matrix=query_db(db, "matrix_signal_cells").to_pylist() if "matrix" in db.views else [],
+            summary=json.loads(summary_text) if summary_text else None,
+        )
     out.mkdir(parents=True, exist_ok=True)
-    if logs["decisions"] is not None:
-        decisions = logs["decisions"].to_pylist()
-    else:
-        decisions = decisions_from_auctions(logs["auctions"]) if logs["auctions"] else []
-    matrix = logs["matrix"].to_pylist() if logs["matrix"] is not None else []
-    stats = method_stats(decisions)
-    blocks = build_blocks(stats, decisions, matrix, logs["summary"], out if plots else None)
+    blocks = build_blocks(data, out if plots else None)
     md = out / "report.md"
     md.write_text(render_markdown(blocks))
     (out / "report.html").write_text(render_html(blocks, title=f"sale-ray report: {src}"))

@@ -1,5 +1,6 @@
-"""The report's PNG plots (matplotlib, the ``report`` extra): cost vs pass@1, reliance on the
-largest agent, per-bin figures, winner share over the stream, tokens per phase."""
+"""The report's PNG plots (matplotlib, the ``report`` extra): pass@1 vs cost with the oracle,
+reliance on the largest agent, per-bin figures, winner share over time (the task stream),
+tokens per phase and spend ($) per phase."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from .analytics import COST_PHASES
 
 def write_plots(
     stats: dict[str, dict[str, Any]],
-    decisions: list[dict[str, Any]],
+    stream: dict[str, list[dict[str, Any]]],
     summary: dict[str, Any] | None,
     out: Path,
     order: Callable[[Sequence[str]], list[str]],
@@ -20,6 +21,7 @@ def write_plots(
 ) -> dict[str, Path]:
     """PNG files by name; empty when matplotlib is not installed (extra ``report``).
 
+    ``stream``: per method, the task stream in parts (:func:`sale_ray.analytics.stream_shares`);
     ``order`` sorts method names as the report lists them; ``sale_methods`` are the auctions."""
     try:
         import matplotlib
@@ -34,10 +36,21 @@ def write_plots(
     fig, ax = plt.subplots(figsize=(7, 5))
     span = max((stats[m]["cost_usd"] for m in methods), default=0.0) or 1.0
     placed: list[tuple[float, float]] = []
+    first_oracle = next((m for m in methods if m.startswith("oracle")), None)
     for m in methods:
         s = stats[m]
         x, y = s["cost_usd"], s["pass_at_1"]
-        ax.scatter(x, y, s=60, marker="*" if m == "oracle" else "o")
+        oracle = m.startswith("oracle")  # the best agent per task, known in hindsight
+        ax.scatter(
+            x,
+            y,
+            s=180 if oracle else 60,
+            marker="*" if oracle else "o",
+            c="gold" if oracle else None,
+            edgecolors="black" if oracle else None,
+            zorder=3,
+            label="oracle (best agent per task, in hindsight)" if m == first_oracle else None,
+        )
         # methods often tie on pass@1 at nearby costs: put a crowded label below its point
         crowded = any(abs(y - py) < 0.03 and abs(x - px) < 0.12 * span for px, py in placed)
         ax.annotate(m, (x, y), textcoords="offset points", xytext=(5, -12 if crowded else 4))
@@ -51,11 +64,11 @@ def write_plots(
             alpha=0.6,
             label=f"{name} (cost weight sweep)",
         )
-    if (summary or {}).get("_frontier"):
+    if (summary or {}).get("_frontier") or any(m.startswith("oracle") for m in methods):
         ax.legend(fontsize=8)
     ax.set_xlabel("total cost on held-out tasks ($)")
     ax.set_ylabel("pass@1")
-    ax.set_title("cost vs pass@1 (up and left is better)")
+    ax.set_title("pass@1 vs cost, with the oracle (up and left is better)")
     files["frontier"] = _save(fig, out / "cost_vs_pass.png")
 
     fig, ax = plt.subplots(figsize=(7, 3.5))
@@ -84,13 +97,16 @@ def write_plots(
     if sale:
         fig, ax = plt.subplots(figsize=(7, 3.5))
         for m in sale:
-            ds = sorted((d for d in decisions if d["method"] == m), key=lambda d: d["order"])
-            for a in sorted({d["agent"] for d in ds if d["agent"]}):
-                hits = [d["agent"] == a for d in ds]
-                cum = [sum(hits[: i + 1]) / (i + 1) for i in range(len(hits))]
-                ax.plot(cum, label=f"{m}: {a}")
-        ax.set_xlabel("held-out task (stream order)")
-        ax.set_ylabel("cumulative winner share")
+            parts = stream.get(m, [])
+            xs = [(p["part"] + 0.5) / len(parts) for p in parts]
+            for a in sorted({a for p in parts for a in p["won"]}):
+                ys = [p["won"].get(a, 0) / p["tasks"] for p in parts]
+                ax.plot(xs, ys, marker="o", ms=3, label=f"{m}: {a}")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_xlabel("position in the task stream (0 = first task, 1 = last)")
+        ax.set_ylabel("winner share in that part")
+        ax.set_title("winner share over time")
         ax.legend(fontsize=7)
         files["stream"] = _save(fig, out / "winner_share_stream.png")
 
@@ -103,6 +119,19 @@ def write_plots(
         ax.set_ylabel("tokens (held-out split)")
         ax.legend()
         files["phases"] = _save(fig, out / "phase_tokens.png")
+
+    fig, ax = plt.subplots(figsize=(8, 3.8))
+    bottom = [0.0] * len(methods)
+    for p in COST_PHASES:
+        vals = [stats[m]["cost_usd_by_phase"][p] for m in methods]
+        if any(vals):
+            ax.bar(methods, vals, bottom=bottom, label=p)
+            bottom = [x + y for x, y in zip(bottom, vals, strict=True)]
+    ax.set_ylabel("$ (held-out split)")
+    ax.set_title("spend per phase")
+    ax.tick_params(axis="x", rotation=30)
+    ax.legend(fontsize=8)
+    files["spend"] = _save(fig, out / "phase_spend.png")
     return files
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import html
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,17 @@ SALE_METHODS = (
 Block = tuple[Any, ...]
 
 
+@dataclass
+class ReportData:
+    """What the report shows, as :mod:`sale_ray.analytics` queried it from the logs."""
+
+    stats: dict[str, dict[str, Any]]  # analytics.method_stats' dict, per method
+    stream: dict[str, list[dict[str, Any]]]  # analytics.stream_shares in quarters (the table)
+    stream_fine: dict[str, list[dict[str, Any]]]  # ... in finer parts (the plot)
+    matrix: list[dict[str, Any]]  # the matrix's signal columns (queries.matrix_signal_cells)
+    summary: dict[str, Any] | None  # summary.json, when the logs came from `sale-ray eval`
+
+
 def _order(methods: Sequence[str]) -> list[str]:
     rank = {m: i for i, m in enumerate(METHOD_ORDER)}
     return sorted(methods, key=lambda m: (rank.get(m, len(rank)), m))
@@ -67,14 +79,9 @@ def _pct(x: Any) -> str:
 
 
 # --- blocks ---------------------------------------------------------------------------------------
-def build_blocks(
-    stats: dict[str, dict[str, Any]],
-    decisions: list[dict[str, Any]],
-    matrix: list[dict[str, Any]],
-    summary: dict[str, Any] | None,
-    plot_dir: Path | None,
-) -> list[Block]:
-    """Everything the report shows, in order."""
+def build_blocks(data: ReportData, plot_dir: Path | None) -> list[Block]:
+    """Everything the report shows, in order; PNG plots written into ``plot_dir`` if given."""
+    stats, matrix, summary = data.stats, data.matrix, data.summary
     methods = _order(list(stats))
     run = (summary or {}).get("_run", {})
     b: list[Block] = [("h", 1, "sale-ray evaluation report")]
@@ -129,10 +136,12 @@ def build_blocks(
         )
     )
     plots = (
-        write_plots(stats, decisions, summary, plot_dir, _order, SALE_METHODS) if plot_dir else {}
+        write_plots(stats, data.stream_fine, summary, plot_dir, _order, SALE_METHODS)
+        if plot_dir
+        else {}
     )
     if "frontier" in plots:
-        b.append(("img", plots["frontier"], "cost vs pass@1"))
+        b.append(("img", plots["frontier"], "pass@1 vs cost, with the oracle"))
 
     ref, orc = reference_methods(stats)
     cmp_rows = []
@@ -232,7 +241,7 @@ def build_blocks(
                 "table",
                 ["method", "stream part"]
                 + sorted({a for m in sale for a in stats[m]["winner_share"]}),
-                _stream_rows(decisions, sale),
+                _stream_rows(data.stream, sale),
             ),
         ]
         if "stream" in plots:
@@ -256,6 +265,12 @@ def build_blocks(
         ]
         if "phases" in plots:
             b.append(("img", plots["phases"], "tokens per phase"))
+    if "spend" in plots:
+        b += [
+            ("h", 2, "Spend per phase"),
+            ("p", "$ per method, split by phase (bids, jury, refinement, execution)."),
+            ("img", plots["spend"], "spend per phase"),
+        ]
     if matrix:
         sig = signal_aucs(matrix)
         if sig["all"]["n"]:
@@ -276,23 +291,16 @@ def build_blocks(
     return b
 
 
-def _stream_rows(decisions: list[dict[str, Any]], methods: Sequence[str]) -> list[list[str]]:
-    rows = []
-    for m in methods:
-        ds = sorted((d for d in decisions if d["method"] == m), key=lambda d: d["order"])
-        agents = sorted(
-            {d["agent"] for x in methods for d in decisions if d["method"] == x and d["agent"]}
-        )
-        n = len(ds)
-        for q in range(4):
-            part = ds[q * n // 4 : (q + 1) * n // 4]
-            if not part:
-                continue
-            rows.append(
-                [m, f"Q{q + 1} ({len(part)} tasks)"]
-                + [_pct(sum(d["agent"] == a for d in part) / len(part)) for a in agents]
-            )
-    return rows
+def _stream_rows(
+    stream: dict[str, list[dict[str, Any]]], methods: Sequence[str]
+) -> list[list[str]]:
+    agents = sorted({a for m in methods for p in stream.get(m, []) for a in p["won"]})
+    return [
+        [m, f"Q{p['part'] + 1} ({p['tasks']} tasks)"]
+        + [_pct(p["won"].get(a, 0) / p["tasks"]) for a in agents]
+        for m in methods
+        for p in stream.get(m, [])
+    ]
 
 
 def _signal_blocks(s: dict[str, Any]) -> list[Block]:
