@@ -1,6 +1,7 @@
 """Ray job: auction a batch of tasks into Parquet, resumably.
 
-    ray job submit --address http://127.0.0.1:8265 -- \\
+    ray job submit --address http://127.0.0.1:8265 \\
+        --working-dir . --runtime-env jobs/runtime_env.yaml -- \\
         python jobs/run_auctions.py --tasks s3://bucket/tasks.jsonl --out s3://bucket/run1 \\
             --config cluster/pools/openai.yaml --budget 5
 
