@@ -43,13 +43,15 @@ def make_evaluator(config: SaleConfig):
         from .agents.scripted import scripted_evaluate
 
         return scripted_evaluate
-    from .evaluators import check_solution
+    from .evaluators.broker import contained
 
     sem = asyncio.Semaphore(config.auctioneer.evaluate_concurrency)
 
     async def evaluate(task: Task, answer: str) -> Evaluation:
-        async with sem:
-            return await asyncio.to_thread(check_solution, task, answer, config.sandbox)
+        async with sem:  # started by the broker actor when Ray is up (evaluators/broker.py)
+            return await contained(
+                "check_solution", task, answer, config.sandbox, cfg=config.sandbox
+            )
 
     return evaluate
 

@@ -205,6 +205,12 @@ class SandboxConfig(_Strict):
     shm_mb: int = Field(
         default=16, ge=1, le=4096, description="Size of the private /dev/shm (tmpfs, i.e. RAM)."
     )
+    run_memory_mb: int = Field(
+        default=1024,
+        ge=32,
+        description="Memory of all processes of one run together (its cgroup, where the kernel "
+        "lets sale-ray create one; `memory_mb` bounds each process).",
+    )
     require: list[SandboxLayer] = Field(
         default_factory=list,
         description="Isolation layers that must be present: when one is missing, untrusted code "
@@ -217,6 +223,14 @@ class SandboxConfig(_Strict):
     serve_require: list[SandboxLayer] = Field(
         default_factory=lambda: ["netns"],
         description="Added to `require` by the Serve door (/v1/tasks runs callers' tests).",
+    )
+    broker: bool = Field(
+        default=True,
+        description="With Ray up, start sandboxes from the `sale-ray-sandbox` actor (no secrets "
+        "in its environment, not a child of any agent) instead of the calling process.",
+    )
+    broker_concurrency: int = Field(
+        default=8, ge=1, le=256, description="Sandbox runs the broker actor starts at once."
     )
 
     def for_serve(self) -> SandboxConfig:

@@ -230,7 +230,8 @@ class Agent:
 
     async def execute(self, task: Task, plan: str) -> Execution:
         """Follow the plan: generate, then up to N self-check turns on the prompt's examples."""
-        from ..evaluators import extract_code, run_self_check
+        from ..evaluators import extract_code
+        from ..evaluators.broker import contained
 
         ex_cfg = self.config.execution
         deadline = time.monotonic() + self.config.auction.execute_timeout_s * _EXEC_TIMEOUT_MARGIN
@@ -261,8 +262,8 @@ class Agent:
                 if task.kind != "code":
                     break
                 code = extract_code(answer, task.entry_point)
-                ok, feedback = await asyncio.to_thread(
-                    run_self_check, task, code, self.config.sandbox
+                ok, feedback = await contained(
+                    "run_self_check", task, code, self.config.sandbox, cfg=self.config.sandbox
                 )
                 checks.append(ok)
                 if ok or turn == ex_cfg.self_check_turns:
@@ -297,7 +298,8 @@ class Agent:
         cascade's verifier), never fed back; for answer tasks the answer's mean per-token
         entropy is (the cascade's verifier there).
         """
-        from ..evaluators import extract_code, run_self_check
+        from ..evaluators import extract_code
+        from ..evaluators.broker import contained
 
         cfg, max_tokens = self.config.auction, self.config.execution.max_tokens
         if task.kind == "code":
@@ -326,7 +328,9 @@ class Agent:
         checks: list[bool] = []
         if task.kind == "code":
             code = extract_code(r.text, task.entry_point)
-            ok, _ = await asyncio.to_thread(run_self_check, task, code, self.config.sandbox)
+            ok, _ = await contained(
+                "run_self_check", task, code, self.config.sandbox, cfg=self.config.sandbox
+            )
             checks.append(ok)
         entropy = mean_entropy(list(t.top.values()) for t in r.tokens) if r.tokens else None
         return Execution(

@@ -17,7 +17,8 @@ Layer names as they appear in ``SandboxResult.isolation`` and ``Evaluation.isola
   abstract AF_UNIX sockets of the host.
 * ``uid:N``    — (root callers) the code runs as a private unprivileged uid. Requirable as ``uid``.
 * ``uid-sweep``, ``rlimits``, ``process-group``, ``audit-hook``, ``scratch-cwd``, ``empty-env``.
-* ``cgroup``   — cgroup v2 memory/pids limits: not implemented (requiring it always refuses).
+* ``cgroup``   — the run's own cgroup (v2, or v1 memory + pids): ``sandbox.run_memory_mb`` for all
+  its processes together, and ``max_processes`` (+4 for the launcher, init, bootstrap) (cgroup.py).
 """
 
 from __future__ import annotations
@@ -42,8 +43,10 @@ FIXES: dict[str, str] = {
     "mountns": _NAMESPACES,
     "uid": "needs sale-ray to run as root, so the sandbox can drop to a private uid "
     "(as an ordinary user the code keeps that user's uid outside its namespaces)",
-    "cgroup": "is not implemented by this sandbox: set memory and pids limits on the container "
-    "or systemd unit that runs sale-ray instead",
+    "cgroup": "needs a cgroup sale-ray may create children in: cgroup v2 whose own group "
+    "delegates the memory and pids controllers (root, or a systemd unit with Delegate=yes), or "
+    "the cgroup v1 memory and pids hierarchies as root; otherwise set the limits on the container "
+    "or unit that runs sale-ray and drop cgroup from sandbox.require",
 }
 
 

@@ -12,6 +12,8 @@ environment, so it holds no secret of the caller: a fresh interpreter, not a for
    scratch directory at ``/sandbox`` — then ``pivot_root`` and detaches the host's tree;
 3. forks the user process: limits, (as root) a private uid, the required-layer check, ``execve``.
 
+Before all that it moves itself into the run's cgroup when the caller made one (cgroup.py).
+
 Protocol on the info pipe (one line each): "layer NAME", "init HOSTPID", "exec PATH" (about to exec
 the program), "drop LAYER WHY" (an announced layer could not be completed), "refuse LAYER" (a required layer
 is missing: nothing ran), "error MSG" (setup failed),
@@ -238,9 +240,24 @@ def init(have):
             os._exit(0)
 
 
+def join_cgroups():
+    """Move ourselves into the run's cgroup (made by the caller): all we fork is counted."""
+    try:
+        for procs in spec["cgroups"]:
+            with open(procs, "w") as f:
+                f.write(str(os.getpid()))
+    except OSError:
+        return False
+    return bool(spec["cgroups"])
+
+
 def main():
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    grouped = join_cgroups()
     have = unshare()
+    if grouped:
+        have.add("cgroup")
+        say("layer cgroup")
     # As root: a private uid per live run (our pid is unique while we live), so RLIMIT_NPROC
     # counts exactly this run's processes and concurrent runs cannot signal each other.
     spec["uid"] = spec["uid_base"] + os.getpid()

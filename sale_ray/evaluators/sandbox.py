@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..config import SandboxConfig
 from ..errors import SandboxError
+from . import cgroup
 from .isolation import refusal, warn_degraded
 
 UID_BASE = 1_500_000_000  # far above any real account; + launcher pid (< 2**22) stays < 2**31
@@ -145,6 +146,26 @@ def _run_in(
     keep_fds: tuple[int, ...],
 ) -> SandboxResult:
     pythons = _interpreters()
+    groups = (
+        [] if "cgroup" in _SKIP_LAYERS else cgroup.create(cfg.run_memory_mb, cfg.max_processes + 4)
+    )
+    try:
+        return _launch(scratch, root_dir, names, argv, cfg, stdin, keep_fds, pythons, groups)
+    finally:
+        cgroup.remove(groups)
+
+
+def _launch(
+    scratch: str,
+    root_dir: str,
+    names: list[str],
+    argv: list[str],
+    cfg: SandboxConfig,
+    stdin: str,
+    keep_fds: tuple[int, ...],
+    pythons: list[str],
+    groups: list,
+) -> SandboxResult:
     spec = {
         "scratch": scratch,
         "root_dir": root_dir,
@@ -164,6 +185,8 @@ def _run_in(
         "argv": argv,
         "keep_fds": list(keep_fds),
         "skip": sorted(_SKIP_LAYERS),
+        # +4: the launcher, the namespace's init and the bootstrap are in the group too
+        "cgroups": [str(g / "cgroup.procs") for g in groups],
     }
     info_r, info_w = os.pipe()
     spec["info_fd"] = info_w
@@ -201,6 +224,7 @@ def _run_in(
     finally:
         _cleanup(proc, out, pythons[0])
         os.close(info_r)
+        out["oom"] = cgroup.oom_killed(groups)
     return _result(proc, out, time.monotonic() - started)
 
 
@@ -352,7 +376,7 @@ def _result(proc: subprocess.Popen, out: dict, duration: float) -> SandboxResult
     else:  # we killed it before it finished
         exit_code = -signal.SIGKILL
     if reason is None and exit_code != 0:
-        reason = _diagnose(exit_code, stderr)
+        reason = "memory" if out.get("oom") else _diagnose(exit_code, stderr)
     return SandboxResult(
         exit_code=exit_code,
         stdout=bytes(out["stdout"]).decode("utf-8", "replace"),

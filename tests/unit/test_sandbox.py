@@ -21,7 +21,7 @@ import pytest
 
 from sale_ray.config import SandboxConfig
 from sale_ray.errors import SandboxError
-from sale_ray.evaluators import sandbox
+from sale_ray.evaluators import cgroup, sandbox
 from sale_ray.evaluators.isolation import SandboxRefused
 from sale_ray.evaluators.sandbox import SandboxResult, run_python
 
@@ -498,11 +498,52 @@ def test_a_required_layer_that_is_missing_refuses_the_code(monkeypatch):
     assert e.value.missing == ["netns"]
 
 
-def test_the_serve_door_requires_network_isolation_and_cgroup_is_never_faked():
+def test_the_serve_door_requires_network_isolation_and_cgroup_is_never_faked(monkeypatch):
     assert "netns" in SandboxConfig().for_serve().require
     assert SandboxConfig().require == []
-    with pytest.raises(SandboxRefused, match="'cgroup' is not implemented"):
+    monkeypatch.setattr(sandbox, "_SKIP_LAYERS", {"cgroup"})  # a machine that gives no cgroup
+    with pytest.raises(SandboxRefused, match="'cgroup' needs a cgroup sale-ray may create"):
         run("print('ran')", require=["cgroup"])
+
+
+def _cgroups_here() -> bool:
+    groups = cgroup.create(64, 8)
+    cgroup.remove(groups)
+    return bool(groups)
+
+
+HOARD = """
+    import os, time
+    kids = []
+    for _ in range(3):
+        pid = os.fork()
+        if pid == 0:
+            b = bytearray(150 * 2**20)
+            b[::4096] = b"\\x01" * len(b[::4096])  # touch every page: resident, not just reserved
+            time.sleep(2)
+            os._exit(0)
+        kids.append(pid)
+    print(sum(os.waitpid(k, 0)[1] == 0 for k in kids), "children held 150 MB at once")
+"""
+
+
+def test_all_processes_of_a_run_share_one_memory_cap_where_cgroups_exist(monkeypatch):
+    # each child fits its own RLIMIT_AS (256 MB); three at once do not fit the run's 200 MB
+    limits = {"memory_mb": 256, "run_memory_mb": 200, "timeout_s": 30}
+    if not _cgroups_here():  # e.g. an ordinary user on cgroup v1: the layer is refused, not faked
+        with pytest.raises(SandboxRefused, match="'cgroup'"):
+            run(HOARD, require=["cgroup"], **limits)
+        return
+    made = []
+    create = cgroup.create
+    monkeypatch.setattr(cgroup, "create", lambda *a: made.extend(create(*a)) or made)
+    capped = run(HOARD, require=["cgroup"], **limits)
+    assert "cgroup" in capped.isolation and made
+    assert not capped.stdout.startswith("3"), capped.stdout  # the kernel killed at least one
+    assert not any(g.exists() for g in made)  # and the run's groups are gone afterwards
+    monkeypatch.setattr(sandbox, "_SKIP_LAYERS", {"cgroup"})
+    uncapped = run(HOARD, **limits)  # control: without the group all three fit their rlimits
+    assert uncapped.stdout.startswith("3"), uncapped.stderr
 
 
 def test_a_new_root_that_cannot_be_built_is_a_recorded_downgrade_or_a_refusal(monkeypatch):
