@@ -311,6 +311,41 @@ class EvalConfig(_Strict):
     )
 
 
+#: The auction settings a serve policy may change (the rest must match what the agents run).
+POLICY_FIELDS = (
+    "weights",
+    "jury",
+    "reserve_agent",
+    "reserve_score",
+    "jurors",
+    "escalate_on_failed_check",
+)
+
+
+class ServePolicy(_Strict):
+    """A named auction policy of the online endpoint, chosen by model name ``sale:<name>``.
+
+    ``auction`` overrides the settings in :data:`POLICY_FIELDS` of the deployment's own
+    ``auction:``; ``config`` names a sale-ray YAML (absolute path, e.g. the ``lean_verify.yaml``
+    that ``sale-ray eval`` writes) whose ``auction:`` settings of those fields are taken first.
+    """
+
+    description: str = Field(default="", description="Shown by GET /v1/models.")
+    config: str | None = Field(
+        default=None, description="A sale-ray YAML whose auction policy fields are taken."
+    )
+    auction: dict[str, Any] = Field(
+        default_factory=dict, description=f"Overrides of auction.{{{', '.join(POLICY_FIELDS)}}}."
+    )
+
+    @model_validator(mode="after")
+    def _policy_fields_only(self) -> ServePolicy:
+        bad = sorted(set(self.auction) - set(POLICY_FIELDS))
+        if bad:
+            raise ValueError(f"auction: {bad} are not policy settings; allowed: {POLICY_FIELDS}")
+        return self
+
+
 class ServeConfig(_Strict):
     """The online endpoint (``sale-ray serve``, ``cluster/serve.yaml``; see docs/serve.md).
 
@@ -339,6 +374,18 @@ class ServeConfig(_Strict):
         default=32_000, ge=1, description="Characters of all messages together; more is 422."
     )
     max_messages: int = Field(default=256, ge=1, description="Messages per chat request.")
+    max_conversation_tokens: int = Field(
+        default=2048,
+        ge=16,
+        le=32_000,
+        description="Model `sale`: tokens of the rendered conversation every bid, juror and the "
+        "winner read (estimated as quotas do: characters / 3); more is a 400.",
+    )
+    policies: dict[str, ServePolicy] = Field(
+        default_factory=dict,
+        description="Named policies `sale:<name>` beside the built-in lean, lean_verify and "
+        "published (a name here replaces a built-in).",
+    )
     max_ongoing_requests: int = Field(
         default=16, ge=1, description="Requests one replica works on at once (Serve)."
     )

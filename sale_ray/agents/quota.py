@@ -162,6 +162,11 @@ def _chars_to_tokens(n_chars: int) -> int:
     return n_chars // 3 + 1  # ~4 chars/token for English; 3 errs on the expensive side
 
 
+def estimate_tokens(text: str) -> int:
+    """Tokens of ``text`` as every estimate here counts them (pessimistic, from characters)."""
+    return _chars_to_tokens(len(text))
+
+
 def estimate_call(method: str, task: Task, config: SaleConfig, n_plans: int = 0) -> Estimate:
     """What one ``bid`` / ``judge`` / ``refine`` / ``execute`` call may cost, in tokens."""
     a, ex = config.auction, config.execution

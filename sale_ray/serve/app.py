@@ -123,6 +123,12 @@ class _Stream(StreamingResponse):
             await self.chunks.aclose()
 
 
+def _tenant(request: Request) -> str:
+    """The metrics' tenant label: the key's tenant, or ``none`` before a key was checked."""
+    identity = getattr(request.state, "identity", None)
+    return identity.tenant if identity is not None else "none"
+
+
 def _json(model: BaseModel, headers: dict[str, str] | None = None, status: int = 200) -> Response:
     return Response(model.model_dump_json(), status, headers, media_type="application/json")
 
@@ -195,7 +201,9 @@ def create_app(
             status, body, headers = to_http(e)
             return JSONResponse(body, status, headers)
         finally:
-            gateway.metrics.observe_request(route, status, time.perf_counter() - t0)
+            gateway.metrics.observe_request(
+                route, status, time.perf_counter() - t0, _tenant(request)
+            )
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
@@ -205,7 +213,9 @@ def create_app(
             req = ChatCompletionRequest.model_validate_json(body)
             gateway.check_chat(req)
             if req.stream:
-                headers, chunks = await run(request, gateway.chat_stream(req, timeout_s), deadline)
+                headers, chunks = await run(
+                    request, gateway.chat_stream(req, timeout_s, _tenant(request)), deadline
+                )
                 return _Stream(
                     chunks,
                     deadline,
@@ -213,7 +223,9 @@ def create_app(
                     media_type="text/event-stream",
                     headers={**headers, "cache-control": "no-cache"},
                 )
-            completion, headers = await run(request, gateway.chat(req, timeout_s), deadline)
+            completion, headers = await run(
+                request, gateway.chat(req, timeout_s, _tenant(request)), deadline
+            )
             return _json(completion, headers)
 
         return await answer(request, "chat", work)
@@ -231,7 +243,7 @@ def create_app(
                     "allow=caller_tests in serve.api_keys_file (docs/serve.md)",
                     param="tests",
                 )
-            result, headers = await run(request, gateway.run_task(req), deadline)
+            result, headers = await run(request, gateway.run_task(req, _tenant(request)), deadline)
             return _json(result, headers)
 
         return await answer(request, "tasks", work)

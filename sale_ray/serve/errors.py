@@ -78,6 +78,13 @@ class InvalidRequest(HTTPProblem):
     status, type = 422, "invalid_request_error"
 
 
+class ContextTooLong(HTTPProblem):
+    """A conversation over ``serve.max_conversation_tokens`` (OpenAI answers the same 400,
+    code ``context_length_exceeded``, when messages do not fit a model's context)."""
+
+    status, type = 400, "invalid_request_error"
+
+
 class RequestTimeout(HTTPProblem):
     """The request ran past ``serve.request_timeout_s``; its model calls were cancelled."""
 

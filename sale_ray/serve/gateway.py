@@ -26,10 +26,11 @@ from ..auction.protocol import run_auction
 from ..config import SaleConfig
 from ..errors import ModelError, TruncatedOutput
 from ..types import TASK_ID_PATTERN, AuctionRecord, Execution, Task, Usage
-from . import explain
+from . import conversation, explain, policies
 from .errors import InvalidRequest, NotFound, UpstreamFailed
 from .handles import ServeAgent
-from .metrics import Metrics
+from .metrics import PASSTHROUGH, Metrics
+from .policies import Policy
 from .store import RecordStore
 from .wire import (
     SALE_MODEL,
@@ -150,11 +151,13 @@ class Gateway:
         metrics: Metrics | None = None,
         auction_fn: AuctionFn = run_auction,
     ) -> None:
-        if SALE_MODEL in agents:
-            raise ValueError(f"no agent may be named {SALE_MODEL!r}: it is the auction's name")
+        taken = sorted(n for n in agents if policies.is_auction(n))
+        if taken:
+            raise ValueError(f"no agent may be named {SALE_MODEL!r} or 'sale:…': {taken}")
         self.agents = dict(agents)
         self.prices = dict(prices)
         self.config = config
+        self.policies = policies.build(config, self.prices)
         self.limits = config.serve
         self.evaluate = evaluate
         self.metrics = metrics or Metrics()
@@ -163,8 +166,15 @@ class Gateway:
 
     # --- reads -----------------------------------------------------------------------------
     def models(self) -> ModelList:
-        cards = [ModelCard(id=SALE_MODEL)]
-        cards += [ModelCard(id=n, price_out_per_mtok=self.prices.get(n)) for n in self.agents]
+        cards = [ModelCard(id=p.model, description=p.description) for p in self.policies.values()]
+        cards += [
+            ModelCard(
+                id=n,
+                description="Passthrough to this agent (no auction).",
+                price_out_per_mtok=self.prices.get(n),
+            )
+            for n in self.agents
+        ]
         return ModelList(data=cards)
 
     def auction(self, auction_id: str) -> AuctionRecord:
@@ -191,7 +201,9 @@ class Gateway:
                 f"messages: {chars} characters in all, at most {self.limits.max_prompt_chars}",
                 param="messages",
             )
-        if req.model != SALE_MODEL:
+        if policies.is_auction(req.model):
+            policies.resolve(self.policies, req.model)
+        else:
             if req.model not in self.agents:
                 raise NotFound(
                     f"model {req.model!r} does not exist; GET /v1/models lists them",
@@ -202,12 +214,9 @@ class Gateway:
                 raise InvalidRequest("sale: only for model 'sale'", param="sale")
 
     def _task(self, req: ChatCompletionRequest) -> Task:
+        """The task of an auction: the whole conversation, rendered (conversation.py)."""
         opts = req.sale or SaleOptions()
-        text = req.last_user_text()
-        if text is None or not text.strip():
-            raise InvalidRequest(
-                "messages: model 'sale' needs a non-empty user message", param="messages"
-            )
+        text = conversation.task_text(req.messages, self.limits.max_conversation_tokens)
         if opts.task_id is not None and not TASK_ID_PATTERN.match(opts.task_id):
             raise InvalidRequest(
                 "sale.task_id: 1-200 chars of letters, digits, _ . : / -", param="sale.task_id"
@@ -234,6 +243,8 @@ class Gateway:
     async def _run(
         self,
         task: Task,
+        policy: Policy,
+        tenant: str,
         agents: Mapping[str, Any] | None = None,
         *,
         evaluate: Any = None,
@@ -243,13 +254,16 @@ class Gateway:
             task,
             agents or self.agents,
             self.prices,
-            self.config,
+            policy.config,
             evaluate=evaluate,
             auction_id=auction_id,
         )
         self.store.put(rec)
-        self.metrics.observe_record(rec)
+        self.metrics.observe_record(rec, policy=policy.model, tenant=tenant)
         return rec
+
+    def _info(self, rec: AuctionRecord, policy: Policy) -> SaleInfo:
+        return explain.sale_info(rec).model_copy(update={"policy": policy.model})
 
     @staticmethod
     def _failed(rec: AuctionRecord, info: SaleInfo) -> UpstreamFailed | None:
@@ -263,26 +277,28 @@ class Gateway:
         )
 
     async def chat(
-        self, req: ChatCompletionRequest, timeout_s: float
+        self, req: ChatCompletionRequest, timeout_s: float, tenant: str = "none"
     ) -> tuple[ChatCompletion, dict[str, str]]:
-        """A whole completion: an auction's winning answer, or one agent's (passthrough)."""
-        if req.model == SALE_MODEL:
-            rec = await self._run(self._task(req))
-            info = explain.sale_info(rec)
+        """A whole completion: an auction's winning answer, or one agent's (passthrough).
+        ``tenant`` labels the metrics (the API key's tenant)."""
+        if policies.is_auction(req.model):
+            policy = policies.resolve(self.policies, req.model)
+            rec = await self._run(self._task(req), policy, tenant)
+            info = self._info(rec, policy)
             if (err := self._failed(rec, info)) is not None:
                 raise err
             assert rec.execution is not None
             msg = AssistantMessage(content=rec.execution.answer)
             return ChatCompletion(
                 id=f"chatcmpl-{rec.auction_id}",
-                model=SALE_MODEL,
+                model=policy.model,
                 choices=[Choice(message=msg)],
                 usage=_wire_usage(explain.total_usage(rec)),
                 sale=info,
             ), explain.headers(info)
         agent = self.agents[req.model]
         result, usage = await agent.complete(req.plain_messages(), self._params(req, timeout_s))
-        self.metrics.observe_usage(agent.name, usage)
+        self.metrics.observe_usage(agent.name, usage, PASSTHROUGH, tenant)
         info = explain.passthrough_info(agent.name, usage)
         choice = Choice(
             message=AssistantMessage(content=result.text), finish_reason=result.finish_reason
@@ -296,19 +312,19 @@ class Gateway:
         ), explain.headers(info)
 
     async def chat_stream(
-        self, req: ChatCompletionRequest, timeout_s: float
+        self, req: ChatCompletionRequest, timeout_s: float, tenant: str = "none"
     ) -> tuple[dict[str, str], Chunks]:
         """Start a streamed completion; return once its first byte can go out.
 
         Failures before that raise (and get a proper HTTP status); after it, the chunk iterator
         raises, and the caller ends the stream with an error event (never a clean finish).
         """
-        if req.model == SALE_MODEL:
-            return await self._stream_auction(req)
-        return await self._stream_passthrough(req, timeout_s)
+        if policies.is_auction(req.model):
+            return await self._stream_auction(req, tenant)
+        return await self._stream_passthrough(req, timeout_s, tenant)
 
     async def _stream_passthrough(
-        self, req: ChatCompletionRequest, timeout_s: float
+        self, req: ChatCompletionRequest, timeout_s: float, tenant: str
     ) -> tuple[dict[str, str], Chunks]:
         agent = self.agents[req.model]
         items = agent.complete_stream(req.plain_messages(), self._params(req, timeout_s))
@@ -333,7 +349,7 @@ class Gateway:
                     except StopAsyncIteration:
                         raise TruncatedOutput(f"{agent.name}: stream ended early") from None
                 finish, usage = item
-                self.metrics.observe_usage(agent.name, usage)
+                self.metrics.observe_usage(agent.name, usage, PASSTHROUGH, tenant)
                 info = explain.passthrough_info(agent.name, usage)
                 yield make(Delta(), finish, sale=info)
                 if with_usage:
@@ -341,23 +357,26 @@ class Gateway:
 
         return {explain.H_WINNER: agent.name}, Chunks(chunks(), items.aclose)
 
-    async def _stream_auction(self, req: ChatCompletionRequest) -> tuple[dict[str, str], Chunks]:
+    async def _stream_auction(
+        self, req: ChatCompletionRequest, tenant: str
+    ) -> tuple[dict[str, str], Chunks]:
+        policy = policies.resolve(self.policies, req.model)
         task = self._task(req)
         queue: asyncio.Queue[Any] = asyncio.Queue()
         teed = {n: _Teed(a, queue) for n, a in self.agents.items()}
         aid = uuid.uuid4().hex
-        job = asyncio.ensure_future(self._run(task, teed, auction_id=aid))
+        job = asyncio.ensure_future(self._run(task, policy, tenant, teed, auction_id=aid))
         job.add_done_callback(lambda _: queue.put_nowait(_DONE))
         try:
             while (ev := await queue.get()) is not _DONE and ev[0] != "start":
                 pass
             if ev is _DONE:  # finished without executing: no valid bid, or a crash
                 rec = job.result()
-                raise self._failed(rec, explain.sale_info(rec)) or UpstreamFailed("no answer")
+                raise self._failed(rec, self._info(rec, policy)) or UpstreamFailed("no answer")
         except BaseException:
             job.cancel()
             raise
-        make = _Chunker(SALE_MODEL, f"chatcmpl-{aid}")
+        make = _Chunker(policy.model, f"chatcmpl-{aid}")
         with_usage = bool(req.stream_options and req.stream_options.include_usage)
 
         async def chunks() -> AsyncIterator[ChatCompletionChunk]:
@@ -372,7 +391,7 @@ class Gateway:
                     elif wrote:  # a second executor after text went out: cannot be spliced
                         raise UpstreamFailed(f"auction {aid}: the winner failed mid-answer")
                 rec = job.result()
-                info = explain.sale_info(rec)
+                info = self._info(rec, policy)
                 if (err := self._failed(rec, info)) is not None:
                     raise err
                 yield make(Delta(), "stop", sale=info)
@@ -388,17 +407,20 @@ class Gateway:
         return {explain.H_AUCTION: aid, explain.H_WINNER: ev[1]}, Chunks(chunks(), stop)
 
     # --- tasks -------------------------------------------------------------------------------
-    async def run_task(self, req: TaskRequest) -> tuple[TaskResult, dict[str, str]]:
+    async def run_task(
+        self, req: TaskRequest, tenant: str = "none"
+    ) -> tuple[TaskResult, dict[str, str]]:
         """Auction a task, run its verifier, return the answer with the full record. A task
         without an answer is still a result (``error`` says why), not an HTTP error."""
+        policy = policies.resolve(self.policies, req.model)
         task = req.to_task()
         if len(task.prompt) > self.limits.max_prompt_chars:
             raise InvalidRequest(
                 f"prompt: {len(task.prompt)} characters, at most {self.limits.max_prompt_chars}",
                 param="prompt",
             )
-        rec = await self._run(task, evaluate=self.evaluate)
-        info = explain.sale_info(rec)
+        rec = await self._run(task, policy, tenant, evaluate=self.evaluate)
+        info = self._info(rec, policy)
         ex = rec.execution
         return TaskResult(
             task_id=task.id,

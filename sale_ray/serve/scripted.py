@@ -21,7 +21,9 @@ What a ``POST /v1/chat/completions`` gets depends on the request:
   finish_reason ``length``; ``[drip:S]`` S s between stream chunks; ``[id:X]`` a tag for events.
 
 Events (``(kind, tag)``): ``request``, ``answered``, ``disconnect`` (the client closed the
-connection before the answer was complete), ``cut``.
+connection before the answer was complete), ``cut``. Every chat request's body is kept too, by
+the part it plays (:attr:`ScriptedUpstream.bodies`: ``("bid" | "jury" | "answer", body)``), so
+a test can read exactly the prompts the models were sent.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import re
 import threading
 import time
 import zlib
+from collections import deque
 from typing import Any
 
 _MARK = re.compile(r"\[(slow|hang|status|garbage|cut|length|drip|id|best)(?::([\w.\-]+))?\]")
@@ -86,6 +89,8 @@ class ScriptedUpstream:
     def __init__(self, port: int = 0) -> None:
         self.port = port
         self.events: list[tuple[str, str]] = []
+        # bounded: the benchmark's upstream serves many thousands of requests
+        self.bodies: deque[tuple[str, dict]] = deque(maxlen=2000)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: asyncio.Server | None = None
         self._thread: threading.Thread | None = None
@@ -135,6 +140,12 @@ class ScriptedUpstream:
             self.events.append((kind, tag))
             self._cond.notify_all()
 
+    def prompts(self, part: str, containing: str) -> list[str]:
+        """The whole text (every message) of each ``part`` request that contains ``containing``."""
+        with self._cond:
+            texts = [_all_text(req) for p, req in self.bodies if p == part]
+        return [t for t in texts if containing in t]
+
     def wait_for(self, kind: str, tag: str, timeout_s: float = 10.0) -> bool:
         """Block until event ``(kind, tag)`` happened (True) or ``timeout_s`` passed (False)."""
         deadline = time.monotonic() + timeout_s
@@ -183,6 +194,9 @@ class ScriptedUpstream:
         if method != "POST" or not path.endswith("/chat/completions"):
             return await self._json(writer, 404, {"error": {"message": "not found"}})
         req = json.loads(body)
+        part = "jury" if req.get("response_format") else "bid" if req.get("logprobs") else "answer"
+        with self._cond:
+            self.bodies.append((part, req))
         if req.get("response_format"):
             labels = req["response_format"]["json_schema"]["schema"]["required"]
             scores = _jury_scores(_all_text(req), labels)

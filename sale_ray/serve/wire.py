@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..types import AuctionRecord, Task, TaskKind
 
@@ -30,15 +30,57 @@ class TextPart(_Wire):
     text: str
 
 
+class ToolFunction(_Wire):
+    name: str = Field(max_length=64)
+    arguments: str = ""
+
+
+class ToolCall(_Wire):
+    """A tool call an earlier assistant turn made (history only: model ``sale`` makes none)."""
+
+    id: str = Field(max_length=256)
+    type: Literal["function"] = "function"
+    function: ToolFunction
+
+
 class ChatMessage(_Wire):
-    role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[TextPart]
-    name: str | None = Field(default=None, max_length=64)
+    """One message of the history: system / developer prompts, user and assistant turns (with
+    the tool calls they made) and tool results."""
+
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[TextPart] | None = None
+    name: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    tool_calls: list[ToolCall] | None = None
+    tool_call_id: str | None = Field(default=None, max_length=256)
+
+    @model_validator(mode="after")
+    def _shape(self) -> ChatMessage:
+        if self.content is None and not (self.role == "assistant" and self.tool_calls):
+            raise ValueError("content: required (null only for an assistant turn with tool_calls)")
+        if self.tool_calls is not None and self.role != "assistant":
+            raise ValueError("tool_calls: only on an assistant message")
+        if (self.role == "tool") != (self.tool_call_id is not None):
+            raise ValueError("tool_call_id: required on a tool message, and only there")
+        return self
 
     def text(self) -> str:
+        if self.content is None:
+            return ""
         if isinstance(self.content, str):
             return self.content
         return "".join(p.text for p in self.content)
+
+    def plain(self) -> dict[str, Any]:
+        """The message as an OpenAI-compatible model server takes it (text content)."""
+        out: dict[str, Any] = {"role": self.role, "content": self.text()}
+        if self.name is not None:
+            out["name"] = self.name
+        if self.tool_calls:
+            out["tool_calls"] = [c.model_dump() for c in self.tool_calls]
+            out["content"] = self.text() or None
+        if self.tool_call_id is not None:
+            out["tool_call_id"] = self.tool_call_id
+        return out
 
 
 class StreamOptions(_Wire):
@@ -70,20 +112,17 @@ class ChatCompletionRequest(_Wire):
     user: str | None = Field(default=None, max_length=256)
     sale: SaleOptions | None = None
 
-    def plain_messages(self) -> list[dict[str, str]]:
-        return [{"role": m.role, "content": m.text()} for m in self.messages]
-
-    def last_user_text(self) -> str | None:
-        for m in reversed(self.messages):
-            if m.role == "user":
-                return m.text()
-        return None
+    def plain_messages(self) -> list[dict[str, Any]]:
+        return [m.plain() for m in self.messages]
 
 
 class TaskRequest(_Wire):
     """``POST /v1/tasks``: a :class:`~sale_ray.types.Task` whose ``id`` may be left out."""
 
     id: str | None = Field(default=None, description="Task id (default: a new one).")
+    model: str = Field(
+        default=SALE_MODEL, max_length=128, description="'sale' or a policy, 'sale:<name>'."
+    )
     prompt: str
     kind: TaskKind = "code"
     entry_point: str | None = None
@@ -93,8 +132,9 @@ class TaskRequest(_Wire):
     metadata: dict[str, str] = Field(default_factory=dict)
 
     def to_task(self) -> Task:
-        """Validated by :class:`Task` itself (its errors name the field)."""
-        data = self.model_dump()
+        """Validated by :class:`Task` itself (its errors name the field); ``model`` is not
+        part of the task."""
+        data = self.model_dump(exclude={"model"})
         data["id"] = self.id or new_id("task")
         return Task.model_validate(data)
 
@@ -117,6 +157,7 @@ class SaleInfo(_Wire):
 
     auction_id: str | None = None
     task_id: str | None = None
+    policy: str | None = Field(default=None, description="The model name that chose the policy.")
     winner: str | None = Field(default=None, description="Agent whose answer this is.")
     provisional_winner: str | None = None
     cost_usd: float = Field(default=0.0, description="Every model call of this request, in $.")
@@ -194,6 +235,7 @@ class ModelCard(_Wire):
     object: Literal["model"] = "model"
     created: int = 0
     owned_by: str = "sale-ray"
+    description: str = ""
     price_out_per_mtok: float | None = Field(default=None, description="Agents only.")
 
 

@@ -5,6 +5,7 @@ RELIABILITY rows 8 (overload), 9 (disconnect), 10 (auth), 11 (no key in Ray's lo
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -13,9 +14,12 @@ from pathlib import Path
 import httpx2 as httpx
 import openai
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from sale_ray.config import AgentSpec, AuctionConfig, PoolSpec, SaleConfig, ServeConfig
+from sale_ray.serve.conversation import render
 from sale_ray.serve.scripted import ScriptedUpstream
+from sale_ray.serve.wire import ChatCompletionRequest
 
 pytestmark = pytest.mark.integration
 
@@ -114,7 +118,14 @@ def _user(text: str) -> list[dict]:
 
 
 def test_the_official_client_works_unchanged_through_serve(client, base):
-    assert [m.id for m in client.models.list()] == ["sale", "cheap", "dear"]
+    assert [m.id for m in client.models.list()] == [
+        "sale",
+        "sale:published",
+        "sale:lean",
+        "sale:lean_verify",
+        "cheap",
+        "dear",
+    ]
     raw = client.chat.completions.with_raw_response.create(model="sale", messages=_user("hi"))
     done = raw.parse()
     # the scripted jury rates dear's plan 5 and cheap's 2: worth dear's 10x price
@@ -225,8 +236,14 @@ def test_auth_limits_and_no_key_in_any_ray_log(base, client):
         client.chat.completions.create(model="cheap", messages=_user("[status:500]"))
     assert e.value.status_code == 502
     metrics = httpx.get(f"{base}/metrics", headers=h).text
-    assert 'sale_spend_usd_total{agent="cheap"}' in metrics
-    assert 'status="401"' in metrics and 'status="403"' in metrics
+    samples = [s for f in text_string_to_metric_families(metrics) for s in f.samples]
+    spend = {
+        (s.labels["agent"], s.labels["phase"])
+        for s in samples
+        if s.name == "sale_spend_dollars_total" and s.value > 0
+    }
+    assert {("cheap", "bid"), ("dear", "jury"), ("cheap", "passthrough")} <= spend, spend
+    assert 'status="401",tenant="none"' in metrics and 'status="403",tenant="none"' in metrics
     time.sleep(1.0)  # let Ray's log monitors flush
     logs = Path(ray._private.worker._global_node.get_session_dir_path()) / "logs"
     scanned = 0
@@ -236,3 +253,70 @@ def test_auth_limits_and_no_key_in_any_ray_log(base, client):
             scanned += 1
             assert KEY.encode() not in data and WRONG.encode() not in data, f
     assert scanned > 5
+
+
+# --- conversations and policies (issue 16) ------------------------------------------------------
+def test_the_whole_conversation_reaches_every_bid_every_juror_and_the_execution(client, upstream):
+    """System prompt, user and assistant turns, a tool call and its result: every prompt of the
+    auction carries all of them, as the one rendered task (docs/serve.md, Conversations)."""
+    tag = "conv-5e2a"
+    call = {"id": "call_9", "type": "function", "function": {"name": "save", "arguments": "{}"}}
+    messages = [
+        {"role": "system", "content": f"Rules {tag}: answer briefly."},
+        {"role": "user", "content": "My name is Ada. Remember it."},
+        {"role": "assistant", "content": "Saving it.", "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "call_9", "content": "saved: Ada"},
+        {"role": "assistant", "content": "OK, Ada."},
+        {"role": "user", "content": "What is my name? Answer with one word."},
+    ]
+    done = client.chat.completions.create(model="sale", messages=messages)
+    task = render(ChatCompletionRequest(model="sale", messages=messages).messages)
+    bids, jurors = upstream.prompts("bid", tag), upstream.prompts("jury", tag)
+    executions = upstream.prompts("answer", tag)
+    assert len(bids) == 2 and len(jurors) == 2 and len(executions) == 1, upstream.bodies
+    for prompt in bids + jurors:  # as delimited data inside the prompt's <task> block
+        assert f"<task>\n{task}\n</task>" in prompt
+    assert f"TASK:\n{task}" in executions[0]
+    for m in messages:
+        assert m["content"] in task
+    assert done.choices[0].message.content.startswith(f"echo({done.model_extra['sale']['winner']}")
+
+
+def test_a_conversation_over_the_token_budget_is_a_400_naming_the_limit(client, upstream):
+    turns = [
+        {"role": "user" if i % 2 == 0 else "assistant", "content": f"[id:budget] {'x' * 900}"}
+        for i in range(9)
+    ]
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model="sale", messages=turns)
+    err = e.value.body
+    assert e.value.status_code == 400 and err["code"] == "context_length_exceeded"
+    assert "serve.max_conversation_tokens = 2048" in err["message"]
+    assert re.search(r"about \d{4} tokens", err["message"]), err
+    assert not upstream.prompts("bid", "[id:budget]")  # refused before any model was asked
+
+
+def test_the_policy_is_in_the_model_name(client, base):
+    cards = {m.id: m.model_extra["description"] for m in client.models.list()}
+    assert "dear does not bid" in cards["sale:lean"] and cards["sale:published"]
+    h = {"authorization": f"Bearer {KEY}"}
+    records = {}
+    for model in ["sale", "sale:lean"]:
+        raw = client.chat.completions.with_raw_response.create(
+            model=model, messages=_user(f"policy {model}")
+        )
+        done = raw.parse()
+        assert done.model == model == done.model_extra["sale"]["policy"]
+        aid = raw.headers["x-sale-auction-id"]
+        records[model] = httpx.get(f"{base}/v1/auctions/{aid}", headers=h).json()
+    # sale: both bid and both judge; sale:lean: dear is the reserve (bids only when cheap's bid
+    # scores above reserve_score 0, which a lone unjudged bid does), nobody judges
+    assert len(records["sale"]["verdicts"]) == 2
+    lean = records["sale:lean"]
+    assert [b["bid"]["agent"] for b in lean["bids"]] == ["cheap", "dear"]
+    assert lean["verdicts"] == [] and lean["bids"][1]["score"] == 0.0
+    assert lean["winner"] == "dear"
+    with pytest.raises(openai.NotFoundError) as e:
+        client.chat.completions.create(model="sale:xyz", messages=_user("x"))
+    assert e.value.body["code"] == "model_not_found"
+    assert "sale:lean" in e.value.body["message"] and "sale:published" in e.value.body["message"]

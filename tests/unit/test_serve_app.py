@@ -79,8 +79,17 @@ def _user(text: str) -> list[dict]:
     return [{"role": "user", "content": text}]
 
 
-def test_models_lists_the_auction_and_every_agent(client):
-    assert [m.id for m in client.models.list()] == ["sale", "cheap", "dear"]
+def test_models_lists_the_auction_its_policies_and_every_agent(client):
+    models = client.models.list().data
+    assert [m.id for m in models] == [
+        "sale",
+        "sale:published",
+        "sale:lean",
+        "sale:lean_verify",
+        "cheap",
+        "dear",
+    ]
+    assert all(m.model_extra["description"] for m in models)
 
 
 def _lowest_score(sale: dict) -> str:
@@ -351,8 +360,8 @@ def test_a_client_that_disconnects_cancels_the_upstream_call(server, upstream):
 def test_metrics_count_requests_spend_and_wins(client, server):
     client.chat.completions.create(model="sale", messages=_user("count me"))
     text = httpx.get(server.url + "/metrics", headers={"authorization": f"Bearer {KEY}"}).text
-    assert 'sale_requests_total{route="chat",status="200"}' in text
-    assert 'sale_spend_usd_total{agent="cheap"}' in text
-    assert 'sale_auction_wins_total{agent="cheap"}' in text
-    assert 'sale_winner_share{agent="cheap"}' in text
-    assert "sale_request_seconds_bucket" in text
+    assert 'sale_requests_total{route="chat",status="200",tenant="default"}' in text
+    assert 'sale_spend_dollars_total{agent="cheap",phase="bid",tenant="default"}' in text
+    assert 'sale_auction_wins_total{agent="' in text
+    assert "sale_request_duration_seconds_bucket" in text
+    assert 'sale_auction_phase_duration_seconds_bucket{le="+Inf",phase="jury"}' in text

@@ -55,11 +55,15 @@ def test_a_chat_request_accepts_openai_shapes_and_refuses_what_we_do_not_impleme
         '{"role": "user", "content": [{"type": "text", "text": "hi "}, {"type": "text",'
         ' "text": "there"}]}], "stream": true, "stream_options": {"include_usage": true}}'
     )
-    assert ok.last_user_text() == "hi there"
+    assert ok.messages[-1].text() == "hi there"
     for body, field in [
         ('{"model": "sale", "messages": [], "tools": []}', "tools"),
         ('{"model": "sale", "messages": [{"role": "user", "content": "x"}], "n": 2}', "n"),
-        ('{"model": "sale", "messages": [{"role": "tool", "content": "x"}]}', "messages.0.role"),
+        (
+            '{"model": "sale", "messages": [{"role": "function", "content": "x"}]}',
+            "messages.0.role",
+        ),
+        ('{"model": "sale", "messages": [{"role": "tool", "content": "x"}]}', "tool_call_id"),
         (
             '{"model": "sale", "messages": [{"role": "user", "content": "x"}], "logprobs": true}',
             "logprobs",
@@ -199,17 +203,17 @@ def test_the_record_store_keeps_only_the_most_recent_records():
     assert store.get("a4").auction_id == "a4"
 
 
-def test_metrics_count_requests_spend_and_winner_share():
+def test_metrics_count_requests_spend_per_phase_and_wins_per_policy():
     m = Metrics()
-    m.observe_request("chat", 200, 0.01)
-    m.observe_record(_record("a1"))
-    m.observe_record(_record("a2", winner=None))
+    m.observe_request("chat", 200, 0.01, "ci")
+    m.observe_record(_record("a1"), policy="sale:lean", tenant="ci")
+    m.observe_record(_record("a2", winner=None), policy="sale", tenant="ci")
     text = m.render().decode()
-    assert 'sale_requests_total{route="chat",status="200"} 1.0' in text
-    assert 'sale_spend_usd_total{agent="cheap"}' in text
-    assert 'sale_auction_wins_total{agent="cheap"} 1.0' in text
-    assert 'sale_winner_share{agent="cheap"} 0.5' in text
-    assert 'sale_auctions_total{outcome="no_winner"} 1.0' in text
+    assert 'sale_requests_total{route="chat",status="200",tenant="ci"} 1.0' in text
+    assert 'sale_spend_dollars_total{agent="cheap",phase="bid",tenant="ci"} 0.002' in text
+    assert 'sale_spend_dollars_total{agent="cheap",phase="execute",tenant="ci"} 0.002' in text
+    assert 'sale_auction_wins_total{agent="cheap",policy="sale:lean",tenant="ci"} 1.0' in text
+    assert 'sale_auctions_total{outcome="no_winner",policy="sale",tenant="ci"} 1.0' in text
 
 
 def test_the_explanation_names_the_winner_the_runner_up_and_who_was_out():
