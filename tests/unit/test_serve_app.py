@@ -172,6 +172,19 @@ def test_a_task_returns_its_result_verdict_and_full_record(server):
     assert body["passed"] is False  # the echo is not "hi": verified, not assumed
     assert body["record"]["auction_id"] == body["auction_id"] == r.headers["x-sale-auction-id"]
     assert body["sale"]["scores"] and body["cost_usd"] > 0
+    assert body["sale"]["policy"] == "sale"
+
+
+def test_a_task_may_name_its_policy(server):
+    url, h = f"{server.url}/v1/tasks", {"authorization": f"Bearer {KEY}"}
+    body = {"prompt": "say hi", "kind": "answer", "model": "sale:lean"}
+    r = httpx.post(url, headers=h, json=body, timeout=30)
+    assert r.status_code == 200, r.text
+    # lean: dear is the reserve; cheap's lone, unjudged bid scores above 0, so dear answers
+    assert r.json()["sale"]["policy"] == "sale:lean" and r.json()["winner"] == "dear"
+    assert r.json()["record"]["verdicts"] == []
+    r = httpx.post(url, headers=h, json={**body, "model": "sale:nope"}, timeout=30)
+    assert r.status_code == 404 and "sale:lean_verify" in r.json()["error"]["message"]
 
 
 def test_caller_written_tests_need_a_key_allowed_to_send_them(upstream, tmp_path):
