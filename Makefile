@@ -13,7 +13,7 @@ export RAY_USAGE_STATS_ENABLED = 0
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER = 0
 export PIP_DISABLE_PIP_VERSION_CHECK = 1
 
-.PHONY: demo test test-all lint install models clean bench
+.PHONY: demo test test-all lint install models clean bench browser
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,15 +30,27 @@ demo: install
 	$(BIN)/sale-ray models fetch $(DEMO_MODELS)
 	$(BIN)/sale-ray run --dataset humaneval --limit $(LIMIT) --out $(OUT)
 
+## browser: the system Chromium the report's browser test drives (OS package; nothing if present)
+browser:
+	@if command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "make browser: installing chromium (apt-get)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	else \
+	  echo "make browser: no chromium on PATH, and installing it needs root and apt-get:" \
+	       "install Chromium from your OS packages (tests/integration/test_report_browser.py" \
+	       "fails under make test until then)" >&2; \
+	fi
+
 ## test: the default suite (unit + integration, real local models; no `slow` tests)
-test: install
+test: install browser
 	$(BIN)/sale-ray models fetch $(TEST_MODELS)
-	SALE_RAY_REQUIRE_MODELS=1 $(BIN)/python -m pytest -q
+	SALE_RAY_REQUIRE_MODELS=1 SALE_RAY_REQUIRE_BROWSER=1 $(BIN)/python -m pytest -q
 
 ## test-all: everything, including `slow` tests
-test-all: install
+test-all: install browser
 	$(BIN)/sale-ray models fetch $(DEMO_MODELS)
-	SALE_RAY_REQUIRE_MODELS=1 $(BIN)/python -m pytest -q -m ''
+	SALE_RAY_REQUIRE_MODELS=1 SALE_RAY_REQUIRE_BROWSER=1 $(BIN)/python -m pytest -q -m ''
 
 ## bench: the benchmarks that need no model (~15 min on 2 cores); JSON in benchmarks/results/,
 ## tables in BENCHMARKS.md regenerated from it (model-based sections from their summaries)

@@ -297,6 +297,12 @@ def decisions_from_auctions(table: pa.Table, method: str = "run") -> list[dict[s
 
 
 # --- the report ---------------------------------------------------------------------------------
+def _longest_stream(db: LogDB) -> int:
+    return db.sql(
+        "SELECT coalesce(max(n), 0) FROM (SELECT count(*) AS n FROM decisions GROUP BY method)"
+    ).fetchone()[0]
+
+
 def write_report(
     src: str,
     out_dir: str | Path | None = None,
@@ -323,7 +329,8 @@ def write_report(
         data = ReportData(
             stats=method_stats_sql(db),
             stream=stream_shares(db, 4),
-            stream_fine=stream_shares(db, 20),
+            # parts of >= 3 tasks, at most 10: a share of 1 task in 1 says nothing
+            stream_fine=stream_shares(db, max(1, min(10, _longest_stream(db) // 3))),
             matrix=query_db(db, "matrix_signal_cells").to_pylist() if "matrix" in db.views else [],
             summary=json.loads(summary_text) if summary_text else None,
         )

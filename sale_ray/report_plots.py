@@ -75,7 +75,7 @@ def write_plots(
     ax.bar(methods, [stats[m]["largest_share"] for m in methods])
     ax.axhline(0.4, ls="--", c="gray")
     ax.set_ylabel("largest-agent share")
-    ax.tick_params(axis="x", rotation=30)
+    plt.setp(ax.get_xticklabels(), rotation=35, ha="right")
     files["largest"] = _save(fig, out / "largest_share.png")
 
     bins = sorted({k for s in stats.values() for k in s["per_bin"]})
@@ -95,20 +95,7 @@ def write_plots(
 
     sale = [m for m in methods if m in sale_methods]
     if sale:
-        fig, ax = plt.subplots(figsize=(7, 3.5))
-        for m in sale:
-            parts = stream.get(m, [])
-            xs = [(p["part"] + 0.5) / len(parts) for p in parts]
-            for a in sorted({a for p in parts for a in p["won"]}):
-                ys = [p["won"].get(a, 0) / p["tasks"] for p in parts]
-                ax.plot(xs, ys, marker="o", ms=3, label=f"{m}: {a}")
-        ax.set_xlim(0, 1)
-        ax.set_ylim(-0.02, 1.02)
-        ax.set_xlabel("position in the task stream (0 = first task, 1 = last)")
-        ax.set_ylabel("winner share in that part")
-        ax.set_title("winner share over time")
-        ax.legend(fontsize=7)
-        files["stream"] = _save(fig, out / "winner_share_stream.png")
+        files["stream"] = _winner_share_plot(plt, stream, sale, out / "winner_share_stream.png")
 
         fig, ax = plt.subplots(figsize=(7, 3.5))
         bottom = [0.0] * len(sale)
@@ -117,6 +104,8 @@ def write_plots(
             ax.bar(sale, vals, bottom=bottom, label=p)
             bottom = [x + y for x, y in zip(bottom, vals, strict=True)]
         ax.set_ylabel("tokens (held-out split)")
+        ax.set_title("tokens per phase")
+        plt.setp(ax.get_xticklabels(), rotation=25, ha="right")
         ax.legend()
         files["phases"] = _save(fig, out / "phase_tokens.png")
 
@@ -129,10 +118,49 @@ def write_plots(
             bottom = [x + y for x, y in zip(bottom, vals, strict=True)]
     ax.set_ylabel("$ (held-out split)")
     ax.set_title("spend per phase")
-    ax.tick_params(axis="x", rotation=30)
+    plt.setp(ax.get_xticklabels(), rotation=35, ha="right")
     ax.legend(fontsize=8)
     files["spend"] = _save(fig, out / "phase_spend.png")
     return files
+
+
+def _winner_share_plot(
+    plt: Any, stream: dict[str, list[dict[str, Any]]], sale: Sequence[str], path: Path
+) -> Path:
+    """Small multiples, one per auction method: who won each part of the task stream (stacked
+    shares; an agent keeps its colour across panels)."""
+    agents = sorted({a for m in sale for p in stream.get(m, []) for a in p["won"]})
+    colour = {a: f"C{i % 10}" for i, a in enumerate(agents)}
+    cols = min(3, len(sale))
+    rows = -(-len(sale) // cols)
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(3.6 * cols, 2.6 * rows + 0.6), sharex=True, sharey=True, squeeze=False
+    )
+    for ax, m in zip(axes.flat, sale, strict=False):
+        parts = stream.get(m, [])
+        xs = [(p["part"] + 0.5) / len(parts) for p in parts] if parts else []
+        ys = [[p["won"].get(a, 0) / p["tasks"] for p in parts] for a in agents]
+        if len(xs) == 1:  # one part: a bar, as a single point has no area
+            bottom = 0.0
+            for a, y in zip(agents, ys, strict=True):
+                ax.bar([0.5], y, width=1.0, bottom=bottom, color=colour[a])
+                bottom += y[0]
+        elif xs:
+            ax.stackplot(xs, ys, colors=[colour[a] for a in agents], alpha=0.85)
+        ax.set_title(m, fontsize=9)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+    for ax in axes.flat[len(sale) :]:
+        ax.axis("off")
+    handles = [plt.Rectangle((0, 0), 1, 1, color=colour[a]) for a in agents]
+    fig.legend(handles, agents, loc="lower center", ncol=len(agents) or 1, fontsize=8)
+    fig.supxlabel("position in the task stream (0 = first task, 1 = last)", fontsize=9, y=0.06)
+    fig.supylabel("winner share", fontsize=9)
+    fig.suptitle("winner share over time", fontsize=11)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def _save(fig: Any, path: Path) -> Path:

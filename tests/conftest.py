@@ -44,3 +44,24 @@ def require_models(*models: str) -> None:
             f"{reason} (SALE_RAY_REQUIRE_MODELS=1: make test fetched them, so this is a bug)"
         )
     pytest.skip(reason)
+
+
+def require_browser() -> str:
+    """The system Chromium's path; skip when there is none — or fail, under ``make test``.
+
+    ``make test`` installs Chromium from the OS packages (``make browser``) and sets
+    ``SALE_RAY_REQUIRE_BROWSER=1``, so a missing browser there means set-up broke (for example
+    a non-root user without apt), and a silent skip would hide it.
+    """
+    from tests.browser import chromium_binary
+
+    path = chromium_binary()
+    if path:
+        return path
+    reason = "no chromium on PATH: run `make browser` (Debian: `apt-get install chromium`)"
+    if os.environ.get("SALE_RAY_REQUIRE_BROWSER") == "1":
+        pytest.fail(
+            f"{reason} (SALE_RAY_REQUIRE_BROWSER=1: make test installs it unless it cannot, "
+            "see its message above)"
+        )
+    pytest.skip(reason)

@@ -109,6 +109,7 @@ def test_report_files_from_a_synthetic_eval_log(tmp_path):
         "Per complexity bin",
         "Winner share over the task stream",
         "Token overhead per auction phase",
+        "Spend per phase",
         "Signals",
         "| oracle |",
         "| knn |",
@@ -124,6 +125,7 @@ def test_report_files_from_a_synthetic_eval_log(tmp_path):
         "per_bin.png",
         "winner_share_stream.png",
         "phase_tokens.png",
+        "phase_spend.png",
     } <= pngs
     assert "cost_vs_pass.png" in text
 
