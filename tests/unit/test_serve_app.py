@@ -159,6 +159,17 @@ def test_streaming_works_with_the_official_client(client, model):
     assert chunks[-1].usage.total_tokens > 0  # include_usage: a last chunk with the usage
 
 
+def test_a_streamed_auction_runs_the_policy_its_model_names(client):
+    raw = client.chat.completions.with_raw_response.create(
+        model="sale:lean", messages=_user("stream a policy"), stream=True
+    )
+    assert raw.headers["x-sale-winner"] == "dear"  # the reserve: cheap's lone bid scores > 0
+    chunks = list(raw.parse())
+    assert {c.model for c in chunks} == {"sale:lean"}
+    last = [c for c in chunks if c.choices and c.choices[0].finish_reason][-1]
+    assert last.model_extra["sale"]["policy"] == "sale:lean"
+
+
 def test_a_task_returns_its_result_verdict_and_full_record(server):
     r = httpx.post(
         f"{server.url}/v1/tasks",
