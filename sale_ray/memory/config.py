@@ -12,7 +12,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 EmbedderName = Literal["minilm", "minilm-torch", "hashing"]
-ContrastOn = Literal["auction", "outcome"]
+ContrastOn = Literal["verified", "auction", "outcome"]
 IndexKind = Literal["auto", "exact", "ivf"]
 Isolation = Literal["shared", "namespace"]
 
@@ -77,9 +77,11 @@ class MemoryConfig(_Strict):
         "tenant's auctions (see sale_ray/memory/namespaces.py).",
     )
     contrast_on: ContrastOn = Field(
-        default="auction",
-        description="'auction': a winning plan is the auction's winner (the paper). "
-        "'outcome': it must also have passed the task's verifier.",
+        default="verified",
+        description="'verified': where the task had a verifier, a winning plan must have "
+        "passed it; where it had none, the auction's winner counts. 'auction': the auction's "
+        "winner, passed or not (the paper). 'outcome': only winners that passed (tasks without "
+        "a verifier give no exemplar). Measured in BENCHMARKS.md, 'Memory learning'.",
     )
     embedder: EmbedderName = Field(
         default="minilm",

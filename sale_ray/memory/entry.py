@@ -134,7 +134,7 @@ def entry_from_record(record: AuctionRecord, task_text: str) -> MemoryEntry:
 
 # --- contrastive pairs ------------------------------------------------------------------------
 def contrastive_pairs(
-    entries: Iterable[MemoryEntry], agent: str, contrast_on: ContrastOn = "auction"
+    entries: Iterable[MemoryEntry], agent: str, contrast_on: ContrastOn = "verified"
 ) -> list[ContrastPair]:
     """At most one (losing plan, winning plan) pair per retrieved entry, for ``agent``.
 
@@ -143,6 +143,8 @@ def contrastive_pairs(
     * the entry needs a *winning* plan: with ``contrast_on="auction"`` (the paper) that is the
       bid that won the auction; with ``"outcome"`` it must also have passed the verifier, so an
       entry whose winner failed, or whose task had no verifier (``passed is None``), gives no pair;
+      with ``"verified"`` (the default) a winner that *failed* its verifier gives no pair, and a
+      task without one counts its auction winner;
     * ``agent`` must have bid in it, and must not be the one that won (an agent that won, or won
       and passed, has nothing to learn from that entry);
     * the losing plan is ``agent``'s original bid (its refined bid if it only has that): the
@@ -154,6 +156,8 @@ def contrastive_pairs(
         if win is None or win.agent == agent:
             continue
         if contrast_on == "outcome" and e.passed is not True:
+            continue
+        if contrast_on == "verified" and e.passed is False:
             continue
         mine = [b for b in e.bids if b.agent == agent and not b.won]
         if not mine:

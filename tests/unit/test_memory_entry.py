@@ -121,6 +121,11 @@ def test_pairs_outcome_mode_needs_a_passing_winner():
     ]
 
 
+def test_pairs_verified_mode_drops_failed_winners_and_keeps_unverified_tasks():
+    pairs = contrastive_pairs(ENTRIES, "small")  # the default
+    assert [p.auction_id for p in pairs] == ["e1", "e3", "e6"]  # e2's winner failed its tests
+
+
 def test_pairs_for_the_winner_itself_are_empty():
     assert contrastive_pairs([ENTRIES[3]], "small", "auction") == []
     assert contrastive_pairs([ENTRIES[3]], "small", "outcome") == []

@@ -114,11 +114,13 @@ def test_contrast_uses_one_retrieval_for_all_agents():
     m = memory()
     m.write(entries(range(20)))
     m.write(entries(range(20, 25), passed=False))
-    pairs = m.contrast("v22", ["small", "big"], k=8)
+    pairs = m.contrast("v22", ["small", "big"], k=8, contrast_on="auction")
     assert len(pairs["small"]) == 8 and pairs["big"] == []
     assert pairs["small"][0].auction_id == "a22"  # itself is nearest
-    out = m.contrast("v22", ["small"], k=8, contrast_on="outcome")["small"]
-    assert all(p.auction_id not in {f"a{i}" for i in range(20, 25)} for p in out)
+    failed = {f"a{i}" for i in range(20, 25)}
+    for mode in ("outcome", None):  # None: the default, "verified"
+        out = m.contrast("v22", ["small"], k=8, contrast_on=mode)["small"]
+        assert out and all(p.auction_id not in failed for p in out)
 
 
 def test_async_api_matches_sync():
