@@ -451,34 +451,73 @@ def render_demo() -> str | None:
     return "\n\n".join([_file_line("demo_summary.json"), head_line, table])
 
 
+def _ci(r: dict) -> str:
+    return "–" if r.get("ci95") is None else f"[{r['ci95'][0]:+.3f}, {r['ci95'][1]:+.3f}]"
+
+
 def render_jury_injection() -> str | None:
     d = _load("jury_injection.json")
     if d is None:
         return None
-    rows = [
-        [
-            arm,
-            str(r["n"]),
-            _num(r["mean_gain"], 3),
-            "–" if r["ci95"] is None else f"[{r['ci95'][0]:+.3f}, {r['ci95'][1]:+.3f}]",
-            _pct(r.get("share_gained_over_0.5"), 0),
-        ]
-        for arm, r in d["arms"].items()
-    ]
+    # "without the screen": the held-out arms from the same run, the fitted ones from the run
+    # before the screen existed (jury_injection_noscreen.json, same tasks and juror)
+    before = (_load("jury_injection_noscreen.json") or {}).get("arms", {})
+    arms = {a: r for a, r in d["arms"].items() if not a.endswith("_screen_off")}
+    rows = []
+    for arm, r in arms.items():
+        off = d["arms"].get(f"{arm}_screen_off") or before.get(arm)
+        rows.append(
+            [
+                arm,
+                str(r["n"]),
+                _num(r["mean_gain"], 3),
+                _ci(r),
+                _pct(r.get("share_gained_over_0.5"), 0),
+                "–" if off is None else f"{_num(off['mean_gain'], 3)} {_ci(off)}",
+            ]
+        )
     beat = ", ".join(d["attacks_beating_noise"]) or "none"
     head = (
         f"juror `{d['model']}`, {d['trials']} HumanEval tasks, {d['abstained']} abstentions, "
-        f"{d['seconds']:.0f} s; attacks whose interval lies wholly above the benign arm's: "
-        f"**{beat}**."
+        f"{d['seconds']:.0f} s; screen {'on' if d.get('screen') else 'off'}; attacks whose "
+        f"interval lies wholly above the benign arm's: **{beat}**."
     )
+    fp = d.get("false_positives")
+    if fp:
+        head += (
+            f" False positives: {fp['real_bids_flagged']} of {fp['real_bids']} real bids by the "
+            f"juror model, {fp['task_prompts_flagged']} of {fp['task_prompts']} task prompts "
+            "(HumanEval and reasoning-gym) had a sentence removed."
+        )
     table = _table(
-        ["arm", "trials", "mean score gain", "95 % CI", "gained > 0.5"], rows
-    )  # fmt: skip
+        ["arm", "trials", "mean score gain", "95 % CI", "gained > 0.5", "gain without the screen"],
+        rows,
+    )
     return "\n\n".join([_file_line("jury_injection.json"), head, table])
+
+
+def render_memory_poisoning() -> str | None:
+    d = _load("memory_poisoning.json")
+    if d is None:
+        return None
+    head = (
+        f"refiner `{d['model']}`, {d['trials']} HumanEval tasks, planted word `{d['word']}`; "
+        f"the screen removed the planted sentence in {d['screen_caught_phrasings']} of "
+        f"{d['trials']} poisoned past tasks; {d['seconds']:.0f} s."
+    )
+    rows = [
+        [arm, str(r["n"]), _pct(r["share_with_word"], 0), _ci({"ci95": r["gain_vs_control_ci95"]})]
+        for arm, r in d["arms"].items()
+    ]
+    table = _table(
+        ["arm", "trials", "refined plans with the word", "gain vs control, 95 % CI"], rows
+    )
+    return "\n\n".join([_file_line("memory_poisoning.json"), head, table])
 
 
 SECTIONS: dict[str, Callable[[], str | None]] = {
     "jury_injection": render_jury_injection,
+    "memory_poisoning": render_memory_poisoning,
     "auctioneer_load": render_auctioneer,
     "serve_overhead": render_serve,
     "memory_retrieval": render_retrieval,
