@@ -95,7 +95,11 @@ def connect(s3: bool = False, endpoint_url: str | None = None) -> Any:
     con = duckdb.connect()
     if s3:
         con.execute(f"LOAD '{_quote(str(httpfs_path()))}'")
-        con.execute(_s3_secret(endpoint_url or os.environ.get("AWS_ENDPOINT_URL")))
+        try:
+            con.execute(_s3_secret(endpoint_url or os.environ.get("AWS_ENDPOINT_URL")))
+        except duckdb.Error as e:  # its message may quote the statement: keys stay out of it
+            con.close()
+            raise InfraError(f"DuckDB refused the S3 settings ({type(e).__name__})") from None
     return con
 
 
@@ -214,7 +218,8 @@ def open_logs(src: str, endpoint_url: str | None = None) -> LogDB:
             _folder(db)
     except (duckdb.IOException, duckdb.HTTPException) as e:  # storage, not our input
         con.close()
-        raise InfraError(f"{src}: cannot read the logs ({str(e)[:300]})") from None
+        first = (str(e).strip().splitlines() or [""])[0]  # not DuckDB's echo of the SQL
+        raise InfraError(f"{src}: cannot read the logs ({first[:300]})") from None
     except BaseException:
         con.close()
         raise

@@ -253,3 +253,13 @@ def test_the_command_line_prints_a_query(tmp_path, capsys):
     assert "pass_at_1" in out and "0.6666" in out
     assert main(["--list"]) == 0 and "spend_per_agent_per_day" in capsys.readouterr().out
     assert main(["memory_agents", str(tmp_path)]) == 2
+
+
+def test_unreachable_storage_is_an_infra_error_that_quotes_no_key(monkeypatch):
+    from sale_ray.errors import InfraError
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "sekret-never-printed")
+    with pytest.raises(InfraError, match="cannot read the logs") as e:
+        open_logs("s3://bucket/run", endpoint_url="http://127.0.0.1:1")  # nothing listens
+    assert "sekret" not in str(e.value) and "AKIDEXAMPLE" not in str(e.value)
