@@ -93,6 +93,7 @@ def connect(s3: bool = False, endpoint_url: str | None = None) -> Any:
     except ImportError:
         raise InfraError("the log queries need duckdb (pip install -e '.[report]')") from None
     con = duckdb.connect()
+    con.execute("SET enable_progress_bar = false")  # a report prints its own lines, not bars
     if s3:
         con.execute(f"LOAD '{_quote(str(httpfs_path()))}'")
         try:
