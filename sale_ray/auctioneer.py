@@ -24,6 +24,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequenc
 from typing import Any
 
 from .agents.quota import AgentGate, Budget, BudgetExhausted, GatedAgent, estimate_call
+from .auction.meter import metering
 from .auction.protocol import Evaluator, Refiner, run_auction
 from .auction.refinement import ContrastMemory, MemoryRefiner
 from .config import SaleConfig
@@ -297,29 +298,39 @@ class Auctioneer:
 
     async def _auction(self, task: Task) -> AuctionRecord:
         aid = f"{task.id}#{uuid.uuid4().hex[:12]}"
-        try:
-            rec = await run_auction(
-                task,
-                self.handles,
-                self.prices_out,
-                self.config,
-                evaluate=self.evaluate,
-                refine=self.refine,
-                auction_id=aid,
-            )
-        except Exception as e:  # a bug must cost one task, never the run: record it
-            self.counts["crashed"] += 1
-            return AuctionRecord(
-                auction_id=aid,
-                task_id=task.id,
-                kind=task.kind,
-                bin=task.bin,
-                error=f"auction crashed: {type(e).__name__}: {e}"[:500],
-                started_at=time.time(),
-                evaluation=Evaluation(passed=False if task.tests or task.expected else None),
-            )
+        started = time.time()
+        with metering() as meter:  # every gated call books its spend here as it settles
+            try:
+                rec = await run_auction(
+                    task,
+                    self.handles,
+                    self.prices_out,
+                    self.config,
+                    evaluate=self.evaluate,
+                    refine=self.refine,
+                    auction_id=aid,
+                )
+            except Exception as e:  # a bug must cost one task, never the run: record it
+                self.counts["crashed"] += 1
+                # what its calls already cost stays on the record; resume runs it again
+                return AuctionRecord(
+                    auction_id=aid,
+                    task_id=task.id,
+                    kind=task.kind,
+                    bin=task.bin,
+                    error=f"auction crashed: {type(e).__name__}: {e}"[:500],
+                    failure="retriable",
+                    phase_usage=dict(meter.by_phase),
+                    started_at=started,
+                    evaluation=Evaluation(passed=False if task.tests or task.expected else None),
+                )
         if rec.execution is None and _mentions_budget(rec):
-            rec = rec.model_copy(update={"error": f"{BUDGET_REFUSED}: {rec.error or ''}"[:500]})
+            rec = rec.model_copy(
+                update={
+                    "error": f"{BUDGET_REFUSED}: {rec.error or ''}"[:500],
+                    "failure": "retriable",
+                }
+            )
         if self.remember is not None:
             try:
                 await self.remember(task, rec)
@@ -340,6 +351,7 @@ class Auctioneer:
             kind=task.kind,
             bin=task.bin,
             error="duplicate task id: already auctioned (see the results log)",
+            failure="final",
         )
 
     # -- many at once ------------------------------------------------------------------------

@@ -83,8 +83,16 @@ def _conform(t: pa.Table) -> pa.Table:
         raise ValueError(f"does not match the results schema ({str(e)[:200]})") from None
 
 
-def _is_done(errors: Iterable[str | None]) -> list[bool]:
-    return [not (e or "").startswith(_BUDGET_REFUSED) for e in errors]
+def _is_done(t: pa.Table) -> list[bool]:
+    """Per row: has the task a result a rerun must keep? Not when its ``failure`` is
+    ``retriable``; rows written before that column existed are judged by their error text
+    (only a budget refusal was retried then)."""
+    errors = t.column("error").to_pylist()
+    failures = t.column("failure").to_pylist()
+    return [
+        f != "retriable" if f is not None else not (e or "").startswith(_BUDGET_REFUSED)
+        for e, f in zip(errors, failures, strict=True)
+    ]
 
 
 class ResultSink:
@@ -188,16 +196,14 @@ class ResultSink:
         return out
 
     def done_ids(self) -> set[str]:
-        """Task ids that already have a result (budget refusals excluded: those may rerun).
+        """Task ids that already have a result (retriable failures excluded: those rerun).
 
         Files are decoded whole, not just their id column: a file whose ids read but whose
         other columns do not would count its tasks done here and lose them at the merge."""
         done: set[str] = set()
         for _, t in self._load_all():
             ids = t.column("task_id").to_pylist()
-            done.update(
-                i for i, ok in zip(ids, _is_done(t.column("error").to_pylist()), strict=True) if ok
-            )
+            done.update(i for i, ok in zip(ids, _is_done(t), strict=True) if ok)
         return done
 
     # -- writing -----------------------------------------------------------------------------
@@ -253,7 +259,7 @@ class ResultSink:
             return AUCTION_SCHEMA.empty_table(), 0, []
         t = pa.concat_tables([t for _, t in loaded])
         ids = t.column("task_id").to_pylist()
-        done = _is_done(t.column("error").to_pylist())
+        done = _is_done(t)
         pick: dict[str, int] = {}
         for i, tid in enumerate(ids):
             j = pick.get(tid)

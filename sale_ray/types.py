@@ -163,6 +163,11 @@ class Evaluation(_Frozen):
 Phase = Literal["bid", "jury", "refine", "execute", "evaluate"]
 
 
+#: Whose fault and what a rerun does: ``retriable`` (money ran out, an actor died, the auction
+#: crashed — resume runs it again) or ``final`` (it ran and this is its result).
+Failure = Literal["retriable", "final"]
+
+
 class AuctionRecord(_Frozen):
     """Everything one auction did, enough to explain its decision afterwards."""
 
@@ -179,6 +184,11 @@ class AuctionRecord(_Frozen):
     phase_usage: dict[str, Usage] = Field(default_factory=dict)
     phase_seconds: dict[str, float] = Field(default_factory=dict)
     error: str | None = None
+    failure: Failure | None = Field(
+        default=None,
+        description="None: the auction ran. 'retriable': it did not finish for a reason a "
+        "rerun may not meet (resume retries it); 'final': it failed and stays failed.",
+    )
     notes: list[str] = Field(
         default_factory=list, description="What went wrong without failing the task."
     )
@@ -233,6 +243,7 @@ AUCTION_SCHEMA = pa.schema(
         ("evaluation_detail", pa.string()),
         ("evaluation_isolation", pa.list_(pa.string())),  # sandbox layers (docs/sandbox.md)
         ("error", pa.string()),
+        ("failure", pa.string()),  # AuctionRecord.failure: retriable | final | null
         ("notes", pa.list_(pa.string())),
         ("started_at", pa.float64()),
     ]
@@ -279,6 +290,7 @@ def record_row(rec: AuctionRecord) -> dict:
         "evaluation_detail": rec.evaluation.detail,
         "evaluation_isolation": list(rec.evaluation.isolation),
         "error": rec.error,
+        "failure": rec.failure,
         "notes": list(rec.notes),
         "started_at": rec.started_at,
     }

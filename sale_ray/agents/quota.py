@@ -21,9 +21,10 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ..auction.meter import charge
 from ..config import AgentSpec, SaleConfig
 from ..errors import SaleRayError
-from ..types import Task
+from ..types import Task, Usage
 
 Clock = Callable[[], float]
 
@@ -222,7 +223,13 @@ class AgentGate:
         self.refused[kind] = self.refused.get(kind, 0) + 1
         return exc
 
-    async def call(self, est: Estimate, max_wait_s: float, fn: Callable[[], Awaitable[Any]]) -> Any:
+    async def call(
+        self,
+        est: Estimate,
+        max_wait_s: float,
+        fn: Callable[[], Awaitable[Any]],
+        method: str = "call",
+    ) -> Any:
         """Run ``fn`` within every limit, or raise a :class:`QuotaExhausted` saying which one."""
         usd = self.price(est)
         await self._wait_for_money(usd, max_wait_s)
@@ -230,6 +237,7 @@ class AgentGate:
         self.budget.reserve(usd)
         self.run_budget.reserve(usd)
         actual: float | None = None
+        result: Any = None
         try:
             async with self.sem:  # per-agent concurrency, across all auctions (backpressure)
                 wait = self._take_rate(est, max_wait_s)
@@ -245,6 +253,8 @@ class AgentGate:
             spent = usd if actual is None else actual
             self.budget.settle(usd, spent)
             self.run_budget.settle(usd, spent)
+            # and book it on the auction's meter: a crash later in the auction keeps it
+            charge(method, result.usage if actual is not None else Usage(cost_usd=spent))
 
     async def _wait_for_money(self, usd: float, max_wait_s: float) -> None:
         loop = asyncio.get_running_loop()
@@ -301,22 +311,22 @@ class GatedAgent:
 
     async def bid(self, task: Task) -> Any:
         est = estimate_call("bid", task, self.config)
-        return await self.gate.call(est, self._max_wait["bid"], lambda: self.inner.bid(task))
+        return await self.gate.call(est, self._max_wait["bid"], lambda: self.inner.bid(task), "bid")
 
     async def judge(self, task: Task, plans: Sequence[tuple[str, str]]) -> Any:
         est = estimate_call("judge", task, self.config, len(plans))
         return await self.gate.call(
-            est, self._max_wait["judge"], lambda: self.inner.judge(task, plans)
+            est, self._max_wait["judge"], lambda: self.inner.judge(task, plans), "judge"
         )
 
     async def refine(self, task: Task, plan: str, pairs: Sequence[Any]) -> Any:
         est = estimate_call("refine", task, self.config)
         return await self.gate.call(
-            est, self._max_wait["refine"], lambda: self.inner.refine(task, plan, pairs)
+            est, self._max_wait["refine"], lambda: self.inner.refine(task, plan, pairs), "refine"
         )
 
     async def execute(self, task: Task, plan: str) -> Any:
         est = estimate_call("execute", task, self.config)
         return await self.gate.call(
-            est, self._max_wait["execute"], lambda: self.inner.execute(task, plan)
+            est, self._max_wait["execute"], lambda: self.inner.execute(task, plan), "execute"
         )

@@ -171,6 +171,7 @@ async def run_auction(
                 passed=False if _verifiable(task) else None, detail="no valid bids"
             ),
             error="no valid bids",
+            failure=_bid_failure(bids),
         )
 
     # 6-7. refinement by strictly cheaper agents, then the final winner
@@ -248,8 +249,16 @@ async def run_auction(
         phase_usage=usage,
         phase_seconds=seconds,
         error=error if execution is None else None,
+        failure="retriable" if execution is None else None,  # no agent could execute: rerun
         notes=notes + ([error] if error and execution is not None else []),
     )
+
+
+def _bid_failure(bids: Sequence[Bid]) -> str:
+    """An auction without a valid bid: final when every model answered and its answer was
+    unusable (it would be again), retriable when a call failed (timeout, quota, a dead actor)."""
+    own = ("empty plan", "malformed")
+    return "final" if all((b.rejected or "").startswith(own) for b in bids) else "retriable"
 
 
 async def _reserve_bid(

@@ -287,3 +287,37 @@ def test_a_slow_item_does_not_hold_its_batch_mates_and_is_cancelled_when_abandon
     got, held, cancelled, after = asyncio.run(main())
     assert got == [0, 2, 4, 6, 8] and not held
     assert cancelled == 1 and after == 14
+
+
+def test_a_crashed_auction_keeps_what_its_calls_cost_and_is_retriable():
+    cfg = _config()
+    agents = {s.name: ScriptedAgent(s, cfg) for s in cfg.pool.agents}
+    prices = {n: (p, p) for n, p in PRICES.items()}
+
+    async def broken_verifier(task, answer):  # a bug after bids, jury and execution were paid
+        raise RuntimeError("verifier bug")
+
+    async def main():
+        ok = Auctioneer(agents, prices, cfg, evaluate=scripted_evaluate)
+        crashed = Auctioneer(agents, prices, cfg, evaluate=broken_verifier)
+        task = _tasks(1)[0]  # the same task in both: the same scripted calls, the same cost
+        return await ok.submit(task), await crashed.submit(task)
+
+    ok, crashed = asyncio.run(main())
+    assert (
+        crashed.error.startswith("auction crashed: RuntimeError") and crashed.failure == "retriable"
+    )
+    # the same calls were made as in the auction that finished, and cost the same
+    assert crashed.cost_usd == pytest.approx(ok.cost_usd) and crashed.cost_usd > 0
+    assert set(crashed.phase_usage) == {"bid", "jury", "execute"}
+    assert ok.failure is None
+
+
+def test_an_auction_without_a_valid_bid_says_whether_a_rerun_could_help():
+    from sale_ray.auction.protocol import _bid_failure
+    from sale_ray.types import Bid
+
+    assert _bid_failure([Bid(agent="a", rejected="empty plan")]) == "final"
+    assert _bid_failure([Bid(agent="a", rejected="malformed bid: int")]) == "final"
+    assert _bid_failure([Bid(agent="a", rejected="empty plan"), Bid(agent="b", rejected="timeout: no bid within 5s")]) == "retriable"  # fmt: skip
+    assert _bid_failure([Bid(agent="a", rejected="RateLimited: rpm quota full")]) == "retriable"

@@ -307,3 +307,15 @@ def test_old_results_whose_bids_predate_the_screened_field_still_merge(tmp_path)
     pq.write_table(old, part)
     merged = ResultSink(str(tmp_path)).merged()[0].column("bids").to_pylist()
     assert merged[0][0]["plan"] == "p" and merged[0][0]["screened"] is None
+
+
+def test_resume_reruns_retriable_failures_and_keeps_final_ones(tmp_path):
+    s = ResultSink(str(tmp_path), flush_rows=1)
+    s.add([rec("crashed", error="auction crashed: RuntimeError: bug").model_copy(update={"failure": "retriable"})])  # fmt: skip
+    s.add([rec("dup", error="duplicate task id").model_copy(update={"failure": "final"})])
+    s.add([rec("fine")])
+    assert ResultSink(str(tmp_path)).done_ids() == {"dup", "fine"}
+    s.add([rec("crashed")])  # the rerun's result replaces the crashed row at the merge
+    merged = ResultSink(str(tmp_path)).merged()[0]
+    rows = {r["task_id"]: r for r in merged.to_pylist()}
+    assert rows["crashed"]["error"] is None and rows["dup"]["failure"] == "final"
