@@ -6,7 +6,7 @@
 * ``auctions`` — a ``sale-ray run`` log: ``auctions.parquet`` *and* the ``parts/part-*.parquet``
   of a run still going, one row per task id, deduplicated exactly as
   :meth:`~sale_ray.sink.ResultSink.finalize` merges them (first done row wins, else the last
-  budget refusal); files written before a column existed read it as NULL.
+  retriable failure); files written before a column existed read it as NULL.
 * ``run_decisions`` — ``auctions`` in the columns of ``decisions`` (method ``run``, the winner
   as the executing agent, ``largest`` inferred from the bids' prices), plus ``started_at``.
 * ``decisions`` — ``decisions.parquet`` of ``sale-ray eval`` (one row per method x task), or,
@@ -33,7 +33,7 @@ from urllib.parse import urlparse
 from .errors import InfraError, UserError
 
 FINAL, PARTS = "auctions.parquet", "parts"  # sale_ray.sink's layout
-_REFUSED = "budget exhausted"  # sale_ray.sink._BUDGET_REFUSED: a refused row may be retried
+_REFUSED = "budget exhausted"  # sale_ray.sink._BUDGET_REFUSED: how rows before `failure` said so
 COST_PHASES = ("bid", "jury", "refine", "execute")
 
 
@@ -147,8 +147,21 @@ def _list(files: list[str]) -> str:
 
 
 def _auctions_view(con: Any, files: list[str], final: str | None) -> None:
-    """``auctions``: every results file, one row per task id, as the sink's merge picks it."""
+    """``auctions``: every results file, one row per task id, as the sink's merge picks it.
+
+    A row is *retried* (a later row replaces it) when its ``failure`` is ``retriable``; rows
+    written before that column existed, when their error is a budget refusal
+    (``sale_ray.sink._is_done``). The column is named only if some file has it."""
     fin = f"'{_quote(final)}'" if final else "NULL"
+    cols = con.execute(
+        f"DESCRIBE SELECT * FROM read_parquet({_list(files)}, union_by_name = true)"
+    ).fetchall()
+    old_style = f"coalesce(error, '') LIKE '{_REFUSED}%'"
+    retried = (
+        f"CASE WHEN failure IS NULL THEN {old_style} ELSE failure = 'retriable' END"
+        if "failure" in {c[0] for c in cols}
+        else old_style
+    )
     con.execute(
         f"""
         CREATE VIEW auctions AS
@@ -157,7 +170,7 @@ def _auctions_view(con: Any, files: list[str], final: str | None) -> None:
                    -- final file first, then the parts in name (= write) order
                    dense_rank() OVER (ORDER BY filename IS DISTINCT FROM {fin}, filename)
                        * 1e12 + file_row_number AS _rank,
-                   coalesce(error, '') LIKE '{_REFUSED}%' AS _refused
+                   {retried} AS _refused
             FROM read_parquet({_list(files)}, union_by_name = true,
                               filename = true, file_row_number = true)
             WHERE task_id IS NOT NULL

@@ -11,7 +11,15 @@ from sale_ray.logdb import open_logs
 from sale_ray.memory.entry import entries_table
 from sale_ray.queries import QUERIES, main, query_db, run_query
 from sale_ray.sink import ResultSink
-from sale_ray.types import AuctionRecord, Bid, Evaluation, Execution, ScoredBid, Usage
+from sale_ray.types import (
+    AuctionRecord,
+    Bid,
+    Evaluation,
+    Execution,
+    ScoredBid,
+    Usage,
+    records_table,
+)
 from tests.memory_entries import make_entries
 from tests.unit.test_analytics import _write_eval_folder
 
@@ -263,3 +271,30 @@ def test_unreachable_storage_is_an_infra_error_that_quotes_no_key(monkeypatch):
     with pytest.raises(InfraError, match="cannot read the logs") as e:
         open_logs("s3://bucket/run", endpoint_url="http://127.0.0.1:1")  # nothing listens
     assert "sekret" not in str(e.value) and "AKIDEXAMPLE" not in str(e.value)
+
+
+def test_typed_failures_and_logs_older_than_them_merge_as_the_sink_does(tmp_path):
+    """``failure = 'retriable'`` (an actor died) is replaced by a later result; ``'final'`` is a
+    result; a file written before the ``failure`` column existed still reads."""
+    died = _record(0, "small", False, error="execution by small failed: actor died")
+    died = died.model_copy(update={"failure": "retriable"})
+    gave_up = _record(1, "small", False, error="no valid bids").model_copy(
+        update={"failure": "final"}
+    )
+    sink = ResultSink(str(tmp_path / "typed"))
+    sink.add([died, gave_up])
+    sink.finalize()
+    sink.add([_record(0, "large", True), _record(1, "large", True)])
+    sink.flush()
+    with open_logs(str(tmp_path / "typed")) as db:
+        got = db.sql("SELECT task_id, winner, failure FROM auctions ORDER BY task_id").fetchall()
+    assert got == [("t0", "large", None), ("t1", None, "final")]
+    merged, _ = sink.merged()
+    cols = (merged.column(c).to_pylist() for c in ("task_id", "winner", "failure"))
+    assert sorted(zip(*cols, strict=True)) == got
+
+    old = tmp_path / "old"
+    old.mkdir()
+    table = records_table([_record(2, "small", True)])
+    pq.write_table(table.drop_columns(["failure"]), old / "auctions.parquet")
+    assert run_query("pass_at_1_per_bin", str(old)).column("passed").to_pylist() == [1]
