@@ -80,7 +80,7 @@ except Exception as e:  # noqa: BLE001 - sorted into a bad input (2) or a failur
 
 print(
     f"run: {result.rows} rows in the log ({len(done)} were there before), "
-    f"refused for budget {result.refused} (rerun to continue)"
+    f"to retry {result.retriable} (out of budget or crashed: rerun to continue)"
 )
 print(f"wrote {result.path}")
 print(format_summary(result.summary))

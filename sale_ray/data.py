@@ -27,7 +27,7 @@ Ray Data as ``OUT/parts/part-*.parquet`` (the :mod:`sale_ray.sink` layout), then
 :meth:`~sale_ray.sink.ResultSink.finalize` into ``OUT/auctions.parquet`` plus
 ``summary.json``, so ``sale-ray report``, :mod:`sale_ray.queries` and a resumed run read it
 unchanged. A task refused for lack of money is a row whose ``error`` starts with
-``budget exhausted`` (nothing spent; readers and reruns treat it as not run).
+``budget exhausted`` and whose ``failure`` is ``retriable`` (nothing spent; a rerun runs it).
 """
 
 from __future__ import annotations
@@ -312,6 +312,7 @@ def _refusal(task: Task, why: str) -> AuctionRecord:
         kind=task.kind,
         bin=task.bin,
         error=why,
+        failure="retriable",  # nothing ran: a rerun (resume) tries again
         started_at=time.time(),
     )
 
@@ -367,7 +368,7 @@ class DataResult:
     path: str
     summary: Summary
     rows: int
-    refused: int  # rows refused for lack of money (a rerun retries them)
+    retriable: int  # rows a rerun runs again (refused for lack of money, crashed)
     duplicates_dropped: int
 
 
@@ -413,6 +414,5 @@ def write_auctions(
     summary = summarize(table)
     with fs.open_output_stream(f"{root}/summary.json") as f:
         f.write(json.dumps(summary.model_dump(), indent=2).encode())
-    errors = table.column("error").to_pylist()
-    refused = sum(1 for e in errors if (e or "").startswith(BUDGET_REFUSED))
-    return DataResult(path, summary, table.num_rows, refused, dropped)
+    retriable = table.column("failure").to_pylist().count("retriable")
+    return DataResult(path, summary, table.num_rows, retriable, dropped)

@@ -123,7 +123,7 @@ def test_tasks_read_auctioned_and_logged_with_ray_data_decide_as_the_batch_path(
 
     log = read_log(out, endpoint_url=url)
     assert log.schema.equals(AUCTION_SCHEMA)  # the canonical row, not Ray Data's guess
-    assert result.rows == log.num_rows == N and result.refused == 0
+    assert result.rows == log.num_rows == N and result.retriable == 0
     assert winners(log) == batch_winners  # the same decision on every task
     assert None not in batch_winners.values()
     assert set(log.column("bin").to_pylist()) == {0, 1, 2, 3, 4}
@@ -178,6 +178,21 @@ def test_a_bad_row_of_any_dataset_is_named_by_its_id_when_auctioned(ray_cluster)
         auction(ds, CONFIG, concurrency=1, batch_size=3)
     assert type(e.value) is TaskValidationError  # itself, not Ray's wrapper of it
     assert str(e.value).startswith("row with task id 'd001': kind: Input should be")
+
+
+def test_tasks_refused_for_lack_of_money_are_rows_a_rerun_retries(ray_cluster):
+    import ray.data
+
+    from sale_ray.data import auction
+
+    broke = CONFIG.model_copy(
+        update={"auctioneer": CONFIG.auctioneer.model_copy(update={"budget_usd": 0.0})}
+    )
+    rows = auction(ray.data.from_items(task_rows(4)), broke, batch_size=2).take_all()
+    assert sorted(r["task_id"] for r in rows) == [f"d{i:03d}" for i in range(4)]
+    for r in rows:  # nothing ran, nothing spent, and resume will run it
+        assert r["error"].startswith("budget exhausted") and r["failure"] == "retriable"
+        assert r["winner"] is None and r["cost_usd"] == 0
 
 
 def test_the_job_reads_auctions_and_writes_with_ray_data_and_resumes(ray_cluster, tmp_path):
