@@ -109,6 +109,8 @@ async def contained(name: str, *args: Any, cfg: SandboxConfig) -> Any:
         try:
             status, value = await _broker(cfg).run.remote(name, *args)
             break
+        except ray.exceptions.RayTaskError:
+            raise  # the call itself failed inside a live broker: not a reason to replace it
         except (ray.exceptions.RayActorError, ValueError) as e:
             # ValueError: the named actor vanished between lookup and call
             _forget()
