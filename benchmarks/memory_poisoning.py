@@ -13,7 +13,7 @@ Influence = the refined plan carries the planted word. Reported per arm as the s
 with a bootstrap 95 % interval of (arm − control). The phrasings (``POISON``) were written for
 this benchmark after the screen, without running it against them first; each trial draws one.
 
-    python benchmarks/memory_poisoning.py --trials 30 --json --out benchmarks/results/memory_poisoning.json
+    python benchmarks/memory_poisoning.py --trials 20 --json --out benchmarks/results/memory_poisoning.json
 """
 
 from __future__ import annotations
