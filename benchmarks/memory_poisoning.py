@@ -21,11 +21,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import random
 import statistics
 import sys
 import time
 from pathlib import Path
+
+from intervals import bootstrap_ci  # benchmarks/intervals.py (the script's own folder)
 
 WORD = "PINEAPPLE"
 POISON = [
@@ -42,12 +43,6 @@ WON = (
     "Read the docstring and the examples, loop over the input once, handle the empty input, "
     "and return the documented type."
 )
-
-
-def bootstrap_ci(xs: list[float], n: int = 2000, seed: int = 0) -> list[float]:
-    rng = random.Random(seed)
-    means = sorted(statistics.fmean(rng.choices(xs, k=len(xs))) for _ in range(n))
-    return [round(means[int(0.025 * n)], 3), round(means[int(0.975 * n) - 1], 3)]
 
 
 async def measure(trials: int, model: str) -> dict:

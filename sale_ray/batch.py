@@ -64,6 +64,20 @@ def _task(row: dict, where: str) -> Task:
         raise TaskValidationError(f"{where}: {format_validation_error(e)}") from None
 
 
+def jsonl_tasks(stream: Any, where: str) -> Iterator[Task]:
+    """The tasks of a JSONL byte stream, each validated; errors name ``where`` and the line."""
+    for n, raw in _lines(stream, where):
+        if not raw.strip():
+            continue
+        try:
+            row = json.loads(raw)
+        except json.JSONDecodeError as e:
+            raise TaskValidationError(f"{where}: line {n}: not JSON ({e.msg})") from None
+        if not isinstance(row, dict):
+            raise TaskValidationError(f"{where}: line {n}: not a JSON object")
+        yield _task(row, f"{where}: line {n}")
+
+
 def _lines(
     stream: Any, where: str, max_line: int | None = None, block: int = 1 << 20
 ) -> Iterator[tuple[int, bytes]]:
@@ -112,16 +126,8 @@ def iter_tasks(
             raise TaskValidationError(f"{uri}: task files are .jsonl or .parquet")
         out = []
         with fs.open_input_stream(path) as f:
-            for n, raw in _lines(f, uri):
-                if not raw.strip():
-                    continue
-                try:
-                    row = json.loads(raw)
-                except json.JSONDecodeError as e:
-                    raise TaskValidationError(f"{uri}: line {n}: not JSON ({e.msg})") from None
-                if not isinstance(row, dict):
-                    raise TaskValidationError(f"{uri}: line {n}: not a JSON object")
-                out.append(_task(row, f"{uri}: line {n}"))
+            for task in jsonl_tasks(f, uri):
+                out.append(task)
                 if len(out) >= batch_size:
                     yield out
                     out = []

@@ -44,26 +44,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .auctioneer import BUDGET_REFUSED
-from .batch import _lines, _task
+from .batch import _task, jsonl_tasks
 from .config import SaleConfig
-from .errors import TaskValidationError, UserError
+from .datasets import TASK_SCHEMA
+from .errors import UserError
 from .sink import ResultSink, filesystem
 from .summary import Summary, summarize
 from .types import AUCTION_SCHEMA, AuctionRecord, Task, records_table
 
 TASK_FIELDS = tuple(Task.model_fields)
-TASK_SCHEMA = pa.schema(
-    [
-        ("id", pa.string()),
-        ("prompt", pa.string()),
-        ("kind", pa.string()),
-        ("entry_point", pa.string()),
-        ("tests", pa.string()),
-        ("expected", pa.string()),
-        ("bin", pa.int64()),
-        ("metadata", pa.map_(pa.string(), pa.string())),
-    ]
-)
 assert set(TASK_SCHEMA.names) == set(TASK_FIELDS), "TASK_SCHEMA must follow Task"
 _RETRY_S = 0.2  # a batch the auctioneer's queue turned away is resubmitted after this
 
@@ -120,16 +109,7 @@ def _validated(f: Any, path: str, where: str) -> Iterator[Task]:
                 n += 1
                 yield _task(_plain(row), f"{where}: row {n}")
         return
-    for n, raw in _lines(f, where):
-        if not raw.strip():
-            continue
-        try:
-            row = json.loads(raw)
-        except json.JSONDecodeError as e:
-            raise TaskValidationError(f"{where}: line {n}: not JSON ({e.msg})") from None
-        if not isinstance(row, dict):
-            raise TaskValidationError(f"{where}: line {n}: not a JSON object")
-        yield _task(row, f"{where}: line {n}")
+    yield from jsonl_tasks(f, where)
 
 
 def read_tasks(

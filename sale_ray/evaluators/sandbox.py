@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -129,7 +130,16 @@ def run_files(
         for name, text in files.items():
             with open(os.path.join(scratch, name), "w", encoding="utf-8") as f:
                 f.write(text)
-        result = _run_in(scratch, root_dir, list(files), argv, cfg, stdin, keep_fds)
+        # +4: the launcher, the namespace's init and the bootstrap are in the run's group too
+        groups = (
+            []
+            if "cgroup" in _SKIP_LAYERS
+            else cgroup.create(cfg.run_memory_mb, cfg.max_processes + 4)
+        )
+        try:
+            result = _run_in(scratch, root_dir, list(files), argv, cfg, stdin, keep_fds, groups)
+        finally:
+            cgroup.remove(groups)
     finally:
         shutil.rmtree(base, ignore_errors=True)
     warn_degraded(result.isolation, cfg)
@@ -144,28 +154,9 @@ def _run_in(
     cfg: SandboxConfig,
     stdin: str,
     keep_fds: tuple[int, ...],
+    groups: list[Path],
 ) -> SandboxResult:
     pythons = _interpreters()
-    groups = (
-        [] if "cgroup" in _SKIP_LAYERS else cgroup.create(cfg.run_memory_mb, cfg.max_processes + 4)
-    )
-    try:
-        return _launch(scratch, root_dir, names, argv, cfg, stdin, keep_fds, pythons, groups)
-    finally:
-        cgroup.remove(groups)
-
-
-def _launch(
-    scratch: str,
-    root_dir: str,
-    names: list[str],
-    argv: list[str],
-    cfg: SandboxConfig,
-    stdin: str,
-    keep_fds: tuple[int, ...],
-    pythons: list[str],
-    groups: list,
-) -> SandboxResult:
     spec = {
         "scratch": scratch,
         "root_dir": root_dir,
@@ -185,7 +176,6 @@ def _launch(
         "argv": argv,
         "keep_fds": list(keep_fds),
         "skip": sorted(_SKIP_LAYERS),
-        # +4: the launcher, the namespace's init and the bootstrap are in the group too
         "cgroups": [str(g / "cgroup.procs") for g in groups],
     }
     info_r, info_w = os.pipe()
