@@ -132,17 +132,20 @@ def screen(text: str) -> Screened:
     out: list[str] = []
     removed: list[tuple[str, str]] = []
     pos = 0
+    after_marker = False  # nothing but whitespace since the last marker
     for m in _SENTENCE.finditer(text):
-        out.append(text[pos : m.start()])
+        gap, sentence = text[pos : m.start()], m.group(0)
+        out.append(gap)
         pos = m.end()
-        sentence = m.group(0)
         rule = flags(sentence)
         if rule is None:
             out.append(sentence)
+            after_marker = after_marker and not (gap + sentence).strip()
             continue
         removed.append((rule, sentence.strip()))
         lead = sentence[: len(sentence) - len(sentence.lstrip())]
-        if not "".join(out).rstrip().endswith(MARKER):
+        if not (after_marker and not gap.strip()):
             out.append(lead + MARKER + ("\n" if sentence.endswith("\n") else ""))
+        after_marker = True
     out.append(text[pos:])
     return Screened(text="".join(out), removed=tuple(removed))

@@ -28,10 +28,6 @@ class Meter:
     def add(self, phase: str, usage: Usage) -> None:
         self.by_phase[phase] = self.by_phase.get(phase, Usage()) + usage
 
-    @property
-    def cost_usd(self) -> float:
-        return sum(u.cost_usd for u in self.by_phase.values())
-
 
 _CURRENT: ContextVar[Meter | None] = ContextVar("sale_ray_auction_meter", default=None)
 
