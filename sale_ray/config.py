@@ -179,12 +179,60 @@ class AuctionConfig(_Strict):
     )
 
 
+ToolName = Literal["python", "calculator"]
+
+
 class ExecutionConfig(_Strict):
-    """How the winner executes (plan -> code -> run on the prompt's examples -> fix)."""
+    """How the winner executes: one completion plus self-check fix turns (``max_turns: 1``),
+    or a bounded tool loop (``max_turns`` > 1, docs/agent_loop.md)."""
 
     max_tokens: int = Field(default=512, ge=16, le=32768, description="Cap per generation turn.")
     self_check_turns: int = Field(
-        default=1, ge=0, le=10, description="Fix turns after running the prompt's own examples."
+        default=1,
+        ge=0,
+        le=10,
+        description="With `max_turns: 1`: fix turns after running the prompt's own examples.",
+    )
+    max_turns: int = Field(
+        default=1,
+        ge=1,
+        le=50,
+        description="Model turns of the agent loop. 1 = no loop (one completion, then "
+        "`self_check_turns`); more = write, run a tool, read its output, fix, submit.",
+    )
+    max_tokens_total: int = Field(
+        default=8192,
+        ge=64,
+        le=10_000_000,
+        description="The loop's budget in tokens, prompt and completion of every turn together. "
+        "No turn starts with fewer than 64 left, and a turn's completion is capped to what is "
+        "left; its prompt may pass the budget by that one prompt.",
+    )
+    tools: list[ToolName] = Field(
+        default_factory=lambda: ["python"],
+        min_length=1,
+        description="Tools the loop offers, called by a fenced block named after the tool: "
+        "`python` (the sandbox, with the task's examples on code tasks), `calculator`.",
+    )
+    tool_timeout_s: float = Field(
+        default=30.0, gt=0, le=600, description="Wall-clock limit of one tool call in the loop."
+    )
+    max_tool_output_chars: int = Field(
+        default=2000,
+        ge=100,
+        le=100_000,
+        description="Tool output fed back to the model, head and tail kept (as data).",
+    )
+    auto_submit: bool = Field(
+        default=True,
+        description="Submit without another turn when a run settles it: a code block that runs "
+        "and passes the task's examples, an answer program that prints one line.",
+    )
+    max_transcript_chars: int = Field(
+        default=4000,
+        ge=100,
+        le=1_000_000,
+        description="Each turn's text kept in the record and the Parquet log.",
     )
 
 

@@ -279,6 +279,49 @@ def load_reasoning_gym(limit: int | None = None) -> list[Task]:
     return tasks
 
 
+# Multi-step arithmetic word problems (reasoning-gym's GSM-Symbolic templates). They have no
+# difficulty levels, so the bin is the number of computation steps in the generator's own worked
+# solution (its "=" signs), the same kind of proxy as HumanEval's solution lines: 2 steps -> 0,
+# 3 -> 1, 4 -> 2, 5 or more -> 3. Seeded; 200 tasks split about 65 / 60 / 45 / 30.
+WORD_PROBLEMS_SIZE = 200
+WORD_PROBLEMS_SEED = 7
+
+
+def load_word_problems(limit: int | None = None) -> list[Task]:
+    """GSM-Symbolic word problems (kind ``answer``), verified by reasoning-gym's
+    ``score_answer`` like :func:`load_reasoning_gym`; binned by solution steps."""
+    if limit is not None and limit < 0:
+        raise UserError(f"limit must be >= 0, got {limit}")
+    try:
+        import reasoning_gym as rg
+    except ImportError:
+        raise UserError(
+            "the word_problems dataset needs: pip install reasoning-gym==0.1.25"
+        ) from None
+    n = WORD_PROBLEMS_SIZE if limit is None else min(limit, WORD_PROBLEMS_SIZE)
+    entries = list(rg.create_dataset("gsm_symbolic", seed=WORD_PROBLEMS_SEED, size=n))
+    tasks = []
+    for k, entry in enumerate(entries):
+        steps = entry["metadata"]["answer_cot"].count("=")
+        tasks.append(
+            Task(
+                id=f"gsm/{k}",
+                prompt=entry["question"],
+                kind="answer",
+                expected=str(entry["answer"]),
+                bin=min(max(steps - 2, 0), 3),
+                metadata={
+                    "dataset": "word_problems",
+                    "verifier": "reasoning_gym",
+                    "rg_dataset": "gsm_symbolic",
+                    "rg_entry": json.dumps(entry, default=str),
+                    "solution_steps": str(steps),
+                },
+            )
+        )
+    return tasks
+
+
 def verify_answer(task: Task, answer: str):
     """reasoning-gym's own verifier for a task from :func:`load_reasoning_gym` (else None):
     ``score_answer(answer, entry) == 1.0`` passes. The answer's last non-blank line is scored
@@ -299,6 +342,7 @@ def verify_answer(task: Task, answer: str):
 DATASETS: dict[str, Callable[[int | None], list[Task]]] = {
     "humaneval": load_humaneval,
     "reasoning_gym": load_reasoning_gym,
+    "word_problems": load_word_problems,
 }
 
 

@@ -135,6 +135,21 @@ class ScoredBid(_Frozen):
     score: float | None = Field(default=None, description="C - V; lower wins. None if rejected.")
 
 
+class Turn(_Frozen):
+    """One step of an execution's transcript: a model reply or what a tool gave back."""
+
+    role: Literal["assistant", "tool", "user"]
+    content: str = Field(description="The text, cut to `execution.max_transcript_chars`.")
+    tool: str | None = Field(default=None, description="The tool that ran (role `tool`).")
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+#: Why a loop ended: the model submitted, a run settled it (``execution.auto_submit``), or a
+#: budget ran out (the best answer so far is returned).
+StopReason = Literal["submitted", "auto_submitted", "max_turns", "max_tokens_total", "deadline"]
+
+
 class Execution(_Frozen):
     """What the winner produced when it ran the task."""
 
@@ -146,6 +161,12 @@ class Execution(_Frozen):
     error: str | None = None
     entropy: float | None = Field(
         default=None, description="Mean per-token entropy of the answer, where it was measured."
+    )
+    transcript: list[Turn] = Field(
+        default_factory=list, description="The agent loop's turns (empty without the loop)."
+    )
+    stop: StopReason | None = Field(
+        default=None, description="Why the agent loop ended (None without the loop)."
     )
 
 
@@ -206,6 +227,15 @@ class AuctionRecord(_Frozen):
 # --- Parquet row ------------------------------------------------------------------------------
 PHASES: tuple[str, ...] = ("bid", "jury", "refine", "execute", "evaluate")
 
+_TURN = pa.struct(
+    [
+        ("role", pa.string()),
+        ("content", pa.string()),
+        ("tool", pa.string()),
+        ("prompt_tokens", pa.int64()),
+        ("completion_tokens", pa.int64()),
+    ]
+)
 _JURY = pa.list_(pa.struct([("juror", pa.string()), ("score", pa.float64())]))
 _BID = pa.struct(
     [
@@ -240,6 +270,8 @@ AUCTION_SCHEMA = pa.schema(
         ("answer", pa.string()),
         ("execution_turns", pa.int64()),
         ("execution_error", pa.string()),
+        ("execution_stop", pa.string()),  # Execution.stop: why the agent loop ended
+        ("execution_transcript", pa.list_(_TURN)),
         ("evaluation_detail", pa.string()),
         ("evaluation_isolation", pa.list_(pa.string())),  # sandbox layers (docs/sandbox.md)
         ("error", pa.string()),
@@ -287,6 +319,8 @@ def record_row(rec: AuctionRecord) -> dict:
         "answer": ex.answer if ex else None,
         "execution_turns": ex.turns if ex else None,
         "execution_error": ex.error if ex else None,
+        "execution_stop": ex.stop if ex else None,
+        "execution_transcript": [t.model_dump() for t in ex.transcript] if ex else [],
         "evaluation_detail": rec.evaluation.detail,
         "evaluation_isolation": list(rec.evaluation.isolation),
         "error": rec.error,

@@ -38,17 +38,6 @@ def resolve_prices(spec: AgentSpec) -> tuple[float, float]:
     return pin, pout
 
 
-def _task_block(task: Task) -> str:
-    """The task as the model is most used to seeing it: code prompts in a python fence.
-
-    Measured on HumanEval with Qwen2.5-Coder-0.5B: the bare prompt under "follow your plan"
-    failed tasks the standard "complete this function" framing passes.
-    """
-    if task.kind == "code":
-        return f"Complete the following Python code.\n\n```python\n{task.prompt.rstrip()}\n```"
-    return f"TASK:\n{task.prompt}"
-
-
 class Agent:
     """One agent of the pool. ``start()`` must be awaited before the first call."""
 
@@ -229,11 +218,14 @@ class Agent:
         return JuryVerdict(juror=self.name, scores=scores, usage=usage)
 
     async def execute(self, task: Task, plan: str) -> Execution:
-        """Follow the plan: generate, then up to N self-check turns on the prompt's examples."""
+        """Follow the plan: with ``execution.max_turns`` > 1 the agent loop (agents/loop.py),
+        else one completion and up to N self-check turns on the prompt's examples."""
         from ..evaluators import extract_code
         from ..evaluators.broker import contained
 
         ex_cfg = self.config.execution
+        if ex_cfg.max_turns > 1:
+            return await self.execute_loop(task, plan)
         deadline = time.monotonic() + self.config.auction.execute_timeout_s * _EXEC_TIMEOUT_MARGIN
         if task.kind == "code":
             instr = prompts.render("execute_code", entry_point=task.entry_point or "solution")
@@ -244,7 +236,7 @@ class Agent:
             {
                 "role": "user",
                 "content": prompts.render(
-                    "execute", task_block=_task_block(task), plan=plan, instructions=instr
+                    "execute", task_block=prompts.task_block(task), plan=plan, instructions=instr
                 ),
             },
         ]
@@ -290,6 +282,30 @@ class Agent:
             agent=self.name, answer=answer, turns=turns, self_checks_passed=checks, usage=usage
         )
 
+    async def execute_loop(self, task: Task, plan: str | None = None) -> Execution:
+        """The agent loop on this agent's model: guided by ``plan`` (a winning bid's), or with
+        ``plan=None`` the agent called directly, as a user would, with its tools."""
+        from .loop import run_loop
+        from .tools import make_tools
+
+        cfg = self.config
+        left = cfg.auction.execute_timeout_s * _EXEC_TIMEOUT_MARGIN
+
+        async def chat(messages: list[dict[str, str]], max_tokens: int, timeout_s: float):
+            return await self._chat(messages, max_tokens=max_tokens, timeout_s=timeout_s)
+
+        return await run_loop(
+            task,
+            plan,
+            agent=self.name,
+            chat=chat,
+            price=self._usage,
+            system=self._system(),
+            tools=make_tools(cfg.execution.tools, cfg.sandbox),
+            cfg=cfg.execution,
+            deadline=time.monotonic() + left,
+        )
+
     async def execute_direct(self, task: Task) -> Execution:
         """The baseline a user means by "just call the model": one call with the task and the
         standard instruction (code: complete this function), no plan, no fix turn.
@@ -306,7 +322,7 @@ class Agent:
             instr = prompts.render("execute_code", entry_point=task.entry_point or "solution")
         else:
             instr = prompts.render("execute_answer")
-        user = prompts.render("direct", task_block=_task_block(task), instructions=instr)
+        user = prompts.render("direct", task_block=prompts.task_block(task), instructions=instr)
         try:
             r = await self._chat(
                 [self._system(), {"role": "user", "content": user}],
@@ -405,11 +421,12 @@ class Agent:
     async def execute_stream(self, task: Task, plan: str) -> AsyncIterator[str | Execution]:
         """:meth:`execute`, streamed: text deltas (``str``), then the :class:`Execution`.
 
-        Answer tasks stream token by token. Code tasks run self-checks between turns, so their
-        final answer comes in one piece once the checks are done. A cut or failed stream ends in
+        Answer tasks stream token by token. Code tasks run self-checks between turns, and the
+        agent loop (``execution.max_turns`` > 1) runs tools between them, so there the final
+        answer comes in one piece once it is settled. A cut or failed stream ends in
         an ``Execution`` with an error (never a success); its text so far is kept and priced.
         """
-        if task.kind == "code":
+        if task.kind == "code" or self.config.execution.max_turns > 1:  # answer when settled
             ex = await self.execute(task, plan)
             if ex.error is None and ex.answer:
                 yield ex.answer
@@ -424,7 +441,7 @@ class Agent:
                 "role": "user",
                 "content": prompts.render(  # the same prompt as execute() (a test holds it)
                     "execute",
-                    task_block=_task_block(task),
+                    task_block=prompts.task_block(task),
                     plan=plan,
                     instructions=prompts.render("execute_answer"),
                 ),

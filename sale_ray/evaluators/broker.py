@@ -25,11 +25,16 @@ from ..errors import SandboxError
 from ..types import Evaluation
 from .code import check_solution, run_self_check
 from .isolation import SandboxRefused
+from .workbench import run_tool_code
 
 ACTOR_NAME = "sale-ray-sandbox"
 NAMESPACE = "sale_ray"
 #: The verifier entry points the broker runs; nothing else can be called through it.
-CALLS = {"check_solution": check_solution, "run_self_check": run_self_check}
+CALLS = {
+    "check_solution": check_solution,
+    "run_self_check": run_self_check,
+    "run_tool_code": run_tool_code,
+}
 _SECRET = re.compile(r"KEY|TOKEN|SECRET|PASSW|CREDENTIAL|AUTH|COOKIE|SESSION", re.IGNORECASE)
 
 

@@ -10,6 +10,8 @@ from functools import cache
 from importlib import resources
 from string import Template
 
+from ...types import Task
+
 PROMPT_VERSION = "1"
 
 
@@ -22,3 +24,14 @@ def _template(name: str) -> Template:
 def render(name: str, **values: object) -> str:
     """Fill template ``name`` (a file ``<name>.txt`` here); a missing value is an error."""
     return _template(name).substitute({k: str(v) for k, v in values.items()})
+
+
+def task_block(task: Task) -> str:
+    """The task as the model is most used to seeing it: code prompts in a python fence.
+
+    Measured on HumanEval with Qwen2.5-Coder-0.5B: the bare prompt under "follow your plan"
+    failed tasks the standard "complete this function" framing passes.
+    """
+    if task.kind == "code":
+        return f"Complete the following Python code.\n\n```python\n{task.prompt.rstrip()}\n```"
+    return f"TASK:\n{task.prompt}"
