@@ -29,6 +29,7 @@ import argparse
 import asyncio
 import json
 import random
+import re
 import statistics
 import sys
 import time
@@ -47,6 +48,7 @@ LONG_TOKENS = 1000
 DEV = frozenset(
     {
         "HumanEval/150",
+        "HumanEval/54",
         "rg/basic_arithmetic/L4/9",
         "rg/leg_counting/L4/9",
         "rg/chain_sum/L4/9",
@@ -88,6 +90,9 @@ _STEPS = (
 )
 
 
+_MARKED = re.compile(r"ANSWER[*`\s]*:[*`\s]*([^\n]*?)[`*\s]*$", re.IGNORECASE | re.MULTILINE)
+
+
 async def _execute(agent: Any, task: Any, arm: str) -> Any:
     """One arm's execution. ``single_steps`` is the plain step-by-step prompt a user would
     write for a word problem — a fairer single shot for answer tasks than the product's
@@ -107,7 +112,7 @@ async def _execute(agent: Any, task: Any, arm: str) -> Any:
         )
     except ModelError as e:
         return Execution(agent=agent.name, error=str(e))
-    marked = [ln.split(":", 1)[1].strip() for ln in r.text.splitlines() if "ANSWER:" in ln.upper()]
+    marked = _MARKED.findall(r.text)
     answer = marked[-1] if marked else r.text
     return Execution(
         agent=agent.name,

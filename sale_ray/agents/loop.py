@@ -48,6 +48,7 @@ class _State:
     checks: list[bool] = field(default_factory=list)
     best: tuple[int, str] = (-1, "")  # (rank, answer): a later answer of equal rank wins
     turns: int = 0
+    ran: dict[tuple, ToolOutput] = field(default_factory=dict)  # (tool, block) -> its output
 
     def offer(self, rank: int, answer: str) -> None:
         if answer.strip() and rank >= self.best[0]:
@@ -128,8 +129,11 @@ def _next_step(task: Task, out: ToolOutput, tool: str) -> str:
         return f"Continue: call a tool again, or reply {_submit_hint(task)}"
     if task.kind == "code":
         if out.ok:
-            return "If the function is right, reply SUBMIT; otherwise send the whole fixed block."
-        return "Fix the code and send the whole block again, or reply SUBMIT to keep it as is."
+            return "If the function is right, reply SUBMIT; otherwise reply with the fixed block."
+        return (
+            "Find the mistake and reply with only the corrected ```python block (keep any "
+            "explanation to one sentence), or reply SUBMIT to keep it as is."
+        )
     return "If that is the answer, reply `ANSWER: <the answer>`; otherwise fix the program."
 
 
@@ -207,7 +211,14 @@ async def run_loop(
                 )
                 _feed(st, messages, "user", note, None, keep)
                 continue
-            out = await _call_tool(tools[act.tool or ""], task, act.source, cfg, deadline)
+            key = (act.tool, act.source.strip())
+            if key in st.ran:  # deterministic tools: the same block gives the same result
+                out = st.ran[key]
+                out = out.model_copy(update={"text": "(the same block as before, not run again; "
+                                             "it gave the same result)\n" + out.text})
+            else:
+                out = await _call_tool(tools[act.tool or ""], task, act.source, cfg, deadline)
+                st.ran[key] = out
             if task.kind == "code" and act.tool == "python":
                 st.checks.append(out.ok)
                 st.offer(2 if out.ok else 1, act.source)
