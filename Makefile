@@ -5,6 +5,8 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 OUT    ?= runs/demo
 LIMIT  ?= 5
+# A YAML config for the demo (e.g. jobs/agent_loop.yaml: the winner runs the agent loop).
+CONFIG ?=
 # Models the test suite uses (real weights, small); the demo uses the whole default pool.
 TEST_MODELS := smollm2-135m qwen2.5-coder-0.5b
 DEMO_MODELS := smollm2-135m qwen2.5-coder-0.5b qwen2.5-coder-1.5b
@@ -28,7 +30,7 @@ install: $(BIN)/.installed
 ## demo: the main job on the embedded default pool over a few HumanEval tasks (results in $(OUT))
 demo: install
 	$(BIN)/sale-ray models fetch $(DEMO_MODELS)
-	$(BIN)/sale-ray run --dataset humaneval --limit $(LIMIT) --out $(OUT)
+	$(BIN)/sale-ray run --dataset humaneval --limit $(LIMIT) --out $(OUT) $(if $(CONFIG),--config $(CONFIG))
 
 ## browser: the system Chromium the report's browser test drives (OS package; nothing if present)
 browser:

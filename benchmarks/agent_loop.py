@@ -11,7 +11,7 @@ per domain and bin; and the published auction's overhead against the execution i
   call with the standard instruction, as a user calls a model; ``loop`` — ``Agent.execute_loop``
   with no plan, up to ``--max-turns`` turns with the sandboxed Python tool. Both judged by the
   task's own verifier (HumanEval tests in the sandbox, reasoning-gym's ``score_answer``).
-* **Auction overhead**, per task: the tokens the published auction spends before execution —
+* **Auction overhead**, on the first ``--auction-per-bin`` tasks of each bin: the tokens the published auction spends before execution —
   every agent bids, every agent judges all plans (refinement from memory would add more; this
   is a lower bound) — over the execution tokens of the largest agent with the loop.
 * **Length label**: a bin is ``long`` when the largest agent's median loop execution there takes
@@ -85,8 +85,7 @@ def _verify(task: Any, answer: str) -> bool:
 
 ARMS = {"code": ("single", "loop"), "answer": ("single", "single_steps", "loop")}
 _STEPS = (
-    "Think step by step, then give the final answer alone on the last line, as "
-    "`ANSWER: <answer>`."
+    "Think step by step, then give the final answer alone on the last line, as `ANSWER: <answer>`."
 )
 
 
@@ -123,7 +122,9 @@ async def _execute(agent: Any, task: Any, arm: str) -> Any:
     )
 
 
-async def _measure(tasks: list[Any], runs: Path, max_turns: int) -> None:
+async def _measure(
+    tasks: list[Any], runs: Path, max_turns: int, groups: int, auction_per_bin: int
+) -> None:
     from sale_ray.agents.agent import Agent
     from sale_ray.auction.jury import juror_order
     from sale_ray.config import AgentSpec, AuctionConfig, ExecutionConfig, PoolSpec, SaleConfig
@@ -166,14 +167,18 @@ async def _measure(tasks: list[Any], runs: Path, max_turns: int) -> None:
                     }
                     _append(runs, row)
                     n_new += 1
-            if (task.id, "pool", "auction") not in done:
+            if (task.id, "pool", "auction") not in done and i // groups < auction_per_bin:
                 t0 = time.perf_counter()
                 bids = [await a.bid(task) for a in agents.values()]
                 plans = [(b.agent, b.plan) for b in bids if b.rejected is None and b.plan]
-                verdicts = [
-                    await a.judge(task, juror_order(plans, a.name, task.id))
-                    for a in agents.values()
-                ] if len(plans) > 1 else []
+                verdicts = (
+                    [
+                        await a.judge(task, juror_order(plans, a.name, task.id))
+                        for a in agents.values()
+                    ]
+                    if len(plans) > 1
+                    else []
+                )
                 _append(
                     runs,
                     {
@@ -215,7 +220,9 @@ def summarize(rows: list[dict], max_turns: int) -> dict[str, Any]:
     largest = AGENTS[-1]
     runs = [r for r in rows if r["arm"] in ("single", "single_steps", "loop")]
     auction = {r["task"]: r["bid_tokens"] + r["jury_tokens"] for r in rows if r["arm"] == "auction"}
-    loop_tokens = {r["task"]: r["tokens"] for r in runs if r["agent"] == largest and r["arm"] == "loop"}
+    loop_tokens = {
+        r["task"]: r["tokens"] for r in runs if r["agent"] == largest and r["arm"] == "loop"
+    }
     single_tokens = {
         r["task"]: r["tokens"] for r in runs if r["agent"] == largest and r["arm"] == "single"
     }
@@ -249,7 +256,9 @@ def summarize(rows: list[dict], max_turns: int) -> dict[str, Any]:
                     )
             ids = sorted({r["task"] for r in cell})
             lt = [loop_tokens[t] for t in ids if t in loop_tokens]
-            ratios = [auction[t] / loop_tokens[t] for t in ids if t in auction and loop_tokens.get(t)]
+            ratios = [
+                auction[t] / loop_tokens[t] for t in ids if t in auction and loop_tokens.get(t)
+            ]
             sratios = [
                 auction[t] / single_tokens[t] for t in ids if t in auction and single_tokens.get(t)
             ]
@@ -277,12 +286,19 @@ def summarize(rows: list[dict], max_turns: int) -> dict[str, Any]:
         for b in levels:
             key = f"{name}/{b}"
             if key in bins:
-                bins[key]["length"] = "long" if long_from is not None and b >= long_from else "short"
+                bins[key]["length"] = (
+                    "long" if long_from is not None and b >= long_from else "short"
+                )
     curve = [
-        {"task": t, "dataset": next(r["dataset"] for r in runs if r["task"] == t),
-         "execution_tokens": loop_tokens[t], "auction_tokens": auction[t],
-         "ratio": round(auction[t] / loop_tokens[t], 3)}
-        for t in sorted(auction) if loop_tokens.get(t)
+        {
+            "task": t,
+            "dataset": next(r["dataset"] for r in runs if r["task"] == t),
+            "execution_tokens": loop_tokens[t],
+            "auction_tokens": auction[t],
+            "ratio": round(auction[t] / loop_tokens[t], 3),
+        }
+        for t in sorted(auction)
+        if loop_tokens.get(t)
     ]
     return {
         "max_turns": max_turns,
@@ -319,7 +335,9 @@ def plot(summary: dict[str, Any], path: Path) -> None:
     ax.axhline(0.25, color="tab:red", lw=0.8, ls=":", label="auction = 25 % of execution")
     xs = [p["execution_tokens"] for p in summary["curve"]] or [1]
     xgrid = [min(xs) * (max(xs) / min(xs)) ** (i / 50) for i in range(51)]
-    med = statistics.median(p["auction_tokens"] for p in summary["curve"]) if summary["curve"] else 0
+    med = (
+        statistics.median(p["auction_tokens"] for p in summary["curve"]) if summary["curve"] else 0
+    )
     ax.plot(xgrid, [med / x for x in xgrid], color="black", lw=0.8, label="median auction / x")
     ax.set_xscale("log")
     ax.set_yscale("log")
@@ -335,6 +353,13 @@ def plot(summary: dict[str, Any], path: Path) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--per-bin", type=int, default=6, help="tasks per (dataset, bin)")
+    p.add_argument(
+        "--auction-per-bin",
+        type=int,
+        default=3,
+        help="tasks per (dataset, bin) whose auction (bids + jury) is measured; it barely "
+        "depends on the task, and it is the slowest part on CPU",
+    )
     p.add_argument("--max-turns", type=int, default=4, help="execution.max_turns of the loop arm")
     p.add_argument("--runs", default=str(RESULTS / "agent_loop_runs.jsonl"))
     p.add_argument("--out", default=str(RESULTS / "agent_loop.json"))
@@ -343,7 +368,9 @@ def main() -> None:
     args = p.parse_args()
     runs = Path(args.runs)
     if not args.replay:
-        asyncio.run(_measure(sample(args.per_bin), runs, args.max_turns))
+        groups = sum(len(b) for b in SAMPLE.values())
+        tasks = sample(args.per_bin)
+        asyncio.run(_measure(tasks, runs, args.max_turns, groups, args.auction_per_bin))
     summary = summarize(_read(runs), args.max_turns)
     Path(args.out).write_text(json.dumps(summary, indent=1) + "\n")
     if args.png:

@@ -37,8 +37,11 @@ def _ratio(a: float, b: float) -> float | None:
     return a / b if b else None
 
 
-def method_stats(rows: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Per method: pass@1, total cost, reliance on the largest agent, phase split, per bin.
+def method_stats(
+    rows: Iterable[dict[str, Any]], lengths: dict[str, str | None] | None = None
+) -> dict[str, dict[str, Any]]:
+    """Per method: pass@1, total cost, reliance on the largest agent, phase split, per bin —
+    and per task length (``short`` / ``long``) where ``lengths`` maps task ids to them.
 
     ``rows`` are :data:`~sale_ray.auction.matrix.DECISION_SCHEMA` dicts.
     """
@@ -55,15 +58,14 @@ def method_stats(rows: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         for r in rs:
             if r["agent"]:
                 winners[r["agent"]] += 1 / n
-        bins: dict[str, dict[str, Any]] = {}
-        for b in sorted({r["bin"] for r in rs}, key=lambda x: (x is None, x)):
-            br = [r for r in rs if r["bin"] == b]
-            bins[str(b)] = {
-                "tasks": len(br),
-                "pass_at_1": float(np.mean([bool(r["passed"]) for r in br])),
-                "cost_usd": float(sum(r["cost_usd"] for r in br)),
-                "largest_share": float(np.mean([bool(r["largest"]) for r in br])),
-            }
+        bins = {
+            str(b): _group([r for r in rs if r["bin"] == b])
+            for b in sorted({r["bin"] for r in rs}, key=lambda x: (x is None, x))
+        }
+        by_length: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for r in rs:
+            if lengths and lengths.get(r["task_id"]):
+                by_length[str(lengths[r["task_id"]])].append(r)
         # "k/n": a note on one decision must not read as if it were the method's whole story
         counts = Counter(r["note"] for r in rs if r.get("note"))
         notes = [f"{t} ({k}/{n})" for t, k in sorted(counts.items(), key=lambda x: (-x[1], x[0]))]
@@ -82,7 +84,21 @@ def method_stats(rows: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
             "per_bin": bins,
             "notes": notes[:5],
         }
+        if lengths is not None:  # the decisions log has no length: only the run itself knows
+            out[m]["per_length"] = {
+                k: _group(v) for k, v in sorted(by_length.items(), reverse=True)
+            }
     return out
+
+
+def _group(rs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Tasks, pass@1, $ and reliance on the largest agent of some decisions of one method."""
+    return {
+        "tasks": len(rs),
+        "pass_at_1": float(np.mean([bool(r["passed"]) for r in rs])),
+        "cost_usd": float(sum(r["cost_usd"] for r in rs)),
+        "largest_share": float(np.mean([bool(r["largest"]) for r in rs])),
+    }
 
 
 def reference_methods(stats: dict[str, dict[str, Any]]) -> tuple[str, str]:

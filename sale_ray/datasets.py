@@ -36,6 +36,7 @@ TASK_SCHEMA = pa.schema(
         ("tests", pa.string()),
         ("expected", pa.string()),
         ("bin", pa.int64()),
+        ("length", pa.string()),
         ("metadata", pa.map_(pa.string(), pa.string())),
     ]
 )
@@ -173,6 +174,27 @@ def write_task_file(tasks: Iterable[Task], path: str | Path) -> Path:
     return p
 
 
+# --- task length ---------------------------------------------------------------------------------
+#: Per shipped dataset, the first bin whose tasks are ``long`` (it and every harder bin); None:
+#: every bin is short. Measured by benchmarks/agent_loop.py: a bin is long when the largest
+#: agent, called directly with the agent loop, spends a median of at least 1,000 tokens on it
+#: (prompt + completion, all turns). tests/unit/test_datasets.py holds this equal to
+#: benchmarks/results/agent_loop.json.
+TASK_LENGTHS: dict[str, int | None] = {
+    "humaneval": None,
+    "reasoning_gym": None,
+    "word_problems": None,
+}
+
+
+def task_length(dataset: str, bin_: int | None) -> str | None:
+    """``short`` / ``long`` for a bin of a shipped dataset (see :data:`TASK_LENGTHS`)."""
+    if dataset not in TASK_LENGTHS or bin_ is None:
+        return None
+    first_long = TASK_LENGTHS[dataset]
+    return "long" if first_long is not None and bin_ >= first_long else "short"
+
+
 # --- HumanEval ---------------------------------------------------------------------------------
 # Complexity proxy: non-blank lines of the canonical solution. Upper bounds of bins 0..3 (bin 4
 # is everything longer), cut near the quintiles of the 164 problems (which tie heavily: 37
@@ -213,6 +235,7 @@ def load_humaneval(limit: int | None = None) -> list[Task]:
                 entry_point=ep,
                 tests=prob["test"] + f"\n\ncheck({ep})\n",
                 bin=complexity_bin(lines),
+                length=task_length("humaneval", complexity_bin(lines)),
                 metadata={"dataset": "humaneval", "solution_lines": str(lines)},
             )
         )
@@ -268,6 +291,7 @@ def load_reasoning_gym(limit: int | None = None) -> list[Task]:
                 kind="answer",
                 expected=str(entry["answer"]),
                 bin=level,
+                length=task_length("reasoning_gym", level),
                 metadata={
                     "dataset": "reasoning_gym",
                     "verifier": "reasoning_gym",
@@ -282,7 +306,7 @@ def load_reasoning_gym(limit: int | None = None) -> list[Task]:
 # Multi-step arithmetic word problems (reasoning-gym's GSM-Symbolic templates). They have no
 # difficulty levels, so the bin is the number of computation steps in the generator's own worked
 # solution (its "=" signs), the same kind of proxy as HumanEval's solution lines: 2 steps -> 0,
-# 3 -> 1, 4 -> 2, 5 or more -> 3. Seeded; 200 tasks split about 65 / 60 / 45 / 30.
+# 3 -> 1, 4 -> 2, 5 or more -> 3. Seeded; the 200 tasks split 62 / 58 / 50 / 30.
 WORD_PROBLEMS_SIZE = 200
 WORD_PROBLEMS_SEED = 7
 
@@ -310,6 +334,7 @@ def load_word_problems(limit: int | None = None) -> list[Task]:
                 kind="answer",
                 expected=str(entry["answer"]),
                 bin=min(max(steps - 2, 0), 3),
+                length=task_length("word_problems", min(max(steps - 2, 0), 3)),
                 metadata={
                     "dataset": "word_problems",
                     "verifier": "reasoning_gym",

@@ -91,6 +91,12 @@ def format_table(summary: dict[str, Any]) -> str:
                 f"{s['largest_share']:>8.1%} {s['tasks']:>6}"
             )
     stats = {m: s for m, s in summary.items() if not m.startswith("_")}
+    if any(s.get("per_length") for s in stats.values()):
+        lines.append("pass@1 (tasks) per task length:")
+        for m, s in stats.items():
+            per = s.get("per_length", {})
+            parts = [f"{k} {v['pass_at_1']:.3f} ({v['tasks']})" for k, v in per.items()]
+            lines.append(f"  {m:<16} " + ", ".join(parts))
     for m in ("sale", "sale_lean"):
         if m in stats:
             lines += [f"{m}: {x}" for x in analytics.target_lines(stats, m)]

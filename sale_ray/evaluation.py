@@ -225,11 +225,13 @@ def summarize(
     decisions: Sequence[Decision],
     extras: dict[str, Any],
     run: dict[str, Any],
+    lengths: dict[str, str | None] | None = None,
 ) -> dict[str, Any]:
-    """The ``summary.json`` document."""
+    """The ``summary.json`` document; ``lengths`` (task id -> ``Task.length``) adds each
+    method's ``per_length`` figures."""
     largest = rows[0].by_price()[-1]
     table = decisions_table(decisions, largest).to_pylist()
-    stats = analytics.method_stats(table)
+    stats = analytics.method_stats(table, lengths)
     for m, ratios in analytics.cost_ratios(stats).items():
         stats[m].update(ratios)
     out: dict[str, Any] = {m: stats[m] for m in stats}
@@ -379,7 +381,7 @@ def run_eval(
         "sale_memory": live is not None,
         "sale_note": why if live is not None else f"sale == sale_no_memory: {why}",
     }
-    summary = summarize(rows, decisions, extras, run)
+    summary = summarize(rows, decisions, extras, run, {t.id: t.length for t in tasks})
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     if report:
         analytics.write_report(str(out))

@@ -24,6 +24,9 @@ class _Frozen(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+TaskLength = Literal["short", "long"]
+
+
 class Task(_Frozen):
     """One unit of work to auction.
 
@@ -47,6 +50,11 @@ class Task(_Frozen):
     )
     expected: str | None = Field(default=None, description="Expected answer (answer tasks).")
     bin: int | None = Field(default=None, ge=0, le=4, description="Complexity bin 0 (easy) .. 4.")
+    length: TaskLength | None = Field(
+        default=None,
+        description="'short' or 'long': how long the largest agent's execution with the agent "
+        "loop runs on tasks like this (shipped datasets: measured per bin, docs/agent_loop.md).",
+    )
     metadata: dict[str, str] = Field(default_factory=dict, description="Free-form labels.")
 
     @field_validator("id")

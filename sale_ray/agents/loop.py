@@ -64,7 +64,9 @@ class _Action:
     problem: str = ""
 
 
-def parse_reply(text: str, task: Task, tools: dict[str, Tool], closed_only: bool = False) -> _Action:
+def parse_reply(
+    text: str, task: Task, tools: dict[str, Tool], closed_only: bool = False
+) -> _Action:
     """What one reply asks for (see the module docstring). A fence labelled like Python (or
     unlabelled) calls ``python``; on a code task an unfenced reply that is a function counts
     as a ``python`` block, since small models often drop the fence. ``closed_only`` (a reply
@@ -78,8 +80,11 @@ def parse_reply(text: str, task: Task, tools: dict[str, Tool], closed_only: bool
     elif _SUBMIT.search(text):
         py = [b for t, b in blocks if t == "python"]
         return _Action("submit", answer=py[-1] if py else "")
-    if not (blocks or closed_only) and task.kind == "code" and "python" in tools and _is_function(
-        text, task
+    if (
+        not (blocks or closed_only)
+        and task.kind == "code"
+        and "python" in tools
+        and _is_function(text, task)
     ):
         blocks = [("python", text)]
     for label, body in blocks:
@@ -97,17 +102,23 @@ def _label(tag: str) -> str:
 
 
 def _is_function(text: str, task: Task) -> bool:
-    return bool(task.entry_point) and re.search(
-        rf"^\s*def\s+{re.escape(task.entry_point or '')}\s*\(", text, re.M
-    ) is not None
+    return (
+        bool(task.entry_point)
+        and re.search(rf"^\s*def\s+{re.escape(task.entry_point or '')}\s*\(", text, re.M)
+        is not None
+    )
 
 
 def _instructions(task: Task, tools: dict[str, Tool], cfg: ExecutionConfig) -> str:
     if task.kind == "code":
         finish = "When the function is right, reply with SUBMIT on its own line."
         if cfg.auto_submit:
-            finish = "A block that runs cleanly and passes the task's examples is submitted for you."
-        text = prompts.render("loop_code", entry_point=task.entry_point or "solution", finish=finish)
+            finish = (
+                "A block that runs cleanly and passes the task's examples is submitted for you."
+            )
+        text = prompts.render(
+            "loop_code", entry_point=task.entry_point or "solution", finish=finish
+        )
     else:
         finish = "Then reply with `ANSWER: <your final answer>` on one line."
         if cfg.auto_submit:
@@ -166,7 +177,9 @@ async def run_loop(
     if plan is None:
         first = prompts.render("direct", task_block=prompts.task_block(task), instructions=instr)
     else:
-        first = prompts.render("execute", task_block=prompts.task_block(task), plan=plan, instructions=instr)
+        first = prompts.render(
+            "execute", task_block=prompts.task_block(task), plan=plan, instructions=instr
+        )
     messages = [system, {"role": "user", "content": first}]
     st = _State()
     keep = cfg.max_transcript_chars
@@ -196,8 +209,11 @@ async def run_loop(
             messages.append({"role": "assistant", "content": r.text})
             act = parse_reply(r.text, task, tools, closed_only=r.truncated)
             if r.truncated and act.kind == "malformed":
-                act = _Action("malformed", problem=f"Your reply was cut at {r.completion_tokens} "
-                              "tokens before a complete block; keep it shorter.")
+                act = _Action(
+                    "malformed",
+                    problem=f"Your reply was cut at {r.completion_tokens} "
+                    "tokens before a complete block; keep it shorter.",
+                )
             if act.kind == "submit":
                 st.offer(3, act.answer or st.best[1])
                 stop = "submitted"
@@ -214,8 +230,12 @@ async def run_loop(
             key = (act.tool, act.source.strip())
             if key in st.ran:  # deterministic tools: the same block gives the same result
                 out = st.ran[key]
-                out = out.model_copy(update={"text": "(the same block as before, not run again; "
-                                             "it gave the same result)\n" + out.text})
+                out = out.model_copy(
+                    update={
+                        "text": "(the same block as before, not run again; "
+                        "it gave the same result)\n" + out.text
+                    }
+                )
             else:
                 out = await _call_tool(tools[act.tool or ""], task, act.source, cfg, deadline)
                 st.ran[key] = out
@@ -228,7 +248,10 @@ async def run_loop(
             settled = _settled(task, out, act.tool or "", cfg)
             shown = as_data("output", bound(out.text, cfg.max_tool_output_chars))
             note = prompts.render(
-                "loop_output", tool=act.tool, output=shown, next=_next_step(task, out, act.tool or "")
+                "loop_output",
+                tool=act.tool,
+                output=shown,
+                next=_next_step(task, out, act.tool or ""),
             )
             _feed(st, messages, "tool", note, act.tool, keep)
             if settled is not None:
@@ -269,7 +292,9 @@ async def _call_tool(
     try:
         return await asyncio.wait_for(tool.run(task, source), timeout=limit)
     except TimeoutError:
-        return ToolOutput(text=f"the {tool.name} tool gave no result within {limit:.0f} s", ok=False)
+        return ToolOutput(
+            text=f"the {tool.name} tool gave no result within {limit:.0f} s", ok=False
+        )
     except SandboxRefused:
         raise  # the config forbids running code here: the user's error, not the model's
     except Exception as e:  # a tool's own failure (a broken tool, the broker gone) is its output

@@ -51,7 +51,9 @@ class PythonTool:
     """Runs the block in the sandbox (code tasks: with the prompt's own examples after it)."""
 
     name = "python"
-    usage = "```python``` runs the block in a sandbox (no network, no files kept) and shows its output"
+    usage = (
+        "```python``` runs the block in a sandbox (no network, no files kept) and shows its output"
+    )
 
     def __init__(self, sandbox: SandboxConfig) -> None:
         self.sandbox = sandbox

@@ -52,7 +52,9 @@ def run_tool_code(task: Task, source: str, cfg: SandboxConfig | None = None) -> 
     examples = None
     if script:
         last = (result.stdout.strip().splitlines() or [""])[-1]
-        examples = "passed" if last.startswith(_PASSED[0]) and last.endswith(_PASSED[1]) else "failed"
+        examples = (
+            "passed" if last.startswith(_PASSED[0]) and last.endswith(_PASSED[1]) else "failed"
+        )
     stderr = result.stderr
     if result.killed_reason is not None:
         stderr = failure_detail(result)  # says which limit; the raw stderr is usually empty

