@@ -214,6 +214,10 @@ def _append(path: Path, row: dict) -> None:
         f.write(json.dumps(row) + "\n")
 
 
+def _median(xs: list[float]) -> float | None:
+    return statistics.median(xs) if xs else None
+
+
 def summarize(rows: list[dict], max_turns: int) -> dict[str, Any]:
     """Per (dataset, bin, agent, arm): pass@1 with a bootstrap interval, mean tokens and cost;
     per (dataset, bin): the length label and the auction-overhead ratio."""
@@ -271,12 +275,10 @@ def summarize(rows: list[dict], max_turns: int) -> dict[str, Any]:
                 "bin": b,
                 "tasks": len(ids),
                 "largest_loop_tokens_median": med,
-                "largest_single_tokens_median": statistics.median(
-                    [single_tokens[t] for t in ids if t in single_tokens] or [0]
+                "largest_single_tokens_median": _median(
+                    [single_tokens[t] for t in ids if t in single_tokens]
                 ),
-                "auction_tokens_median": statistics.median(
-                    [auction[t] for t in ids if t in auction] or [0]
-                ),
+                "auction_tokens_median": _median([auction[t] for t in ids if t in auction]),
                 "overhead_vs_loop_median": round(statistics.median(ratios), 3) if ratios else None,
                 "overhead_vs_single_median": round(statistics.median(sratios), 3)
                 if sratios

@@ -515,7 +515,61 @@ def render_memory_poisoning() -> str | None:
     return "\n\n".join([_file_line("memory_poisoning.json"), head, table])
 
 
+def render_agent_loop() -> str | None:
+    d = _load("agent_loop.json")
+    if d is None:
+        return None
+    arms = ("single", "single_steps", "loop")
+    cells = {(r["dataset"], r["bin"], r["agent"], r["arm"]): r for r in d["table"]}
+    rows = []
+    for key, b in d["bins"].items():
+        for agent in d["agents"]:
+            row = [key if agent == d["agents"][0] else "", agent]
+            for arm in arms:
+                c = cells.get((b["dataset"], b["bin"], agent, arm))
+                row.append(
+                    "–"
+                    if c is None
+                    else f"{c['pass_at_1']:.2f} ({c['tasks']}) · {c['mean_tokens']:.0f}"
+                )
+            rows.append(row)
+    table = _table(
+        ["bin", "agent", "single: pass@1 (n) · tokens", "single, step by step", "loop"], rows
+    )
+    curve = _table(
+        [
+            "bin",
+            "length",
+            "largest, loop: median tokens",
+            "largest, single",
+            "auction (bids + jury)",
+            "auction / loop execution",
+            "auction / single execution",
+        ],
+        [
+            [
+                k,
+                b["length"] or "–",
+                _num(b["largest_loop_tokens_median"], 0),
+                _num(b["largest_single_tokens_median"], 0),
+                _num(b["auction_tokens_median"], 0),
+                _num(b["overhead_vs_loop_median"], 2),
+                _num(b["overhead_vs_single_median"], 2),
+            ]
+            for k, b in d["bins"].items()
+        ],
+    )
+    head = (
+        f"{d['tasks']} tasks, agents {', '.join(f'`{a}`' for a in d['agents'])}, loop "
+        f"`max_turns: {d['max_turns']}`; a bin is `long` from a median of {d['long_tokens']} "
+        "tokens of the largest agent's loop execution."
+    )
+    png = "![auction overhead against execution length](benchmarks/results/agent_loop_overhead.png)"
+    return "\n\n".join([_file_line("agent_loop.json"), head, table, curve, png])
+
+
 SECTIONS: dict[str, Callable[[], str | None]] = {
+    "agent_loop": render_agent_loop,
     "jury_injection": render_jury_injection,
     "memory_poisoning": render_memory_poisoning,
     "auctioneer_load": render_auctioneer,

@@ -9,12 +9,12 @@ import asyncio
 import pytest
 
 from sale_ray.agents.agent import Agent
-from sale_ray.config import AgentSpec, ExecutionConfig, PoolSpec, SaleConfig
+from sale_ray.config import AgentSpec, AuctionConfig, ExecutionConfig, PoolSpec, SaleConfig
 from sale_ray.evaluators import check_solution
 from sale_ray.types import Task
 from tests.conftest import require_models
 
-pytestmark = [pytest.mark.models, pytest.mark.integration, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.models, pytest.mark.integration, pytest.mark.timeout(1500)]
 
 MODEL = "qwen2.5-coder-0.5b"
 CODE = Task(
@@ -36,7 +36,12 @@ ANSWER = Task(
 def run(task: Task):
     require_models(MODEL)
     spec = AgentSpec(name="coder", model=MODEL, threads=2)
-    cfg = SaleConfig(pool=PoolSpec(agents=[spec]), execution=ExecutionConfig(max_turns=3))
+    cfg = SaleConfig(
+        pool=PoolSpec(agents=[spec]),
+        execution=ExecutionConfig(max_turns=3, max_tokens=768),
+        # a loaded 2-core box may decode at a few tokens/s: the deadline must not decide
+        auction=AuctionConfig(execute_timeout_s=1200),
+    )
 
     async def go():
         agent = Agent(spec, cfg)
