@@ -4,8 +4,10 @@ per domain and bin; and the published auction's overhead against the execution i
     python benchmarks/agent_loop.py [--per-bin 6] [--max-turns 4] [--replay]
 
 * **Tasks** (seeded, fixed): HumanEval bins 0 / 2 / 4 (code, by canonical-solution lines),
-  reasoning-gym levels 0 / 2 / 4 (answer: arithmetic, leg counting, chain sums) and
-  GSM-Symbolic word problems bins 0 / 3 (answer, by solution steps); ``--per-bin`` of each.
+  reasoning-gym levels 0 / 2 / 4 (answer: arithmetic, leg counting, chain sums),
+  GSM-Symbolic word problems bins 0 / 3 (answer, by solution steps), and the long bundles of
+  sale_ray/bundles.py (modules of 2 / 3 HumanEval functions, sets of 3 / 6 word problems);
+  ``--per-bin`` of each (``--only`` picks datasets).
   Tasks used while the loop's prompts were written (:data:`DEV`) are never drawn.
 * **Arms**, per task and agent of the embedded pool: ``single`` — ``Agent.execute_direct``, one
   call with the standard instruction, as a user calls a model; ``loop`` — ``Agent.execute_loop``
@@ -41,8 +43,20 @@ from intervals import bootstrap_ci  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 AGENTS = ("smollm2-135m", "qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b")  # the embedded pool
-SAMPLE = {"humaneval": (0, 2, 4), "reasoning_gym": (0, 2, 4), "word_problems": (0, 3)}
-DOMAIN = {"humaneval": "code", "reasoning_gym": "answer", "word_problems": "answer"}
+SAMPLE = {
+    "humaneval": (0, 2, 4),
+    "reasoning_gym": (0, 2, 4),
+    "word_problems": (0, 3),
+    "humaneval_modules": (0, 1),
+    "word_problem_sets": (0, 1),
+}
+DOMAIN = {
+    "humaneval": "code",
+    "reasoning_gym": "answer",
+    "word_problems": "answer",
+    "humaneval_modules": "code",
+    "word_problem_sets": "answer",
+}
 LONG_TOKENS = 1000
 #: Tried by hand while the loop's prompts were written: kept out of every measurement.
 DEV = frozenset(
@@ -56,14 +70,21 @@ DEV = frozenset(
 )
 
 
-def sample(per_bin: int) -> list[Any]:
-    """``per_bin`` tasks of every (dataset, bin) of :data:`SAMPLE`, interleaved so that a run
-    stopped early has covered every bin about equally."""
+def sample(per_bin: int, only: list[str] | None = None) -> list[Any]:
+    """``per_bin`` tasks of every (dataset, bin) of :data:`SAMPLE` (``only``: of those
+    datasets), interleaved so that a run stopped early has covered every bin about equally.
+    A bundle (sale_ray/bundles.py) with a :data:`DEV` task among its parts is not drawn."""
     from sale_ray.datasets import load_dataset
 
     groups = []
     for name, bins in SAMPLE.items():
-        tasks = [t for t in load_dataset(name) if t.id not in DEV]
+        if only and name not in only:
+            continue
+        tasks = [
+            t
+            for t in load_dataset(name)
+            if t.id not in DEV and not DEV & set(re.findall(r"[\w/]+", t.metadata.get("parts", "")))
+        ]
         for b in bins:
             pool = [t for t in tasks if t.bin == b]
             random.Random(f"{name}/{b}").shuffle(pool)
@@ -321,7 +342,13 @@ def plot(summary: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
-    colors = {"humaneval": "tab:blue", "reasoning_gym": "tab:orange", "word_problems": "tab:green"}
+    colors = {
+        "humaneval": "tab:blue",
+        "reasoning_gym": "tab:orange",
+        "word_problems": "tab:green",
+        "humaneval_modules": "tab:purple",
+        "word_problem_sets": "tab:olive",
+    }
     for name, c in colors.items():
         pts = [p for p in summary["curve"] if p["dataset"] == name]
         if pts:
@@ -366,12 +393,14 @@ def main() -> None:
     p.add_argument("--runs", default=str(RESULTS / "agent_loop_runs.jsonl"))
     p.add_argument("--out", default=str(RESULTS / "agent_loop.json"))
     p.add_argument("--png", default=str(RESULTS / "agent_loop_overhead.png"))
+    p.add_argument("--only", default="", help="comma-separated datasets of SAMPLE to measure")
     p.add_argument("--replay", action="store_true", help="summarize --runs, call no model")
     args = p.parse_args()
     runs = Path(args.runs)
     if not args.replay:
-        groups = sum(len(b) for b in SAMPLE.values())
-        tasks = sample(args.per_bin)
+        only = [x for x in (args.only or "").split(",") if x]
+        groups = sum(len(b) for n, b in SAMPLE.items() if not only or n in only)
+        tasks = sample(args.per_bin, only)
         asyncio.run(_measure(tasks, runs, args.max_turns, groups, args.auction_per_bin))
     summary = summarize(_read(runs), args.max_turns)
     Path(args.out).write_text(json.dumps(summary, indent=1) + "\n")

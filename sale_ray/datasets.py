@@ -184,6 +184,8 @@ TASK_LENGTHS: dict[str, int | None] = {
     "humaneval": None,
     "reasoning_gym": None,
     "word_problems": None,
+    "humaneval_modules": None,
+    "word_problem_sets": None,
 }
 
 
@@ -368,7 +370,15 @@ DATASETS: dict[str, Callable[[int | None], list[Task]]] = {
     "humaneval": load_humaneval,
     "reasoning_gym": load_reasoning_gym,
     "word_problems": load_word_problems,
+    "humaneval_modules": lambda limit: _bundles().load_humaneval_modules(limit),
+    "word_problem_sets": lambda limit: _bundles().load_word_problem_sets(limit),
 }
+
+
+def _bundles():
+    from . import bundles  # long tasks built from the sets above (it imports this module)
+
+    return bundles
 
 
 def load_dataset(name: str, limit: int | None = None) -> list[Task]:

