@@ -153,9 +153,11 @@ class Turn(_Frozen):
     completion_tokens: int = 0
 
 
-#: Why a loop ended: the model submitted, a run settled it (``execution.auto_submit``), or a
-#: budget ran out (the best answer so far is returned).
-StopReason = Literal["submitted", "auto_submitted", "max_turns", "max_tokens_total", "deadline"]
+#: Why a loop ended: the model submitted, a run settled it (``execution.auto_submit``), a
+#: budget ran out or the model failed (then the best answer so far is returned).
+StopReason = Literal[
+    "submitted", "auto_submitted", "max_turns", "max_tokens_total", "deadline", "model_error"
+]
 
 
 class Execution(_Frozen):

@@ -6,8 +6,8 @@ best candidate so far — or ``ANSWER: …`` for answer tasks), or is *malformed
 unknown tool), which costs a turn and gets a one-line correction. Tool output goes back bounded
 and wrapped as data. The loop ends on a submission, or when ``execution.auto_submit`` lets a run
 settle it, or when a budget runs out — ``max_turns``, ``max_tokens_total`` (prompt and completion
-of every turn), the wall-clock deadline — and then returns its best answer so far and says which
-budget ended it (:attr:`Execution.stop`). Every turn is priced and kept in the transcript.
+of every turn), the wall-clock deadline — or the model fails, and then returns its best answer so
+far and says what ended it (:attr:`Execution.stop`). Every turn is priced and kept in the transcript.
 
 The loop is a pure function of a chat callable and the tools: scripted models test it without a
 server (tests/unit/test_agent_loop.py), and :meth:`Agent.execute` runs it on a real one.
@@ -172,7 +172,8 @@ async def run_loop(
 ) -> Execution:
     """Execute ``task`` (guided by the winning bid's ``plan``; None: called directly) in at
     most ``cfg.max_turns`` turns. Never raises for what the model or a tool does: a model error
-    ends the loop with the answer so far and the error, a tool error is fed back as output."""
+    ends the loop with the answer so far (``error`` is set only when there is none), a tool
+    error is fed back as output."""
     instr = _instructions(task, tools, cfg)
     if plan is None:
         first = prompts.render("direct", task_block=prompts.task_block(task), instructions=instr)
@@ -261,7 +262,12 @@ async def run_loop(
         else:
             stop = "max_turns"
     except ModelError as e:
-        error = f"{type(e).__name__}: {e}"
+        # a model that fails mid-loop still leaves the best answer so far to be judged; the
+        # failure is the record's error only when there is nothing to judge
+        stop = "model_error"
+        st.transcript.append(Turn(role="user", content=f"{type(e).__name__}: {e}"[:keep]))
+        if not st.best[1]:
+            error = f"{type(e).__name__}: {e}"
     answer = st.best[1]
     if stop in ("max_turns", "max_tokens_total", "deadline") and not answer:
         error = f"the loop ended ({stop}) without an answer"

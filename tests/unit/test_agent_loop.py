@@ -180,9 +180,15 @@ def test_a_block_sent_again_is_not_run_again():
     assert "not run again" in ex.transcript[3].content
 
 
-def test_a_model_error_ends_the_loop_with_the_answer_so_far():
+def test_a_model_error_ends_the_loop_with_the_answer_so_far_left_to_be_judged():
     ex = loop(CODE, Model(BAD, error_at=1), max_turns=4)
-    assert ex.turns == 1 and "a - b" in ex.answer and "server went away" in ex.error
+    assert ex.turns == 1 and "a - b" in ex.answer and ex.stop == "model_error"
+    assert ex.error is None and "server went away" in ex.transcript[-1].content
+
+
+def test_a_model_error_before_any_answer_is_the_executions_error():
+    ex = loop(CODE, Model(BAD, error_at=0), max_turns=4)
+    assert ex.turns == 0 and ex.answer == "" and "server went away" in ex.error
 
 
 def test_answer_tasks_compute_then_the_printed_line_is_the_answer():
