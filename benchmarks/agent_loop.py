@@ -323,7 +323,13 @@ def summarize(rows: list[dict], max_turns: int) -> dict[str, Any]:
         for t in sorted(auction)
         if loop_tokens.get(t)
     ]
+    auctions = list(auction.values())
     return {
+        # the execution length at which the median auction would cost as much as the execution,
+        # and at which it would be 25 % of it (issue 15's target on long bins)
+        "auction_tokens_median": _median(auctions),
+        "break_even_execution_tokens": _median(auctions),
+        "quarter_overhead_execution_tokens": 4 * _median(auctions) if auctions else None,
         "max_turns": max_turns,
         "long_tokens": LONG_TOKENS,
         "agents": list(AGENTS),
@@ -340,6 +346,7 @@ def plot(summary: dict[str, Any], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
     colors = {
@@ -370,6 +377,9 @@ def plot(summary: dict[str, Any], path: Path) -> None:
     ax.plot(xgrid, [med / x for x in xgrid], color="black", lw=0.8, label="median auction / x")
     ax.set_xscale("log")
     ax.set_yscale("log")
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:,.0f}"))
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
     ax.set_xlabel("execution tokens, largest agent with the loop (all turns)")
     ax.set_ylabel("auction tokens / execution tokens")
     ax.set_title("Where an auction could pay: its overhead against execution length")

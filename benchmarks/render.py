@@ -562,7 +562,10 @@ def render_agent_loop() -> str | None:
     head = (
         f"{d['tasks']} tasks, agents {', '.join(f'`{a}`' for a in d['agents'])}, loop "
         f"`max_turns: {d['max_turns']}`; a bin is `long` from a median of {d['long_tokens']} "
-        "tokens of the largest agent's loop execution."
+        "tokens of the largest agent's loop execution. The median auction (bids + jury) spends "
+        f"{_num(d.get('auction_tokens_median'), 0)} tokens: it would cost as much as the "
+        f"execution it buys at {_num(d.get('break_even_execution_tokens'), 0)} execution tokens, "
+        f"and 25 % of it at {_num(d.get('quarter_overhead_execution_tokens'), 0)}."
     )
     png = "![auction overhead against execution length](benchmarks/results/agent_loop_overhead.png)"
     return "\n\n".join([_file_line("agent_loop.json"), head, table, curve, png])

@@ -181,11 +181,11 @@ def write_task_file(tasks: Iterable[Task], path: str | Path) -> Path:
 #: (prompt + completion, all turns). tests/unit/test_datasets.py holds this equal to
 #: benchmarks/results/agent_loop.json.
 TASK_LENGTHS: dict[str, int | None] = {
-    "humaneval": None,
-    "reasoning_gym": None,
-    "word_problems": None,
-    "humaneval_modules": None,
-    "word_problem_sets": None,
+    "humaneval": 2,  # bins 0 / 2 / 4: 491 / 3,357 / 4,388 tokens (failing loops run all 4 turns)
+    "reasoning_gym": None,  # levels 0 / 2 / 4: 186 / 268 / 251
+    "word_problems": None,  # bins 0 / 3: 264 / 332
+    "humaneval_modules": 0,  # 2 / 3 functions: 4,187 / 3,243
+    "word_problem_sets": 0,  # 3 / 6 problems: 1,090 / 1,240
 }
 
 
