@@ -86,7 +86,7 @@ def test_killing_an_agent_mid_bid_during_1000_auctions_loses_nothing(ray_cluster
 
     def kill_once(n, pool):
         if n >= 150 and not killed_at:
-            killed_at["n"] = n
+            killed_at["n"], killed_at["t"] = n, time.time()
             ray_cluster.kill(pool.actors["s1"])
 
     batch = tasks(1000, "kill")
@@ -105,7 +105,14 @@ def test_killing_an_agent_mid_bid_during_1000_auctions_loses_nothing(ray_cluster
     without = [
         r for r in got.values() if any(s.bid.agent == "s1" and s.bid.rejected for s in r.bids)
     ]
-    assert len(without) >= 500  # most auctions closed without the dead agent
+    # How many auctions had s1's bid in hand when it died depends on timing (482-600 of 850
+    # seen); what does not: some closed without it, and none started well after its death
+    # got a bid from it.
+    assert without
+    late = [r for r in got.values() if r.started_at and r.started_at > killed_at["t"] + 2.0]
+    assert all(
+        not any(s.bid.agent == "s1" and not s.bid.rejected for s in r.bids) for r in late
+    )
     assert all(r.winner != "s1" for r in without)
     dead = next(s.bid.rejected for r in without for s in r.bids if s.bid.agent == "s1")
     assert "Actor" in dead or "actor" in dead
