@@ -110,9 +110,7 @@ def test_killing_an_agent_mid_bid_during_1000_auctions_loses_nothing(ray_cluster
     # got a bid from it.
     assert without
     late = [r for r in got.values() if r.started_at and r.started_at > killed_at["t"] + 2.0]
-    assert all(
-        not any(s.bid.agent == "s1" and not s.bid.rejected for s in r.bids) for r in late
-    )
+    assert all(not any(s.bid.agent == "s1" and not s.bid.rejected for s in r.bids) for r in late)
     assert all(r.winner != "s1" for r in without)
     dead = next(s.bid.rejected for r in without for s in r.bids if s.bid.agent == "s1")
     assert "Actor" in dead or "actor" in dead
