@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 from ..config import ExecutionConfig
 from ..errors import ModelError
+from ..evaluators.code import _FENCE, _PYTHON_TAGS  # the fences extract_code reads
 from ..evaluators.isolation import SandboxRefused
 from ..types import Execution, StopReason, Task, Turn, Usage
 from . import prompts
@@ -33,9 +34,7 @@ from .tools import Tool, ToolOutput, bound
 #: ``chat(messages, max_tokens, timeout_s)`` -> the reply (the agent's concurrency and client).
 Chat = Callable[[list[dict[str, str]], int, float], Awaitable[ChatResult]]
 
-_FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[^\n]*\n(.*?)(?:```|\Z)", re.DOTALL)
 _CLOSED_FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[^\n]*\n(.*?)```", re.DOTALL)
-_PYTHON_LABELS = {"", "python", "py", "python3", "py3"}
 _SUBMIT = re.compile(r"^\s*\**SUBMIT\**\s*$", re.MULTILINE)
 _ANSWER = re.compile(r"^\s*\**(?:final\s+)?answer\**\s*[:：]\s*(.+?)\s*$", re.IGNORECASE | re.M)
 MIN_TURN_TOKENS = 64  # no turn starts with less of the token budget left
@@ -98,7 +97,7 @@ def parse_reply(
 
 def _label(tag: str) -> str:
     tag = tag.lower()
-    return "python" if tag in _PYTHON_LABELS else tag
+    return "python" if tag in _PYTHON_TAGS else tag
 
 
 def _is_function(text: str, task: Task) -> bool:

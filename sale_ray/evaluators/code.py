@@ -287,6 +287,12 @@ def prompt_examples(task: Task) -> str | None:
     return _CHECK_HELPERS + "\n" + "\n".join(checks) + "\n" + _CHECK_REPORT
 
 
+def examples_passed(stdout: str) -> bool:
+    """Whether a run of :func:`prompt_examples`' script reported every example passed."""
+    last = (stdout.strip().splitlines() or [""])[-1]
+    return last.startswith("all ") and last.endswith(" examples passed")
+
+
 def run_self_check(task: Task, code: str, cfg: SandboxConfig | None = None) -> tuple[bool, str]:
     """Run ``code`` on the prompt's visible examples: ``(ok, feedback for a fix turn)``.
 
@@ -300,11 +306,10 @@ def run_self_check(task: Task, code: str, cfg: SandboxConfig | None = None) -> t
     script = prompt_examples(task)
     program = build_program(task, code) + "\n\n" + (script or "")
     result = run_python(program, cfg)
-    last = (result.stdout.strip().splitlines() or [""])[-1]
     if result.ok and not script:
         return True, "the code runs"
-    if result.ok and last.startswith("all ") and last.endswith(" examples passed"):
-        return True, last
+    if result.ok and examples_passed(result.stdout):
+        return True, result.stdout.strip().splitlines()[-1]
     if result.ok:
         return False, "the program exited before its examples were checked"
     text = failure_detail(result, MAX_FEEDBACK_CHARS)

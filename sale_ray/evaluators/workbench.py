@@ -14,11 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..config import SandboxConfig
 from ..types import Task
-from .code import build_program, failure_detail, prompt_examples
+from .code import build_program, examples_passed, failure_detail, prompt_examples
 from .sandbox import run_python
-
-#: The last stdout line of a passing example script (code.py's report) starts and ends so.
-_PASSED = ("all ", " examples passed")
 
 
 class ToolRun(BaseModel):
@@ -51,10 +48,7 @@ def run_tool_code(task: Task, source: str, cfg: SandboxConfig | None = None) -> 
     result = run_python(program, cfg)
     examples = None
     if script:
-        last = (result.stdout.strip().splitlines() or [""])[-1]
-        examples = (
-            "passed" if last.startswith(_PASSED[0]) and last.endswith(_PASSED[1]) else "failed"
-        )
+        examples = "passed" if examples_passed(result.stdout) else "failed"
     stderr = result.stderr
     if result.killed_reason is not None:
         stderr = failure_detail(result)  # says which limit; the raw stderr is usually empty
