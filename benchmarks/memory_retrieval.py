@@ -15,7 +15,10 @@ vectors`` over ``--shards`` Ray actors with the configured index (``p50_ms``, ``
 exact scan through the same actors (``exact_p99_ms``); an in-process numpy scan of the same
 matrix (``baseline_p99_ms``); recall@k of the first against the second; batches of 32; the
 index build; search latency while a snapshot of the same memory is being written, against idle;
-a full restore (read, verify, rebuild the index); and loading a persisted index in-process.
+a full restore (read, verify, load the persisted index), and the same restore rebuilding the
+index instead; and loading a persisted index in-process. ``p50_ms``/``p99_ms`` go over the
+direct search line (``--transport``, the default); ``calls_p50_ms``/``calls_p99_ms`` are the
+same queries over actor calls, same memory, same run.
 One JSON line per configuration.
 """
 
@@ -149,6 +152,10 @@ def _timed(fn, qs) -> tuple[list[float], list]:
     return lat, out
 
 
+def _without_persisted_index(shard) -> None:
+    shard.policy.persist = False  # restores from now on rebuild (measured against loading)
+
+
 # --- through the shard actors ----------------------------------------------------------------
 def through_actors(args, real: np.ndarray | None) -> dict:
     import ray
@@ -177,6 +184,7 @@ def through_actors(args, real: np.ndarray | None) -> dict:
             index_nprobe=args.nprobe,
             index_candidates=args.candidates,
             index_storage=args.storage,
+            search_transport=args.transport,
         )
         mem = start_memory(cfg, StorageConfig(snapshot_uri=tmp), embedder=_NoEmbedder())
         table = entries(n)
@@ -203,6 +211,13 @@ def through_actors(args, real: np.ndarray | None) -> dict:
             mem.search_vectors(q, k, exact=True)
         lat, got = _timed(lambda q: _ids(mem.search_vectors(q, k)[0]), qs)
         ex_lat, ex_got = _timed(lambda q: _ids(mem.search_vectors(q, k, exact=True)[0]), qs)
+        # the same queries over plain actor calls (the other transport), same memory, same run
+        line, mem.pool.direct = mem.pool.direct, None
+        calls_lat, calls_got = _timed(lambda q: _ids(mem.search_vectors(q, k)[0]), qs)
+        calls_blat, _ = _timed(
+            lambda s: mem.search_vectors(qs[s : s + batch], k), range(0, len(qs), batch)
+        )
+        mem.pool.direct = line
 
         def base_top(q, vecs=vecs):
             sims = vecs @ q
@@ -254,13 +269,21 @@ def through_actors(args, real: np.ndarray | None) -> dict:
             IVFIndex.deserialize(blob)
             index_load_s = (time.perf_counter() - t) * args.shards  # all shards, one core
             del blob
+        restore_rebuild_s, index_sources = float("nan"), []
         if not args.no_snapshot and not args.no_restore:
             t = time.perf_counter()
-            mem.restore()  # read + verify every file, rebuild every index, swap
+            mem.restore()  # read + verify every file (the persisted index too), swap
             ray.get([h.settle.remote() for h in mem.pool.handles])
             restore_s = time.perf_counter() - t
+            index_sources = [s["index_source"] for s in mem.stats()["shards"]]
             _, after = _timed(lambda q: _ids(mem.search_vectors(q, k)[0]), qs[:50])
             restored_recall = recall(after, want[:50], k)
+            if kind == "ivf":  # the same restore with the index rebuilt instead of loaded
+                mem._call_all("apply", _without_persisted_index)
+                t = time.perf_counter()
+                mem.restore()
+                ray.get([h.settle.remote() for h in mem.pool.handles])
+                restore_rebuild_s = time.perf_counter() - t
         else:
             restored_recall = float("nan")
         shard_rss = sum(s["peak_rss_bytes"] for s in mem.stats()["shards"])
@@ -277,6 +300,14 @@ def through_actors(args, real: np.ndarray | None) -> dict:
             "p50_ms": pct(lat, 50),
             "p99_ms": pct(lat, 99),
             "recall_at_8": recall(got, ex_got, k),
+            "transport": args.transport,
+            "direct_searches": line.searches if line is not None else 0,
+            "direct_fallbacks": line.fallbacks if line is not None else 0,
+            "calls_p50_ms": pct(calls_lat, 50),
+            "calls_p99_ms": pct(calls_lat, 99),
+            "calls_same_answers": calls_got == got,
+            "calls_batch32_p50_ms": pct(calls_blat, 50),
+            "calls_batch32_p99_ms": pct(calls_blat, 99),
             "exact_p50_ms": pct(ex_lat, 50),
             "exact_p99_ms": pct(ex_lat, 99),
             "baseline_p50_ms": pct(base, 50),
@@ -291,6 +322,8 @@ def through_actors(args, real: np.ndarray | None) -> dict:
             "during_snapshot_p99_ms": pct(snap_lat, 99),
             "during_snapshot_queries": len(snap_lat),
             "restore_s": round(restore_s, 2),
+            "restore_index_sources": index_sources,
+            "restore_rebuild_s": round(restore_rebuild_s, 2),
             "restored_recall_at_8": restored_recall,
             "build_s": round(build_s, 2),
             "build_s_per_shard_max": round(max(per_shard_build), 2),
@@ -441,6 +474,12 @@ def main() -> None:
     ap.add_argument("--nprobe", type=int, default=16)
     ap.add_argument("--candidates", type=int, default=64)
     ap.add_argument("--storage", choices=["sq8", "flat"], default="sq8")
+    ap.add_argument(
+        "--transport",
+        choices=["calls", "direct"],
+        default="direct",
+        help="memory.search_transport for p50_ms/p99_ms; the other one is measured too",
+    )
     ap.add_argument("--data", choices=["humaneval", "random"], default="humaneval")
     ap.add_argument("--no-snapshot", action="store_true", help="skip snapshot + restore")
     ap.add_argument("--no-restore", action="store_true", help="skip the restore")

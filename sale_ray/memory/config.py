@@ -70,6 +70,20 @@ class MemoryConfig(_Strict):
         description="Codes the IVF lists hold: 'sq8' int8 (384 B a 384-d record), 'flat' "
         "float32 (4x more, marginally better candidates). Re-ranking is always float32.",
     )
+    search_transport: Literal["direct", "calls"] = Field(
+        default="direct",
+        description="How a query reaches shard actors on the caller's node. 'direct': a "
+        "socket per shard on 127.0.0.1 (authenticated; ~2x less latency per query than "
+        "actor calls, measured in benchmarks/results/memory_retrieval.md); shards elsewhere, "
+        "and any failure, fall back to actor calls. 'calls': one Ray actor call per shard "
+        "(sale_ray/memory/direct.py).",
+    )
+    index_persist: bool = Field(
+        default=True,
+        description="Snapshots carry each shard's index (checksummed in the manifest) and a "
+        "restore loads it instead of rebuilding it; a file that fails its checks is rebuilt "
+        "(sale_ray/memory/index_file.py). Restore times of both: BENCHMARKS.md.",
+    )
     isolation: Isolation = Field(
         default="shared",
         description="'shared': one memory for every caller. 'namespace': each tenant "

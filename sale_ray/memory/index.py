@@ -133,7 +133,7 @@ class IVFIndex:
         return self.ntotal * (code + 8) + self.nlist * self.dim * 4
 
     def serialize(self) -> np.ndarray:
-        """The index as bytes (persisting it is measured against rebuilding it; see docs)."""
+        """The index as bytes (snapshots persist it: :mod:`.index_file`)."""
         return _faiss().serialize_index(self._index)
 
     @classmethod
@@ -163,10 +163,12 @@ class IndexPolicy:
         nprobe: int = 16,
         candidates: int = 64,
         storage: IndexStorage = "sq8",
+        persist: bool = True,
     ) -> None:
         if kind not in ("exact", "ivf", "auto"):
             raise ValueError(f"unknown index kind {kind!r}")
         self.kind, self.nprobe, self.candidates, self.storage = kind, nprobe, candidates, storage
+        self.persist = persist  # snapshots carry the index; restores load it (index_file.py)
         self.min_records = min(min_records, IVF_MIN_RECORDS) if kind == "ivf" else min_records
 
     @classmethod
@@ -178,6 +180,7 @@ class IndexPolicy:
             cfg.index_nprobe,
             cfg.index_candidates,
             cfg.index_storage,
+            cfg.index_persist,
         )
 
     def wants_build(self, n: int, base: int, index: IVFIndex | None, built_base: int) -> bool:

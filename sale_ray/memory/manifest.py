@@ -57,6 +57,19 @@ class FileInfo(BaseModel):
     sha256: str = Field(pattern=SHA256.pattern)
 
 
+class IndexFileInfo(BaseModel):
+    """A shard's approximate index, persisted beside its data (``memory.index_persist``)."""
+
+    model_config = ConfigDict(extra="forbid")
+    path: str = Field(description="Relative to the snapshot root, under data/<snapshot_id>/.")
+    shard: int = Field(ge=0)
+    first_label: int = Field(ge=0, description="Label of the shard's first row (see index.py).")
+    rows: int = Field(ge=0, description="Rows the index holds: every row of the shard's data.")
+    storage: str = Field(description="IVF codes: 'sq8' or 'flat'.")
+    bytes: int = Field(ge=0)
+    sha256: str = Field(pattern=SHA256.pattern)
+
+
 class Manifest(BaseModel):
     """What a snapshot contains; the pointer names exactly one manifest."""
 
@@ -71,13 +84,20 @@ class Manifest(BaseModel):
     )
     files: list[FileInfo]
     total_rows: int = Field(ge=0)
+    indexes: list[IndexFileInfo] = Field(
+        default_factory=list,
+        description="Persisted approximate indexes, at most one per shard (optional: a "
+        "restore without one rebuilds it).",
+    )
 
     @model_validator(mode="after")
     def _files_stay_inside(self) -> Manifest:
         # A manifest names files relative to the snapshot root; one that points elsewhere
         # (``../``, an absolute path, another snapshot's folder that prune may delete) is refused.
-        for f in self.files:
+        for f in [*self.files, *self.indexes]:
             confine(f.path, f"data/{self.snapshot_id}/")
+        if len({i.shard for i in self.indexes}) != len(self.indexes):
+            raise ValueError("more than one index file for a shard")
         return self
 
 

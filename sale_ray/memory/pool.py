@@ -10,6 +10,7 @@ off the event loop that serves searches (:mod:`.remote`); here they are plain fu
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Protocol
@@ -18,7 +19,12 @@ import pyarrow as pa
 
 from ..errors import InfraError
 from . import snapshot as snap
+from .index import IVFIndex
+from .index_file import read_index_file, write_index_file
+from .manifest import IndexFileInfo
 from .shard import MemoryShard, ShardView
+
+log = logging.getLogger(__name__)
 
 
 class ShardUnavailable(InfraError):
@@ -81,31 +87,69 @@ class LocalShardPool:
 
 # --- run by a shard on itself, through ``apply`` (in the shard's process) ---------------------
 def write_file(
-    shard: MemoryShard | ShardView, store: snap.SnapshotStore, sid: str, i: int
-) -> list[snap.FileInfo]:
-    """Snapshot files of a shard (or of a :class:`~.shard.ShardView` of one)."""
-    return snap.write_shard_files(store, sid, i, shard.to_table())
+    shard: MemoryShard | ShardView,
+    store: snap.SnapshotStore,
+    sid: str,
+    i: int,
+    frozen: tuple[IVFIndex, int] | None = None,
+) -> list[snap.FileInfo | IndexFileInfo]:
+    """Snapshot files of a shard, or of a :class:`~.shard.ShardView` of one with the index
+    frozen beside it (``frozen``, from :meth:`~.shard.MemoryShard.freeze_index`): the data
+    files, then the index file when there is an index to persist."""
+    if isinstance(shard, MemoryShard):  # in-process: take the view and freeze here
+        frozen = shard.freeze_index() if shard.policy.persist else None
+        try:
+            return write_file(shard.view(), store, sid, i, frozen)
+        finally:
+            if frozen is not None:
+                shard.thaw_index()
+    files: list[snap.FileInfo | IndexFileInfo] = list(
+        snap.write_shard_files(store, sid, i, shard.to_table())
+    )
+    if frozen is not None:
+        files.append(write_index_file(store, sid, i, *frozen))
+    return files
+
+
+def read_for_restore(
+    shard: MemoryShard, store: snap.SnapshotStore, manifest: snap.Manifest, i: int
+) -> tuple[pa.Table, tuple[IVFIndex, int] | None]:
+    """Shard ``i``'s verified table, and its persisted index when ``shard``'s policy can use
+    it (None: the restore builds one). A bad index file is reported, never fatal: the index
+    only proposes candidates and can be rebuilt from the data."""
+    table = snap.read_shard(store, manifest, i)
+    policy = shard.policy
+    if not policy.persist or policy.kind == "exact":
+        return table, None
+    try:
+        index = read_index_file(store, manifest, i, table.num_rows, shard.dim, policy.nprobe)
+    except snap.SnapshotError as e:
+        log.warning("%s; rebuilding the index instead", e)
+        return table, None
+    if index is not None and index[0].storage != policy.storage:
+        return table, None  # configured differently since: build the configured one
+    return table, index
 
 
 def restore_file(
     shard: MemoryShard, store: snap.SnapshotStore, manifest: snap.Manifest, i: int
 ) -> int:
-    return shard.load_table(snap.read_shard(store, manifest, i))
+    return shard.load_table(*read_for_restore(shard, store, manifest, i))
 
 
-# Verified tables waiting to be swapped in, per shard object, in the shard's own process.
-_STAGED: dict[int, pa.Table] = {}
+# Verified tables (and indexes) waiting to be swapped in, per shard object, in its process.
+_STAGED: dict[int, tuple[pa.Table, tuple[IVFIndex, int] | None]] = {}
 
 
 def stage_file(
     shard: MemoryShard, store: snap.SnapshotStore, manifest: snap.Manifest, i: int
 ) -> int:
-    _STAGED[id(shard)] = table = snap.read_shard(store, manifest, i)
-    return table.num_rows
+    _STAGED[id(shard)] = staged = read_for_restore(shard, store, manifest, i)
+    return staged[0].num_rows
 
 
 def load_staged(shard: MemoryShard) -> int:
-    return shard.load_table(_STAGED.pop(id(shard)))
+    return shard.load_table(*_STAGED.pop(id(shard)))
 
 
 def drop_staged(shard: MemoryShard) -> None:

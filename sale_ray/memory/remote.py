@@ -7,7 +7,10 @@ processes (:meth:`ShardActor.segment_refs`) without a copy. The embedding matrix
 approximate index, if any) stays on the actor's heap.
 
 Searches never wait behind maintenance. Writes and searches run on the actor's event loop, one at
-a time, so the plain shard needs no locks. Everything slow runs in a thread on immutable inputs:
+a time; the one exception is the direct search line (:mod:`.direct`, ``memory.search_transport:
+direct``), whose server answers on threads of its own, so every change the loop makes to the
+shard holds ``_lock``, and so does that server's search (searches only read: loop searches need
+no lock). Everything slow runs in a thread on immutable inputs:
 a snapshot writes a :meth:`~.shard.MemoryShard.view` taken between two calls; compaction merges
 and index builds work on segments and matrix rows that are never written again and are swapped
 in between two calls (``defer_maintenance``); a restore builds a whole new shard (index
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -37,8 +41,8 @@ import ray
 from ray.exceptions import RayActorError
 
 from . import pool as shard_ops
-from . import snapshot as snap
 from .config import MemoryConfig, StorageConfig
+from .direct import DirectSearch, SearchServer
 from .embed import Embedder, make_embedder
 from .index import IndexPolicy
 from .pool import ShardUnavailable
@@ -66,12 +70,15 @@ class ShardActor:
         self.shard = MemoryShard(
             dim, max_records, max_segments, seal=_seal, index=index, defer_maintenance=True
         )
+        self._lock = threading.Lock()  # the loop's changes vs the direct line's searches
+        self._server: SearchServer | None = None
         self._maint: asyncio.Task | None = None
         self._during_restore: list[tuple[pa.Table, np.ndarray | None]] | None = None
         self._staged: MemoryShard | None = None
 
     async def write_table(self, table: pa.Table, vectors: np.ndarray | None = None) -> int:
-        added = self.shard.write_table(table, vectors)
+        with self._lock:
+            added = self.shard.write_table(table, vectors)
         if self._during_restore is not None:  # replayed onto the restored shard before the swap
             self._during_restore.append((table, vectors))
         self._kick()
@@ -88,12 +95,14 @@ class ShardActor:
             shard = self.shard
             if (plan := shard.compaction_plan()) is not None:
                 merged = await asyncio.to_thread(merge_segments, plan[1], _seal)
-                if shard is self.shard:
-                    shard.finish_compaction(plan, merged)
+                with self._lock:
+                    if shard is self.shard:
+                        shard.finish_compaction(plan, merged)
             elif (job := shard.index_plan()) is not None:
                 index = await asyncio.to_thread(shard.policy.build, *job)
-                if shard is self.shard:
-                    shard.install_index(index, job[1])
+                with self._lock:
+                    if shard is self.shard:
+                        shard.install_index(index, job[1])
             else:
                 return
 
@@ -120,12 +129,22 @@ class ShardActor:
         return new
 
     async def snapshot_files(self, store: Any, sid: str, i: int) -> list[Any]:
-        view = self.shard.view()  # taken between two calls: consistent
-        return await asyncio.to_thread(shard_ops.write_file, view, store, sid, i)
+        shard = self.shard
+        with self._lock:  # taken between two changes: the view and the index agree
+            view = shard.view()
+            frozen = shard.freeze_index() if shard.policy.persist else None
+        try:
+            return await asyncio.to_thread(shard_ops.write_file, view, store, sid, i, frozen)
+        finally:
+            if frozen is not None:
+                with self._lock:
+                    shard.thaw_index()
 
     async def restore(self, store: Any, manifest: Any, i: int) -> int:
         shard = self.shard
-        self.shard = await self._swap_in(lambda: shard.loaded(snap.read_shard(store, manifest, i)))
+        self.shard = await self._swap_in(
+            lambda: shard.loaded(*shard_ops.read_for_restore(shard, store, manifest, i))
+        )
         self._kick()
         return len(self.shard)
 
@@ -136,7 +155,7 @@ class ShardActor:
         self._during_restore = []
         try:
             self._staged = await asyncio.to_thread(
-                lambda: shard.loaded(snap.read_shard(store, manifest, i))
+                lambda: shard.loaded(*shard_ops.read_for_restore(shard, store, manifest, i))
             )
         except BaseException:
             self._during_restore = None
@@ -165,6 +184,20 @@ class ShardActor:
     ) -> list[list[tuple[float, dict]]]:
         return self.shard.search_rows(query_vecs, k, exact)
 
+    def _search_locked(
+        self, query_vecs: np.ndarray, k: int, exact: bool
+    ) -> list[list[tuple[float, dict]]]:
+        with self._lock:  # the direct line's threads: never beside a change on the loop
+            return self.shard.search_rows(query_vecs, k, exact)
+
+    async def search_endpoint(self) -> tuple[str, tuple[str, int], bytes]:
+        """``(node_id, address, key)`` of this shard's direct search line (started on first
+        ask; :mod:`.direct`). The key is a secret: callers must never log it."""
+        if self._server is None:
+            self._server = SearchServer(self._search_locked)
+        address, key = self._server.endpoint()
+        return ray.get_runtime_context().get_node_id(), address, key
+
     async def rebuild_index(self) -> float:
         """Build the index from scratch now (in a thread) and swap it in; returns seconds."""
         t0 = time.perf_counter()
@@ -172,8 +205,9 @@ class ShardActor:
         if shard.policy.kind != "exact" and len(shard):
             job = (shard.view().vecs, shard._base)
             index = await asyncio.to_thread(shard.policy.build, *job)
-            if shard is self.shard:
-                shard.install_index(index, job[1])
+            with self._lock:
+                if shard is self.shard:
+                    shard.install_index(index, job[1])
         return time.perf_counter() - t0
 
     async def index_blob(self) -> np.ndarray | None:
@@ -198,7 +232,8 @@ class ShardActor:
     async def apply(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run ``fn(shard, *args)`` here, on the event loop (quick functions only: searches
         wait for it; maintenance has its own methods above, which do not block them)."""
-        return fn(self.shard, *args)
+        with self._lock:
+            return fn(self.shard, *args)
 
     async def segment_refs(self) -> list[Any]:
         """Object refs of the shard's segments (zero-copy reads for analytics)."""
@@ -220,10 +255,15 @@ def _peak_rss() -> int:
 class ActorShardPool:
     """Shard actors behind the :class:`~.pool.ShardPool` seam."""
 
-    def __init__(self, factory: Callable[[int], Any], size: int) -> None:
+    def __init__(self, factory: Callable[[int], Any], size: int, direct: bool = False) -> None:
         self._factory = factory
         self.size = size
         self.handles = [factory(i) for i in range(size)]
+        self.direct = _direct_line(self) if direct else None
+
+    def search_all(self, q: np.ndarray, k: int, exact: bool) -> list[Any] | None:
+        """Every shard's search over the direct line; None = make actor calls."""
+        return self.direct.search(q, k, exact) if self.direct is not None else None
 
     def submit(self, i: int, method: str, *args: Any) -> Any:
         return getattr(self.handles[i], method).remote(*args)
@@ -246,6 +286,8 @@ class ActorShardPool:
         except Exception:  # noqa: BLE001 - already dead is the usual case
             pass
         self.handles[i] = self._factory(i)
+        if self.direct is not None:
+            self.direct.replace(i)
 
 
 class AttachedShardPool(ActorShardPool):
@@ -253,13 +295,21 @@ class AttachedShardPool(ActorShardPool):
     shard restarted here would belong to this (often short-lived) driver and die with it, and
     the owner would not know; recovery is the owner's job."""
 
-    def __init__(self, handles: list[Any], prefix: str) -> None:
+    def __init__(self, handles: list[Any], prefix: str, direct: bool = False) -> None:
         self.handles, self.size, self.prefix = handles, len(handles), prefix
+        self.direct = _direct_line(self) if direct else None
 
     def restart(self, i: int) -> None:
         from ..errors import InfraError
 
         raise InfraError(f"memory shard '{self.prefix}-{i}' is not running (attached, not owned)")
+
+
+def _direct_line(pool: ActorShardPool) -> DirectSearch:
+    def endpoint(i: int) -> tuple[str, tuple[str, int], bytes]:
+        return ray.get(pool.handles[i].search_endpoint.remote(), timeout=30)
+
+    return DirectSearch(pool.size, endpoint, ray.get_runtime_context().get_node_id())
 
 
 def _factory(
@@ -314,7 +364,8 @@ def start_memory(
         raise RuntimeError("start_memory needs a connected Ray cluster (ray.init first)")
     cfg = cfg or MemoryConfig()
     emb = embedder or make_embedder(cfg.embedder)
-    pool = ActorShardPool(_factory(cfg, emb.dim, actor_options), cfg.shards)
+    direct = cfg.search_transport == "direct"
+    pool = ActorShardPool(_factory(cfg, emb.dim, actor_options), cfg.shards, direct)
     mem = ShardedMemory(pool, emb, cfg, storage)
     if cfg.restore_on_start:
         mem.restore()
@@ -338,4 +389,5 @@ def connect_memory(
         ray.get_actor(f"{cfg.actor_name_prefix}-{i}", namespace=namespace)
         for i in range(cfg.shards)
     ]
-    return ShardedMemory(AttachedShardPool(handles, cfg.actor_name_prefix), emb, cfg, storage)
+    pool = AttachedShardPool(handles, cfg.actor_name_prefix, cfg.search_transport == "direct")
+    return ShardedMemory(pool, emb, cfg, storage)

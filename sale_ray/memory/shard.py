@@ -96,9 +96,15 @@ class MemoryShard:
         self._base = 0  # label of row 0 = records ever evicted (labels never shift)
         self._index: IVFIndex | None = None
         self._built_base = 0  # _base when the index was trained
+        # The index holds labels [_index_floor, _index_upto): normally every row. While a
+        # snapshot serialises it (_frozen) it is left alone, rows written meanwhile are
+        # searched exactly (_ann_rows) and _sync_index catches up when it is thawed.
+        self._index_upto = self._index_floor = 0
+        self._frozen: IVFIndex | None = None
+        self.index_source: str | None = None  # "built" | "snapshot": how the index came to be
         self._ids: set[str] = set()  # auction ids present: the idempotency key
         self._counts = {"writes": 0, "added": 0, "duplicates": 0, "evicted": 0, "compactions": 0}
-        self._counts["index_builds"] = 0
+        self._counts["index_builds"] = self._counts["index_loads"] = 0
 
     # --- writes ---------------------------------------------------------------------------------
     def write(self, entries: Sequence[MemoryEntry], vectors: np.ndarray) -> int:
@@ -135,13 +141,12 @@ class MemoryShard:
             table, vectors = table.take(keep), vectors[keep]
         vecs = normalise_rows(vectors)
         self._append(table.select(ENTRY_SCHEMA.names).cast(ENTRY_SCHEMA), vecs)
-        if self._index is not None:
-            self._index.add(vecs, self._base + self._n - len(vecs))
         self._ids.update(seen)
         self._counts["added"] += len(keep)
         if self._n > self.max_records:
             slack = max(1, self.max_records // 10)
             self._evict(self._n - max(1, self.max_records - slack))
+        self._sync_index()
         if not self.defer_maintenance:
             self.maintain()
         return len(keep)
@@ -181,8 +186,6 @@ class MemoryShard:
         self._vecs = kept
         self._n -= count
         self._base += count
-        if self._index is not None:
-            self._index.remove_below(self._base)
         self._counts["evicted"] += count
 
     # --- maintenance: compaction and index builds -------------------------------------------------
@@ -228,17 +231,45 @@ class MemoryShard:
             return None
         return self._vecs[: self._n], self._base
 
-    def install_index(self, index: IVFIndex, first_label: int) -> None:
-        """Adopt an index built from a view taken at label ``first_label``: rows written since
+    def install_index(self, index: IVFIndex, first_label: int, source: str = "built") -> None:
+        """Adopt an index holding labels ``[first_label, first_label + index.ntotal)`` (built
+        from a view taken at ``first_label``, or loaded from a snapshot): rows written since
         are added to it and rows evicted since removed, then it replaces the current one."""
-        upto = first_label + index.ntotal
-        if upto < self._base + self._n:
-            start = max(upto, self._base) - self._base
+        self._index, self._built_base, self.index_source = index, self._base, source
+        self._counts["index_builds" if source == "built" else "index_loads"] += 1
+        self._index_floor, self._index_upto = first_label, first_label + index.ntotal
+        self._sync_index()
+
+    def _sync_index(self) -> None:
+        """Bring the index level with the matrix (new rows in, evicted labels out), unless a
+        snapshot is serialising it right now."""
+        index = self._index
+        if index is None or index is self._frozen:
+            return
+        end = self._base + self._n
+        if self._index_upto < end:
+            start = max(self._index_upto, self._base) - self._base
             index.add(self._vecs[start : self._n], self._base + start)
-        if first_label < self._base:
+            self._index_upto = end
+        if self._index_floor < self._base:
             index.remove_below(self._base)
-        self._index, self._built_base = index, self._base
-        self._counts["index_builds"] += 1
+            self._index_floor = self._base
+
+    def freeze_index(self) -> tuple[IVFIndex, int] | None:
+        """The index and its first label, unchanged until :meth:`thaw_index`, for a snapshot to
+        serialise in a thread; it then holds exactly the rows of a :meth:`view` taken now.
+        None when there is no index, it is behind the matrix, or it is frozen already."""
+        index = self._index
+        level = self._index_upto == self._base + self._n and self._index_floor == self._base
+        if index is None or self._frozen is not None or not level:
+            return None
+        self._frozen = index
+        return index, self._base
+
+    def thaw_index(self) -> None:
+        """End :meth:`freeze_index`: the index catches up with what was written meanwhile."""
+        self._frozen = None
+        self._sync_index()
 
     @property
     def index(self) -> IVFIndex | None:
@@ -273,11 +304,16 @@ class MemoryShard:
 
     def top_rows(self, q: np.ndarray, k: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """Row indices and scores of the top-``k`` per (already normalised) query, best first."""
+        if self._index is not None and self._n and k > 0:
+            return self._ann_rows(q, k)
+        return self.exact_rows(q, k)
+
+    def exact_rows(self, q: np.ndarray, k: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """:meth:`top_rows` by a full scan even when an index exists (recall baselines). Reads
+        only: searches may run beside each other (the direct search line, :mod:`.direct`)."""
         n = self._n
         if n == 0 or k <= 0:
             return [np.empty(0, np.int64)] * len(q), [np.empty(0, np.float32)] * len(q)
-        if self._index is not None:
-            return self._ann_rows(q, k)
         m = self._vecs[:n]
         sims = (m @ q[0])[None, :] if len(q) == 1 else q @ m.T
         kk = min(k, n)
@@ -294,23 +330,19 @@ class MemoryShard:
     def _ann_rows(self, q: np.ndarray, k: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """Index candidates, scored exactly from the matrix, best first (ties: older row)."""
         labels = self._index.candidates(q, max(k, self.policy.candidates))  # type: ignore[union-attr]
+        # rows the index does not hold yet (written while a snapshot serialises it): exact
+        tail = np.arange(max(self._index_upto - self._base, 0), self._n)
         out_rows, out_scores = [], []
         for i in range(len(q)):
             rows = labels[i][labels[i] >= self._base] - self._base
             rows = rows[rows < self._n]
+            if len(tail):
+                rows = np.concatenate([rows, tail])
             sc = self._vecs[rows] @ q[i]
             order = np.lexsort((rows, -sc))[:k]
             out_rows.append(rows[order])
             out_scores.append(sc[order])
         return out_rows, out_scores
-
-    def exact_rows(self, q: np.ndarray, k: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
-        """:meth:`top_rows` by a full scan even when an index exists (recall baselines)."""
-        index, self._index = self._index, None
-        try:
-            return self.top_rows(q, k)
-        finally:
-            self._index = index
 
     def entries_at(self, rows: Iterable[int]) -> list[MemoryEntry]:
         """Entries at the given row positions (insertion order, oldest = 0)."""
@@ -359,6 +391,7 @@ class MemoryShard:
             "index": "ivf" if self._index is not None else "exact",
             "index_bytes": self._index.nbytes() if self._index is not None else 0,
             "index_nlist": self._index.nlist if self._index is not None else 0,
+            "index_source": self.index_source if self._index is not None else None,
             "dim": self.dim,
             **self._counts,
         }
@@ -373,21 +406,30 @@ class MemoryShard:
         """All records, oldest first, with an ``embedding`` column (a copy: safe to keep)."""
         return self.view().to_table()
 
-    def load_table(self, table: pa.Table) -> int:
-        """Replace the contents with a table from :meth:`to_table` (restore); returns rows."""
+    def load_table(self, table: pa.Table, index: tuple[IVFIndex, int] | None = None) -> int:
+        """Replace the contents with a table from :meth:`to_table` (restore); returns rows.
+        ``index``: the index persisted with it and its first label (:mod:`.index_file`),
+        adopted as it is; without one, the index is built here (restore = rebuild)."""
         vectors = _embedding_matrix(table, self.dim)  # validate before dropping anything
         self.__init__(*self._settings())  # type: ignore[misc]
-        defer, self.defer_maintenance = self.defer_maintenance, False
+        if index is not None:
+            self._base = index[1]  # the rows keep the labels the persisted index knows them by
+        defer, self.defer_maintenance = self.defer_maintenance, True
         try:
-            return self._write(table, vectors)  # the index is (re)built here: restore = rebuild
+            added = self._write(table, vectors)
+            if index is not None:
+                self.install_index(index[0], index[1], source="snapshot")
+            self.maintain()
         finally:
             self.defer_maintenance = defer
+        return added
 
-    def loaded(self, table: pa.Table) -> MemoryShard:
-        """A new shard like this one holding ``table`` (index built); this one is untouched,
-        so a restore can be prepared beside a shard that keeps serving, then swapped in."""
+    def loaded(self, table: pa.Table, index: tuple[IVFIndex, int] | None = None) -> MemoryShard:
+        """A new shard like this one holding ``table`` (index loaded or built); this one is
+        untouched, so a restore can be prepared beside a shard that keeps serving, then
+        swapped in."""
         shard = MemoryShard(*self._settings())
-        shard.load_table(table)
+        shard.load_table(table, index)
         return shard
 
     def _settings(self) -> tuple:

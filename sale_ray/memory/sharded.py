@@ -209,14 +209,27 @@ class ShardedMemory(Recovery):
         ``exact`` bypasses the shards' approximate indexes (a full scan, for recall checks)."""
         k = k or self.cfg.k
         q = np.atleast_2d(np.asarray(query_vecs, dtype=np.float32))
-        per_shard = self._call_all("search_rows", q, k, exact)
+        per_shard = self._search_all(q, k, exact)
         return [_hits(merge_topk([r[j] for r in per_shard], k)) for j in range(len(q))]
+
+    def _search_all(self, q: np.ndarray, k: int, exact: bool = False) -> list[Any]:
+        """Each shard's ``search_rows``: over the pool's direct search line where it has one
+        that works (``memory.search_transport: direct``), else one call per shard."""
+        search_all = getattr(self.pool, "search_all", None)
+        if search_all is not None and not self.unhealthy:
+            got = search_all(q, k, exact)
+            if got is not None:
+                return got
+        return self._call_all("search_rows", q, k, exact)
 
     async def asearch(self, texts: Sequence[str], k: int | None = None) -> list[list[Hit]]:
         """Async :meth:`search`."""
         k = k or self.cfg.k
         q = await asyncio.to_thread(self.embedder.encode, list(texts))
         self._check_healthy(range(self.pool.size))
+        if getattr(self.pool, "direct", None) is not None:
+            per = await asyncio.to_thread(self._search_all, q, k)
+            return [_hits(merge_topk([r[j] for r in per], k)) for j in range(len(q))]
         gens = list(self._generation)
         pend = {i: self.pool.submit(i, "search_rows", q, k) for i in range(self.pool.size)}
         per_shard = []

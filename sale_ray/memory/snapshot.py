@@ -39,6 +39,7 @@ from .manifest import (
     MAX_FILE_BYTES,
     SCHEMA_VERSION,
     FileInfo,
+    IndexFileInfo,
     Manifest,
     parse_pointer,
     read_capped,
@@ -201,15 +202,17 @@ def write_shard_file(
 def commit(
     store: SnapshotStore,
     snapshot_id: str,
-    files: Sequence[FileInfo],
+    files: Sequence[FileInfo | IndexFileInfo],
     *,
     dim: int,
     embedder: str | None,
     expected_pointer: str | None,
     hook: Hook | None = None,
 ) -> Manifest:
-    """Write the manifest, then move the pointer to it (compare-and-swap on S3)."""
-    files = sorted(files, key=lambda f: (f.shard, f.part))
+    """Write the manifest (data files and any persisted indexes), then move the pointer to it
+    (compare-and-swap on S3)."""
+    indexes = sorted((f for f in files if isinstance(f, IndexFileInfo)), key=lambda f: f.shard)
+    files = sorted((f for f in files if isinstance(f, FileInfo)), key=lambda f: (f.shard, f.part))
     manifest = Manifest(
         snapshot_id=snapshot_id,
         created_at=time.time(),
@@ -218,6 +221,7 @@ def commit(
         embedder=embedder,
         files=list(files),
         total_rows=sum(f.rows for f in files),
+        indexes=indexes,
     )
     rel = f"manifests/{snapshot_id}.json"
     body = manifest.model_dump_json(indent=1).encode()

@@ -34,12 +34,17 @@ def entries(ids):
 
 
 def _kill(ray, handle) -> None:
+    """Kill a shard actor and wait until its process is gone: the GCS calls it dead a moment
+    before the process exits, and until then its direct search line still answers."""
+    import os
+
+    pid = ray.get(handle.stats.remote(), timeout=30)["pid"]
     ray.kill(handle, no_restart=True)
     deadline = time.time() + 10
-    while time.time() < deadline:  # wait until the GCS knows it is dead
+    while time.time() < deadline:
         try:
-            ray.get(handle.stats.remote(), timeout=1)
-        except Exception:  # noqa: BLE001 - RayActorError or timeout: gone
+            os.kill(pid, 0)
+        except ProcessLookupError:
             return
         time.sleep(0.05)
     raise AssertionError("shard actor did not die")
@@ -174,3 +179,78 @@ def test_shard_actors_build_the_index_in_the_background_and_find_new_writes(ray_
     exact = mem.search_vectors(HashingEmbedder().encode(["task 7 about strings"]), 8, exact=True)
     approx = mem.search_vectors(HashingEmbedder().encode(["task 7 about strings"]), 8)
     assert exact[0][0].entry.auction_id == approx[0][0].entry.auction_id
+
+
+def test_the_direct_search_line_answers_what_actor_calls_answer(ray_cluster):
+    from sale_ray.memory.remote import start_memory
+
+    mem = start_memory(MemoryConfig(shards=2, embedder="hashing"), embedder=HashingEmbedder())
+    assert mem.cfg.search_transport == "direct"  # the default
+    mem.write(entries(range(60)))
+    texts = ["task 7 about strings", "task 12 about graphs"]
+    line, mem.pool.direct = mem.pool.direct, None
+    by_calls = mem.search(texts)
+    mem.pool.direct = line
+    by_line = mem.search(texts)
+    assert [[(h.score, h.entry) for h in r] for r in by_line] == [
+        [(h.score, h.entry) for h in r] for r in by_calls
+    ]
+    assert line.searches == 1 and line.fallbacks == 0
+
+
+def test_a_wrong_key_is_refused_and_the_line_keeps_serving(ray_cluster):
+    ray = ray_cluster
+    from multiprocessing import AuthenticationError
+    from multiprocessing.connection import Client
+
+    from sale_ray.memory.remote import start_memory
+
+    mem = start_memory(MemoryConfig(shards=1, embedder="hashing"), embedder=HashingEmbedder())
+    mem.write(entries(range(10)))
+    _, address, key = ray.get(mem.pool.handles[0].search_endpoint.remote())
+    assert address[0] == "127.0.0.1"
+    with pytest.raises((AuthenticationError, EOFError, ConnectionError)):
+        Client(address, authkey=bytes(b ^ 1 for b in key))
+    assert mem.search(["task 3 about graphs"], k=1)[0][0].entry.auction_id == "a3"
+    assert mem.pool.direct.searches == 1
+
+
+def test_a_killed_shard_falls_back_to_calls_is_recovered_and_the_line_reconnects(
+    ray_cluster,
+    s3_storage,  # noqa: F811
+):
+    ray = ray_cluster
+    from sale_ray.memory.remote import start_memory
+
+    cfg = MemoryConfig(shards=2, embedder="hashing")
+    mem = start_memory(cfg, s3_storage, embedder=HashingEmbedder())
+    mem.write(entries(range(40)))
+    mem.snapshot()
+    assert mem.search(["task 4 about strings"])  # over the line
+    _kill(ray, mem.pool.handles[0])
+    hits = mem.search(["task 4 about strings"], k=40)[0]  # line fails -> calls -> recovery
+    assert len(hits) == 40 and len(mem.losses) == 1 and mem.losses[0].lost_auction_ids == []
+    assert mem.pool.direct.fallbacks == 1
+    mem.search(["task 5 about graphs"])
+    assert mem.pool.direct.searches == 2  # the line reconnected to the restarted shard
+
+
+def test_a_restore_through_the_actors_loads_the_persisted_indexes(ray_cluster, s3_storage):  # noqa: F811
+    ray = ray_cluster
+    from sale_ray.memory.remote import start_memory
+
+    cfg = MemoryConfig(shards=2, embedder="hashing", index="ivf", restore_on_start=False)
+    mem = start_memory(cfg, s3_storage, embedder=HashingEmbedder())
+    mem.write(entries(range(3000)))
+    ray.get([h.settle.remote() for h in mem.pool.handles])
+    before = mem.search(["task 7 about strings", "task 2999 about graphs"])
+    manifest = mem.snapshot()
+    assert sorted(i.shard for i in manifest.indexes) == [0, 1]
+    mem.restore()
+    stats = mem.stats()["shards"]
+    assert [s["index_source"] for s in stats] == ["snapshot", "snapshot"]
+    assert sum(s["index_builds"] for s in stats) == 0
+    after = mem.search(["task 7 about strings", "task 2999 about graphs"])
+    assert [[h.entry.auction_id for h in r] for r in after] == [
+        [h.entry.auction_id for h in r] for r in before
+    ]
