@@ -3,6 +3,7 @@
     sale-ray models list | fetch [NAME…] | verify [NAME…]
     sale-ray run (--dataset humaneval | --tasks FILE) [--limit N] --out DIR [--config FILE]
     sale-ray snapshot take | ls URI | show URI | export URI --out FILE | prune URI --keep N
+    sale-ray serve [--config FILE] | serve-llm --config FILE [--only NAME ...]
 
 User errors (bad task file, bad config, unknown model) print one clear line and exit 2; a model
 or infrastructure failure prints its message and exits 1. Tracebacks only with ``--debug``.
@@ -143,7 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_eval_parser(sub)  # sale-ray eval: every method on held-out tasks (docs/evaluation.md)
     add_report_parser(sub)  # sale-ray report DIR|s3://…: Markdown + HTML + PNG plots
     add_snapshot_parser(sub)  # sale-ray snapshot take|ls|show|export|prune (docs/memory.md)
-    __import__("sale_ray.serve.cli", fromlist=["_"]).add_serve_parser(sub)  # sale-ray serve
+    serve_cli = __import__("sale_ray.serve.cli", fromlist=["_"])
+    serve_cli.add_serve_parser(sub)  # sale-ray serve
+    serve_cli.add_serve_llm_parser(sub)  # sale-ray serve-llm (docs/serve_llm.md)
     return p
 
 

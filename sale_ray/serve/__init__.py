@@ -10,8 +10,10 @@
     store.py       the bounded window of recent auction records
     handles.py     how the gateway reaches agents: in-process, or Ray actors (cancellable)
     deployment.py  the thin Serve deployment and ``serve run`` builder
-    cli.py         ``sale-ray serve``
+    cli.py         ``sale-ray serve``, ``sale-ray serve-llm``
+    llm_pool.py    the pool's models as OpenAI-compatible Serve deployments (``/llm/<name>/v1``)
+    llm_proxy.py   one such route's app: requests forwarded to llama.cpp, usage counted
     scripted.py    a scripted OpenAI-compatible upstream (fault tests, benchmark)
 
-See docs/serve.md.
+See docs/serve.md and docs/serve_llm.md.
 """

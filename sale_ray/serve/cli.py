@@ -1,10 +1,14 @@
-"""``sale-ray serve``: the online endpoint on Ray Serve, bound to 127.0.0.1 by default.
+"""``sale-ray serve``: the online endpoint on Ray Serve, bound to 127.0.0.1 by default; and
+``sale-ray serve-llm``: the pool's models as OpenAI-compatible Serve routes (``/llm/<name>/v1``).
 
     sale-ray serve [--config FILE] [--host H] [--port P] [--address RAY]
+    sale-ray serve-llm --config cluster/serve_llm.yaml [--only NAME ...] [--host H] [--port P]
+                       [--address RAY]
 
 API keys come from the variable or file the config's ``serve:`` section names (default: env var
-``SALE_RAY_API_KEYS``); without one it refuses to start. Ctrl-C or SIGTERM stops Serve (and the
-local Ray it started).
+``SALE_RAY_API_KEYS``); without one it refuses to start. The LLM routes take no key, like the
+model servers behind them: keep them on loopback. Ctrl-C or SIGTERM stops Serve (and the local
+Ray it started); a Serve someone else started keeps running without our apps.
 """
 
 from __future__ import annotations
@@ -70,6 +74,71 @@ def cmd_serve(args: argparse.Namespace) -> int:
             serve.shutdown()
         else:
             serve.delete("sale")
+        if started:
+            import ray
+
+            ray.shutdown()
+
+
+def add_serve_llm_parser(subparsers: Any) -> None:
+    """Register ``serve-llm`` on the ``sale-ray`` command line."""
+    p = subparsers.add_parser(
+        "serve-llm",
+        help="serve each model of an LLM pool file as an OpenAI-compatible Ray Serve route",
+    )
+    p.add_argument(
+        "--config", required=True, help="Serve config of LLM pool apps (cluster/serve_llm.yaml)"
+    )
+    p.add_argument(
+        "--only", nargs="+", default=None, metavar="NAME", help="serve these models only"
+    )
+    p.add_argument("--host", default=None, help="bind address (default: http_options.host)")
+    p.add_argument("--port", type=int, default=None, help="HTTP port (default: http_options.port)")
+    p.add_argument("--address", default=None, help="Ray cluster address (default: start local)")
+    p.set_defaults(func=cmd_serve_llm)
+
+
+def cmd_serve_llm(args: argparse.Namespace) -> int:
+    from ray import serve
+
+    from ..config import ServeConfig
+    from .deployment import running_port, start_serve
+    from .llm_pool import deploy, load_llm_pool
+
+    pool = load_llm_pool(args.config)
+    apps = pool.select(args.only)  # an unknown name fails here, before anything starts
+    http = pool.http_options
+    host = args.host or http.host
+    # Serve's own deadline must not cut a route's streams short
+    timeout_s = http.request_timeout_s or max(a.args.request_timeout_s for a in apps)
+    sc = ServeConfig(host=host, port=args.port or http.port, request_timeout_s=timeout_s)
+    if host not in LOOPBACK:
+        print(
+            f"sale-ray: warning: binding {host}: the model routes take no key and are "
+            "reachable from the network",
+            file=sys.stderr,
+        )
+    from ..runtime import connect
+
+    started = connect(args.address)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # after ray.init, as in `serve`
+    owned = running_port() is None
+    try:
+        port = start_serve(sc, proxy_location=pool.proxy_location)
+        routes = deploy(apps)
+        for name, route in routes.items():
+            print(f"sale-ray: {name}: http://{host}:{port}{route}/v1", file=sys.stderr)
+        print("sale-ray: serving; Ctrl-C stops", file=sys.stderr)
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        if owned:
+            serve.shutdown()
+        else:
+            for a in apps:
+                serve.delete(a.name)
         if started:
             import ray
 

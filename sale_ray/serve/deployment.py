@@ -98,10 +98,11 @@ def running_port() -> int | None:
     return None if client is None else int(client.http_config.port)
 
 
-def start_serve(sc: ServeConfig) -> int:
+def start_serve(sc: ServeConfig, *, proxy_location: str | None = None) -> int:
     """Start Serve's proxy on ``sc.host:sc.port`` (an explicit port: Serve never reports 0) and
     return the port. If Serve already runs, its options stay as they are (Serve cannot change
-    them live): the port it listens on is returned, and a different one is logged."""
+    them live): the port it listens on is returned, and a different one is logged.
+    ``proxy_location``: Serve's (``EveryNode``, its default, or ``HeadOnly``)."""
     port = running_port()
     if port is not None:
         if port != sc.port:
@@ -110,11 +111,12 @@ def start_serve(sc: ServeConfig) -> int:
             )
         return port
     serve.start(
+        proxy_location=proxy_location,
         http_options={
             "host": sc.host,
             "port": sc.port,
             "request_timeout_s": sc.request_timeout_s + PROXY_TIMEOUT_MARGIN_S,
-        }
+        },
     )
     return sc.port
 
