@@ -10,7 +10,8 @@ Searches never wait behind maintenance. Writes and searches run on the actor's e
 a time; the one exception is the direct search line (:mod:`.direct`, ``memory.search_transport:
 direct``), whose server answers on threads of its own, so every change the loop makes to the
 shard holds ``_lock``, and so does that server's search (searches only read: loop searches need
-no lock). Everything slow runs in a thread on immutable inputs:
+no lock). Everything slow runs on a maintenance thread (nice +10: it takes the CPU the searches
+leave) on immutable inputs:
 a snapshot writes a :meth:`~.shard.MemoryShard.view` taken between two calls; compaction merges
 and index builds work on segments and matrix rows that are never written again and are swapped
 in between two calls (``defer_maintenance``); a restore builds a whole new shard (index
@@ -33,6 +34,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -71,6 +73,8 @@ class ShardActor:
             dim, max_records, max_segments, seal=_seal, index=index, defer_maintenance=True
         )
         self._lock = threading.Lock()  # the loop's changes vs the direct line's searches
+        # maintenance threads run at a lower CPU priority than the searches (see _lower)
+        self._maintenance = ThreadPoolExecutor(2, "memory-maintenance", initializer=_lower)
         self._server: SearchServer | None = None
         self._maint: asyncio.Task | None = None
         self._during_restore: list[tuple[pa.Table, np.ndarray | None]] | None = None
@@ -85,6 +89,10 @@ class ShardActor:
         return added
 
     # --- maintenance, off the loop ------------------------------------------------------------
+    def _background(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future:
+        """Run ``fn(*args)`` on a maintenance thread (low priority), awaitable from the loop."""
+        return asyncio.get_running_loop().run_in_executor(self._maintenance, fn, *args)
+
     def _kick(self) -> None:
         if self._maint is None or self._maint.done():
             self._maint = asyncio.get_running_loop().create_task(self._maintain())
@@ -94,12 +102,12 @@ class ShardActor:
         while True:
             shard = self.shard
             if (plan := shard.compaction_plan()) is not None:
-                merged = await asyncio.to_thread(merge_segments, plan[1], _seal)
+                merged = await self._background(merge_segments, plan[1], _seal)
                 with self._lock:
                     if shard is self.shard:
                         shard.finish_compaction(plan, merged)
             elif (job := shard.index_plan()) is not None:
-                index = await asyncio.to_thread(shard.policy.build, *job)
+                index = await self._background(shard.policy.build, *job)
                 with self._lock:
                     if shard is self.shard:
                         shard.install_index(index, job[1])
@@ -121,7 +129,7 @@ class ShardActor:
         meanwhile are replayed onto it (idempotent by auction id) before it takes over."""
         self._during_restore = []
         try:
-            new = await asyncio.to_thread(build)
+            new = await self._background(build)
             for table, vectors in self._during_restore:
                 new.write_table(table, vectors)
         finally:
@@ -134,7 +142,7 @@ class ShardActor:
             view = shard.view()
             frozen = shard.freeze_index() if shard.policy.persist else None
         try:
-            return await asyncio.to_thread(shard_ops.write_file, view, store, sid, i, frozen)
+            return await self._background(shard_ops.write_file, view, store, sid, i, frozen)
         finally:
             if frozen is not None:
                 with self._lock:
@@ -154,7 +162,7 @@ class ShardActor:
         shard = self.shard
         self._during_restore = []
         try:
-            self._staged = await asyncio.to_thread(
+            self._staged = await self._background(
                 lambda: shard.loaded(*shard_ops.read_for_restore(shard, store, manifest, i))
             )
         except BaseException:
@@ -204,7 +212,7 @@ class ShardActor:
         shard = self.shard
         if shard.policy.kind != "exact" and len(shard):
             job = (shard.view().vecs, shard._base)
-            index = await asyncio.to_thread(shard.policy.build, *job)
+            index = await self._background(shard.policy.build, *job)
             with self._lock:
                 if shard is self.shard:
                     shard.install_index(index, job[1])
@@ -238,6 +246,16 @@ class ShardActor:
     async def segment_refs(self) -> list[Any]:
         """Object refs of the shard's segments (zero-copy reads for analytics)."""
         return [s.ref for s in self.shard._segments]
+
+
+def _lower() -> None:
+    """Lower this maintenance thread's CPU priority (nice +10; Linux sets it per thread), so a
+    snapshot, compaction or restore takes what the searches leave: on a 2-core box, four shards
+    writing snapshots at normal priority quadrupled the search p99 (BENCHMARKS.md)."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+    except (AttributeError, OSError):  # not Linux, or not allowed: normal priority
+        pass
 
 
 def _peak_rss() -> int:
