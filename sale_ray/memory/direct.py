@@ -26,7 +26,13 @@ import logging
 import os
 import threading
 from collections.abc import Callable, Sequence
-from multiprocessing.connection import Client, Connection, Listener
+from multiprocessing.connection import (
+    Client,
+    Connection,
+    Listener,
+    answer_challenge,
+    deliver_challenge,
+)
 from typing import Any
 
 import numpy as np
@@ -41,7 +47,10 @@ class SearchServer:
     def __init__(self, search: Search) -> None:
         self._search = search
         self._key = os.urandom(32)
-        self._listener = Listener(("127.0.0.1", 0), authkey=self._key)
+        # no authkey on the listener: its accept() would run the handshake itself, and one
+        # client that never answers would block every later connection; each connection's
+        # thread runs it instead (the same HMAC challenge, both ways, as Listener does)
+        self._listener = Listener(("127.0.0.1", 0))
         threading.Thread(target=self._accept, name="memory-search-accept", daemon=True).start()
 
     def endpoint(self) -> tuple[tuple[str, int], bytes]:
@@ -54,15 +63,18 @@ class SearchServer:
                 conn = self._listener.accept()
             except OSError:  # closed
                 return
-            except Exception:  # noqa: BLE001 - a bad handshake costs that client only
-                log.warning("memory search line: refused a connection (handshake failed)")
-                continue
             threading.Thread(
                 target=self._serve, args=(conn,), name="memory-search", daemon=True
             ).start()
 
     def _serve(self, conn: Connection) -> None:
         with conn:
+            try:
+                deliver_challenge(conn, self._key)
+                answer_challenge(conn, self._key)
+            except Exception:  # noqa: BLE001 - a wrong key, or not our protocol at all
+                log.warning("memory search line: refused a connection (handshake failed)")
+                return
             while True:
                 try:
                     q, k, exact = conn.recv()

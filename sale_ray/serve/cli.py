@@ -17,6 +17,8 @@ import argparse
 import signal
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
@@ -38,9 +40,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from ray import serve
 
     from ..config import ServeConfig, load_config
-    from ..runtime import connect
     from .auth import ApiKeys
-    from .deployment import build_app, running_port, start_serve
+    from .deployment import build_app, start_serve
 
     config = load_config(args.config)
     updates = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
@@ -52,12 +53,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             "network; put TLS in front of it",
             file=sys.stderr,
         )
-    started = connect(args.address)
-    # orchestrators stop with SIGTERM: clean up as on Ctrl-C (Serve, then the Ray we started).
-    # Installed after ray.init, which sets a SIGTERM handler of its own that aborts.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    owned = running_port() is None  # a Serve someone else runs is left running
-    try:
+    with _serving(args.address, ["sale"]):
         port = start_serve(sc)
         serve.run(build_app(config), name="sale", route_prefix="/")
         names = ", ".join(a.name for a in config.pool.agents)
@@ -65,19 +61,44 @@ def cmd_serve(args: argparse.Namespace) -> int:
             f"sale-ray: serving http://{sc.host}:{port}/v1 (models: sale, {names}); Ctrl-C stops",
             file=sys.stderr,
         )
-        while True:
-            time.sleep(3600)
+        _wait()
+    return 0
+
+
+@contextmanager
+def _serving(address: str | None, apps: list[str]) -> Iterator[None]:
+    """Ray connected (or started) for a serving command, and cleaned up as on Ctrl-C when it
+    ends: the Serve it started is shut down, or only ``apps`` are deleted from a Serve someone
+    else runs; then the local Ray it started is stopped."""
+    from ray import serve
+
+    from ..runtime import connect
+    from .deployment import running_port
+
+    started = connect(address)
+    # orchestrators stop with SIGTERM: clean up as on Ctrl-C (Serve, then the Ray we started).
+    # Installed after ray.init, which sets a SIGTERM handler of its own that aborts.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    owned = running_port() is None  # a Serve someone else runs is left running
+    try:
+        yield
     except KeyboardInterrupt:
-        return 0
+        pass
     finally:
         if owned:
             serve.shutdown()
         else:
-            serve.delete("sale")
+            for name in apps:
+                serve.delete(name)
         if started:
             import ray
 
             ray.shutdown()
+
+
+def _wait() -> None:
+    while True:
+        time.sleep(3600)
 
 
 def add_serve_llm_parser(subparsers: Any) -> None:
@@ -99,10 +120,9 @@ def add_serve_llm_parser(subparsers: Any) -> None:
 
 
 def cmd_serve_llm(args: argparse.Namespace) -> int:
-    from ray import serve
 
     from ..config import ServeConfig
-    from .deployment import running_port, start_serve
+    from .deployment import start_serve
     from .llm_pool import deploy, load_llm_pool
 
     pool = load_llm_pool(args.config)
@@ -118,28 +138,11 @@ def cmd_serve_llm(args: argparse.Namespace) -> int:
             "reachable from the network",
             file=sys.stderr,
         )
-    from ..runtime import connect
-
-    started = connect(args.address)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # after ray.init, as in `serve`
-    owned = running_port() is None
-    try:
+    with _serving(args.address, [a.name for a in apps]):
         port = start_serve(sc, proxy_location=pool.proxy_location)
         routes = deploy(apps)
         for name, route in routes.items():
             print(f"sale-ray: {name}: http://{host}:{port}{route}/v1", file=sys.stderr)
         print("sale-ray: serving; Ctrl-C stops", file=sys.stderr)
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        return 0
-    finally:
-        if owned:
-            serve.shutdown()
-        else:
-            for a in apps:
-                serve.delete(a.name)
-        if started:
-            import ray
-
-            ray.shutdown()
+        _wait()
+    return 0

@@ -200,6 +200,7 @@ def test_the_direct_search_line_answers_what_actor_calls_answer(ray_cluster):
 
 def test_a_wrong_key_is_refused_and_the_line_keeps_serving(ray_cluster):
     ray = ray_cluster
+    import socket
     from multiprocessing import AuthenticationError
     from multiprocessing.connection import Client
 
@@ -211,8 +212,17 @@ def test_a_wrong_key_is_refused_and_the_line_keeps_serving(ray_cluster):
     assert address[0] == "127.0.0.1"
     with pytest.raises((AuthenticationError, EOFError, ConnectionError)):
         Client(address, authkey=bytes(b ^ 1 for b in key))
-    assert mem.search(["task 3 about graphs"], k=1)[0][0].entry.auction_id == "a3"
-    assert mem.pool.direct.searches == 1
+    silent = socket.create_connection(address)  # connects, never answers the challenge
+    from concurrent.futures import ThreadPoolExecutor
+
+    pool = ThreadPoolExecutor(1)
+    try:  # a search held up by the silent client fails here instead of hanging the run
+        hits = pool.submit(mem.search, ["task 3 about graphs"], 1).result(timeout=60)
+    finally:
+        pool.shutdown(wait=False)
+    assert hits[0][0].entry.auction_id == "a3"
+    assert mem.pool.direct.searches == 1  # over the line: the silent client held up nobody
+    silent.close()
 
 
 def test_a_killed_shard_falls_back_to_calls_is_recovered_and_the_line_reconnects(
