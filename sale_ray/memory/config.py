@@ -73,7 +73,7 @@ class MemoryConfig(_Strict):
     search_transport: Literal["direct", "calls"] = Field(
         default="direct",
         description="How a query reaches shard actors on the caller's node. 'direct': a "
-        "socket per shard on 127.0.0.1 (authenticated; ~2x less latency per query than "
+        "socket per shard on 127.0.0.1 (authenticated; 2-3x less latency per query than "
         "actor calls, measured in benchmarks/results/memory_retrieval.md); shards elsewhere, "
         "and any failure, fall back to actor calls. 'calls': one Ray actor call per shard "
         "(sale_ray/memory/direct.py).",
