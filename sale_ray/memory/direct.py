@@ -92,7 +92,7 @@ class SearchServer:
 class DirectSearch:
     """Every shard's search over the direct line, for the process that holds the handles.
 
-    ``endpoints(i)`` returns shard ``i``'s ``(node_id, address, key)`` (an actor call);
+    ``endpoint(i)`` returns shard ``i``'s ``(node_id, address, key)`` (an actor call);
     ``node_id`` is this process's node. Connections are per thread, so threads search in
     parallel; a restarted shard (:meth:`replace`) gets new connections on the next search."""
 
