@@ -51,13 +51,20 @@ def write_index_file(
 
 
 def read_index_file(
-    store: SnapshotStore, manifest: Manifest, shard: int, rows: int, dim: int, nprobe: int
+    store: SnapshotStore,
+    manifest: Manifest,
+    shard: int,
+    rows: int,
+    dim: int,
+    nprobe: int,
+    storage: str | None = None,
 ) -> tuple[IVFIndex, int] | None:
     """Shard ``shard``'s persisted index and its first label, if the manifest has one that
-    holds the shard's ``rows`` rows; None otherwise. A file that fails a check raises
-    :class:`~.store.SnapshotError` naming it (the caller rebuilds instead)."""
+    holds the shard's ``rows`` rows (with ``storage`` codes, when given); None otherwise, and
+    then nothing is read. A file that fails a check raises :class:`~.store.SnapshotError`
+    naming it (the caller rebuilds instead)."""
     info = next((i for i in manifest.indexes if i.shard == shard), None)
-    if info is None:
+    if info is None or (storage is not None and info.storage != storage):
         return None
     where = store.display(info.path)
     if info.rows != rows:

@@ -121,13 +121,13 @@ def read_for_restore(
     policy = shard.policy
     if not policy.persist or policy.kind == "exact":
         return table, None
-    try:
-        index = read_index_file(store, manifest, i, table.num_rows, shard.dim, policy.nprobe)
+    try:  # an index with other codes than configured now is not read: the build makes those
+        index = read_index_file(
+            store, manifest, i, table.num_rows, shard.dim, policy.nprobe, policy.storage
+        )
     except snap.SnapshotError as e:
         log.warning("%s; rebuilding the index instead", e)
         return table, None
-    if index is not None and index[0].storage != policy.storage:
-        return table, None  # configured differently since: build the configured one
     return table, index
 
 
