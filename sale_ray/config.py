@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from .errors import ConfigError
 from .memory.config import MemoryConfig, StorageConfig
+from .tracing import TracingConfig
 
 
 class _Strict(BaseModel):
@@ -484,6 +485,10 @@ class SaleConfig(_Strict):
     )
     storage: StorageConfig = Field(
         default_factory=StorageConfig, description="Where memory snapshots go (S3 or a folder)."
+    )
+    tracing: TracingConfig = Field(
+        default_factory=TracingConfig,
+        description="OpenTelemetry spans per auction and phase (docs/tracing.md).",
     )
 
     @model_validator(mode="after")
