@@ -16,6 +16,8 @@ matrix, so they see exactly the same bids, verdicts and executions:
   k by leave-one-out on the training split).
 * ``sale_no_memory`` — SALE's provisional winner by ``C - V`` with weights fitted by
   :mod:`.weights` on the training split; ``sale_default`` — the same with the shipped weights.
+  Every SALE router reads its decision from :func:`.weights.simulate`, the live auction's
+  decision functions (:mod:`.policy`) replayed on the row.
 * ``sale`` — SALE with memory. Memory changes plans (refinement), so it needs live model calls:
   the evaluation runs it and hands its decisions in (``live``); without them it *is*
   ``sale_no_memory``, and every decision says so in its note.
@@ -44,7 +46,8 @@ import numpy as np
 from ..config import EvalConfig, Weights
 from .direct import direct_view
 from .matrix import Decision, TaskRow, single_agent, spend
-from .weights import agent_loss, reference_cost, sale_choice
+from .policy import Outcome
+from .weights import agent_loss, reference_cost, simulate
 
 NO_MEMORY_NOTE = "memory not available: sale == sale_no_memory"
 
@@ -210,6 +213,45 @@ class KNNRouter(_Fixed):
         return single_agent(self.name, row, agent, f"k={self.k} {self.embedder_name}")
 
 
+def sale_decision(
+    method: str, row: TaskRow, out: Outcome, *, asked: Sequence[str] | None = None
+) -> Decision:
+    """The :class:`Decision` of a replayed auction (:func:`.weights.simulate`), priced from the
+    row: the bidders' plans, the verdicts of the jurors asked (``asked``: those of a nonzero
+    weight; default: every juror that sat), each execution; the reserve's plan is paid in the
+    execution phase when it runs (it plans and executes in one go), in the bid phase when its
+    plan was rejected. From the matrix, every verdict also saw the reserve's plan: for a
+    policy with a reserve the jury cost is slightly overstated."""
+    cells = row.cells
+    bids = [cells[a].bid.usage for a in out.bidders]
+    reserve_ran = out.reserve_planned and out.reserve in out.executed
+    if out.reserve_planned and not reserve_ran:
+        bids.append(cells[out.reserve].bid.usage)  # type: ignore[index]
+    jurors = [j for j in out.jurors if asked is None or j in asked]
+    jury = [cells[j].verdict.usage for j in jurors if cells[j].verdict is not None]
+    ex = []
+    for a in out.executed:
+        if reserve_ran and a == out.reserve:
+            ex.append(cells[a].run_usage)
+        elif cells[a].execution is not None:
+            ex.append(cells[a].execution.usage)  # type: ignore[union-attr]
+    tokens, cost = spend({"bid": bids, "jury": jury, "execute": ex})
+    final = out.winner
+    return Decision(
+        method=method,
+        task_id=row.task_id,
+        bin=row.bin,
+        order=row.order,
+        agent=final,
+        executed=list(out.executed),
+        provisional=out.provisional,
+        passed=bool(final) and cells[final].passed,
+        tokens=tokens,
+        cost_usd=cost,
+        note="" if final else "no valid bids",
+    )
+
+
 class SaleRouter(_Fixed):
     """SALE's auction on the matrix: every bid and the jury are paid, the winner executes."""
 
@@ -224,24 +266,7 @@ class SaleRouter(_Fixed):
         return self.ctx.default_weights
 
     def route(self, row: TaskRow) -> Decision:
-        winner = sale_choice(row, self.weights)
-        bids = [c.bid.usage for c in row.cells.values()]
-        jury = [v.usage for v in row.verdicts]
-        ex = [row.cells[winner].execution.usage] if winner and row.cells[winner].execution else []
-        tokens, cost = spend({"bid": bids, "jury": jury, "execute": ex})
-        return Decision(
-            method=self.name,
-            task_id=row.task_id,
-            bin=row.bin,
-            order=row.order,
-            agent=winner,
-            executed=[winner] if winner else [],
-            provisional=winner,
-            passed=bool(winner) and row.cells[winner].passed,
-            tokens=tokens,
-            cost_usd=cost,
-            note="" if winner else "no valid bids",
-        )
+        return sale_decision(self.name, row, simulate(row, self.weights))
 
 
 class SaleLean(SaleRouter):
@@ -276,37 +301,9 @@ class SaleLean(SaleRouter):
         ).policy
 
     def route(self, row: TaskRow) -> Decision:
-        pol = self.policy
-        winner = sale_choice(row, pol)
-        bids = [c.bid.usage for a, c in row.cells.items() if a != pol.reserve]
-        asked = [j for j in (pol.jurors or ()) if abs(pol.weights.juror_weight(j)) > 1e-12]
-        jury = [v.usage for v in row.verdicts if v.juror in asked]
-        executed = [winner] if winner else []
-        ex = []
-        if winner == pol.reserve:
-            ex = [row.cells[winner].run_usage]
-        elif winner:
-            cell = row.cells[winner]
-            ex = [cell.execution.usage] if cell.execution else []
-            # the live rule (auction.escalate_on_failed_check): code tasks only
-            if pol.verify and pol.reserve and row.kind == "code" and cell.self_check is not True:
-                executed.append(pol.reserve)  # its own example check failed: escalate
-                ex.append(row.cells[pol.reserve].run_usage)
-        final = executed[-1] if executed else None
-        tokens, cost = spend({"bid": bids, "jury": jury, "execute": ex})
-        return Decision(
-            method=self.name,
-            task_id=row.task_id,
-            bin=row.bin,
-            order=row.order,
-            agent=final,
-            executed=executed,
-            provisional=winner,
-            passed=bool(final and row.cells[final].passed),
-            tokens=tokens,
-            cost_usd=cost,
-            note="reserve" if final == pol.reserve else "",
-        )
+        out = simulate(row, self.policy)
+        d = sale_decision(self.name, row, out, asked=self.policy.asked().jurors)
+        return d.model_copy(update={"note": "reserve" if d.agent == out.reserve else d.note})
 
 
 class SaleWithMemory(SaleRouter):

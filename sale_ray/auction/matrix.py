@@ -225,11 +225,12 @@ async def build_row(
     one bid is valid). An agent whose bid was rejected still executes, with an empty plan, so
     that single-agent routers have its answer. ``prices``: agent -> ($/Mtok in, $/Mtok out).
     """
+    from .policy import worth_judging
     from .protocol import collect_bids, collect_verdicts
 
     bids = await collect_bids(task, agents, bid_timeout_s)
     verdicts: list[JuryVerdict] = []
-    if sum(b.valid for b in bids) > 1:
+    if worth_judging(sum(b.valid for b in bids)):  # the live rule, for the widest jury
         verdicts = await collect_verdicts(task, agents, bids, jury_timeout_s)
     by_agent = {b.agent: b for b in bids}
 

@@ -2,7 +2,8 @@
 
 bid (parallel, deadline) -> jury (one call per juror, deadline) -> provisional winner ->
 refinement by strictly cheaper agents (when a refiner is given) -> final winner -> execution ->
-evaluation -> :class:`AuctionRecord`.
+evaluation -> :class:`AuctionRecord`. Every choice between those steps is made by
+:mod:`.policy`, the same functions the offline evaluation replays on recorded cells.
 
 Handles are anything with async ``bid`` / ``judge`` / ``execute`` (and ``refine`` for the
 refinement step): a plain :class:`~sale_ray.agents.agent.Agent` in tests, a Ray actor wrapper in
@@ -20,7 +21,7 @@ from typing import Any, Protocol
 
 from ..config import AuctionConfig, SaleConfig
 from ..types import AuctionRecord, Bid, Evaluation, Execution, JuryVerdict, ScoredBid, Task, Usage
-from . import scoring
+from . import policy, scoring
 from .jury import juror_order
 
 
@@ -124,6 +125,7 @@ async def run_auction(
     who is cheaper. ``evaluate`` runs the task's verifier on the winner's answer.
     """
     cfg = config.auction
+    pol = policy.Policy.from_config(cfg)  # every decision below is made by this policy
     aid = auction_id or uuid.uuid4().hex
     started = time.time()
     seconds: dict[str, float] = {}
@@ -137,29 +139,28 @@ async def run_auction(
     }
 
     # 1. bids (a reserve agent does not bid: it plans only if it wins, see step 5)
-    reserve = cfg.reserve_agent if cfg.reserve_agent in agents else None
-    bidders = {n: h for n, h in agents.items() if n != reserve}
+    reserve = policy.reserve_of(pol, list(agents))
+    bidders = {n: agents[n] for n in policy.bidders(pol, list(agents))}
     t = time.perf_counter()
     bids = await collect_bids(task, bidders, cfg.bid_timeout_s)
     seconds["bid"], usage["bid"] = time.perf_counter() - t, _sum([b.usage for b in bids])
-    valid = [b for b in bids if b.valid]
 
     # 2-3. jury, skipped when at most one valid bid remains (nothing to compare: save tokens)
-    jury = agents if cfg.jurors is None else {n: agents[n] for n in cfg.jurors if n in agents}
+    jury = {n: agents[n] for n in policy.jury_panel(pol, list(agents))}
     verdicts: list[JuryVerdict] = []
-    if cfg.jury and jury and len(valid) > 1:
+    if policy.jury_sits(pol, list(jury), sum(b.valid for b in bids)):
         t = time.perf_counter()
         verdicts = await collect_verdicts(task, jury, bids, cfg.jury_timeout_s)
         seconds["jury"], usage["jury"] = time.perf_counter() - t, _sum([v.usage for v in verdicts])
-    scored = scoring.score_bids(bids, verdicts, prices, cfg.weights)
+    scored = scoring.score_bids(bids, verdicts, prices, pol.weights)
 
     # 5. provisional winner; the reserve wins when no bid scores at or below its constant
-    provisional = scoring.pick_winner(scored, prices)
-    if reserve and (provisional is None or provisional.score > cfg.reserve_score):
-        rbid = await _reserve_bid(task, agents, reserve, cfg.reserve_score, cfg.bid_timeout_s)
+    rbid = None
+    if policy.calls_reserve(scoring.pick_winner(scored, prices), pol, reserve):
+        rbid = await _reserve_bid(task, agents, reserve, pol, cfg.bid_timeout_s)
         usage["bid"] = usage.get("bid", Usage()) + rbid.bid.usage
-        scored = scored + [rbid]
-        provisional = rbid if rbid.score is not None else provisional
+    provisional = policy.pick_provisional(scored, prices, pol, rbid).bid
+    scored = scored + ([rbid] if rbid is not None else [])
     if provisional is None:
         return AuctionRecord(
             **rec,
@@ -177,7 +178,7 @@ async def run_auction(
     # 6-7. refinement by strictly cheaper agents, then the final winner
     final = provisional
     notes: list[str] = []
-    eligible = scoring.refinement_eligible(provisional.bid.agent, prices)
+    eligible = policy.refiners(provisional.bid.agent, prices)
     if refine is not None and eligible:
         t = time.perf_counter()
         try:
@@ -188,16 +189,15 @@ async def run_auction(
         seconds["refine"] = time.perf_counter() - t
         usage["refine"] = _sum([b.usage for b in new_bids] + [v.usage for v in new_verdicts])
         jurors = [v.juror for v in verdicts]  # same jury, same scale as the original bids
-        refined = scoring.score_bids(new_bids, new_verdicts, prices, cfg.weights, jurors)
-        final = scoring.final_winner(provisional, refined, prices)
+        refined = scoring.score_bids(new_bids, new_verdicts, prices, pol.weights, jurors)
+        final = policy.pick_final(provisional, refined, prices).bid or provisional
         scored = scored + refined
         verdicts = verdicts + new_verdicts
 
     # 8. execution: only the winner runs; if its actor dies, the next-ranked bid runs instead
     t = time.perf_counter()
-    ranking = [final] + [s for s in scoring.rank(scored, prices) if s.bid.agent != final.bid.agent]
     execution, error = None, None
-    for candidate in ranking[:2]:
+    for candidate in policy.execution_order(final, scored, prices):
         name = candidate.bid.agent
         try:
             execution = await asyncio.wait_for(
@@ -214,10 +214,8 @@ async def run_auction(
     usage["execute"] = execution.usage if execution else Usage()
 
     # 8b. escalation: an answer its own examples do not confirm goes to a dearer agent, once
-    if cfg.escalate_on_failed_check and execution is not None and not _confirmed(task, execution):
-        bid, second, note = await _escalate(
-            task, agents, cfg, final.bid.agent, reserve, scored, prices
-        )
+    if policy.escalates(pol, task.kind, execution):
+        bid, second, note = await _escalate(task, agents, pol, cfg, final.bid.agent, scored, prices)
         notes.append(note)
         if bid is not None and bid not in scored:  # the reserve planned only now: pay its plan
             usage["bid"] = usage.get("bid", Usage()) + bid.bid.usage
@@ -262,68 +260,45 @@ def _bid_failure(bids: Sequence[Bid]) -> str:
 
 
 async def _reserve_bid(
-    task: Task, agents: Mapping[str, AgentHandle], reserve: str, score: float, timeout_s: float
+    task: Task,
+    agents: Mapping[str, AgentHandle],
+    reserve: str,
+    pol: policy.Policy,
+    timeout_s: float,
 ) -> ScoredBid:
     """The reserve agent's plan, made only now that it is needed, scored at its constant."""
     bid = (await collect_bids(task, {reserve: agents[reserve]}, timeout_s))[0]
-    return ScoredBid(bid=bid, score=score if bid.valid else None)
+    return policy.score_reserve(bid, pol)
 
 
 async def _escalate(
     task: Task,
     agents: Mapping[str, AgentHandle],
+    pol: policy.Policy,
     cfg: AuctionConfig,
     winner: str,
-    reserve: str | None,
     scored: Sequence[ScoredBid],
     prices: Mapping[str, float],
 ) -> tuple[ScoredBid | None, Execution | None, str]:
     """(the escalation target's bid, its execution, a note for the record). The bid is a new
     one when the reserve had not planned yet; the execution is None when nobody could take
     over or the takeover failed (the first answer then stands)."""
-    target = _escalation_target(winner, reserve, scored, prices)
+    reserve = policy.reserve_of(pol, list(agents))
+    target = policy.escalation_target(winner, reserve, scored, prices)
     if target is None:
-        return (
-            None,
-            None,
-            f"{winner}'s answer failed the prompt's own examples; nobody dearer to ask",
-        )
+        return None, None, policy.escalation_note(winner, None)
     bid = next((s for s in scored if s.bid.agent == target and s.score is not None), None)
     if bid is None:
-        bid = await _reserve_bid(task, agents, target, cfg.reserve_score, cfg.bid_timeout_s)
+        bid = await _reserve_bid(task, agents, target, pol, cfg.bid_timeout_s)
     if bid.score is None:
-        return bid, None, f"escalation to {target} failed: {bid.bid.rejected}"
+        return bid, None, policy.escalation_note(winner, target, bid.bid.rejected)
     try:
         second = await asyncio.wait_for(
             agents[target].execute(task, bid.bid.plan), cfg.execute_timeout_s
         )
     except Exception as e:  # noqa: BLE001 - keep the first answer, say why
-        return bid, None, f"escalation to {target} failed: {_describe(e)}"
-    return (
-        bid,
-        second,
-        f"escalated from {winner} to {target}: its answer failed the prompt's own examples",
-    )
-
-
-def _confirmed(task: Task, execution: Execution) -> bool:
-    """Did the answer pass its own run of the prompt's examples? Non-code tasks have no such
-    check, so they are never escalated."""
-    if task.kind != "code":
-        return True
-    checks = execution.self_checks_passed
-    return execution.error is None and bool(checks) and checks[-1]
-
-
-def _escalation_target(
-    winner: str, reserve: str | None, scored: Sequence[ScoredBid], prices: Mapping[str, float]
-) -> str | None:
-    """The reserve if there is one (and it did not just fail), else the best-ranked valid bid
-    of a dearer agent."""
-    if reserve is not None:
-        return reserve if reserve != winner else None
-    dearer = [s for s in scoring.rank(scored, prices) if prices[s.bid.agent] > prices[winner]]
-    return dearer[0].bid.agent if dearer else None
+        return bid, None, policy.escalation_note(winner, target, _describe(e))
+    return bid, second, policy.escalation_note(winner, target)
 
 
 def _verifiable(task: Task) -> bool:

@@ -37,9 +37,10 @@ Objective (``objective=``):
   a tie-break so it is not arbitrary among equal worst cases. Kept to measure the degeneracy.
 * ``"mean"``: average loss only.
 
-The weights found are then re-scored with the real auction arithmetic (:mod:`.scoring`) on the
-training rows; the reported training figures are those, not the program's (they differ only by
-solver tolerance against the big-M).
+The weights found are then replayed with the live auction's own decisions (:func:`simulate`,
+i.e. :func:`.policy.replay`) on the training rows; the reported training figures are those, not
+the program's (they differ by solver tolerance against the big-M, and where the program's model
+is simpler than the live rule: it escalates only to the reserve).
 """
 
 from __future__ import annotations
@@ -53,8 +54,10 @@ from typing import Any, Literal
 import numpy as np
 
 from ..config import EvalConfig, SaleConfig, Weights
+from . import policy as decide  # "policy" names a parameter here
 from . import scoring
 from .matrix import TaskRow
+from .policy import Policy  # re-exported: callers build policies from here too
 
 Objective = Literal["bins", "tasks", "mean"]
 FEATURES = ("cost", "entropy", "jury")
@@ -82,27 +85,35 @@ def agent_loss(row: TaskRow, agent: str, lam: float, ref: float, *, run: bool = 
 
 
 def policy_loss(row: TaskRow, agent: str, lam: float, ref: float, policy: Policy) -> float:
-    """The loss of ``policy`` picking ``agent``: the reserve pays its plan too; with ``verify``
-    a cheaper winner whose own example check fails hands the task to the reserve (both paid)."""
+    """The loss of ``policy`` picking ``agent`` (the program's model, fixed per candidate): the
+    reserve pays its plan too; with ``verify`` a cheaper winner whose own example check fails
+    hands the task to the reserve (both paid) unless the reserve's plan was rejected."""
     res = policy.reserve
     if agent == res or res is None:
         return agent_loss(row, agent, lam, ref, run=agent == res)
-    if not policy.verify or row.kind != "code" or row.cells[agent].self_check is True:
-        return agent_loss(row, agent, lam, ref)
     c, big = row.cells[agent], row.cells[res]
+    if not decide.escalates(policy, row.kind, c.execution) or not big.bid.valid:
+        return agent_loss(row, agent, lam, ref)
     spent = (c.execution.usage.cost_usd if c.execution else 0.0) + big.run_usage.cost_usd
     return (0.0 if big.passed else 1.0) + lam * spent / ref
 
 
-@dataclass(frozen=True)
-class Policy:
-    """How an auction decides: weights, and optionally a restricted jury and a reserve agent."""
-
-    weights: Weights
-    jurors: tuple[str, ...] | None = None  # None: every agent judges
-    reserve: str | None = None  # an agent that does not bid and wins when no bid beats...
-    reserve_score: float = 0.0  # ...this C - V
-    verify: bool = False  # a winner whose own example check fails escalates to the reserve
+def outcome_loss(row: TaskRow, out: decide.Outcome, lam: float, ref: float) -> float:
+    """The loss of a replayed decision: its final answer, and every execution it paid (the
+    reserve's plan too: every bid is paid whoever wins, the reserve's only when it plans)."""
+    if out.winner is None:
+        return 1.0
+    reserve_ran = out.reserve_planned and out.reserve in out.executed
+    if not out.escalated:
+        return agent_loss(row, out.winner, lam, ref, run=reserve_ran)
+    spent = 0.0
+    for a in out.executed:
+        c = row.cells[a]
+        if reserve_ran and a == out.reserve:
+            spent += c.run_usage.cost_usd
+        elif c.execution is not None:
+            spent += c.execution.usage.cost_usd
+    return (0.0 if row.cells[out.winner].passed else 1.0) + lam * spent / ref
 
 
 @dataclass
@@ -118,18 +129,24 @@ class FitResult:
     settings: dict[str, Any] = field(default_factory=dict)
 
 
-def _features(row: TaskRow, agent: str, jurors: Sequence[str]) -> tuple[float, float, list[float]]:
+def _features(
+    row: TaskRow, agent: str, jurors: Sequence[str], judged: bool = True
+) -> tuple[float, float, list[float]]:
+    """(cost, entropy, jury scores) of ``agent``'s bid; ``judged=False``: the live jury would
+    not sit (one valid bidder), so no score counts."""
     c = row.cells[agent]
     h = 0.5 if c.bid.entropy is None else c.bid.entropy
-    got = {j: x for j, x in scoring.jury_scores_for(agent, row.verdicts).items() if j in jurors}
+    verdicts = row.verdicts if judged else []
+    got = {j: x for j, x in scoring.jury_scores_for(agent, verdicts).items() if j in jurors}
     fill = sum(got.values()) / len(got) if got else 0.0
     return c.price_out * c.bid.plan_tokens, h, [got.get(j, fill) for j in jurors]
 
 
 def _valid(row: TaskRow, reserve: str | None = None) -> list[str]:
-    """Candidates in tie order (cheapest first): valid bids, and the reserve agent last."""
+    """Candidates in tie order (cheapest first): valid bids, and the reserve agent last (when
+    its plan was not rejected: live, a reserve without a plan cannot win)."""
     out = [a for a in row.by_price() if row.cells[a].bid.valid and a != reserve]
-    return out + [reserve] if reserve in row.cells else out
+    return out + [reserve] if reserve in row.cells and row.cells[reserve].bid.valid else out
 
 
 def fit_weights(
@@ -203,7 +220,8 @@ def fit_weights(
     for ti, r in enumerate(multi):
         v = valid(r)
         zero = (0.0, 0.0, [0.0] * len(jurors))
-        feats = {a: zero if a == reserve else _features(r, a, jurors) for a in v}
+        judged = decide.worth_judging(sum(a != reserve for a in v))  # as the live jury
+        feats = {a: zero if a == reserve else _features(r, a, jurors, judged) for a in v}
         cons_rows.append(({zpos[(ti, a)]: 1.0 for a in v}, 1.0, 1.0))
         for ii, a in enumerate(v):
             ca, ha, ga = feats[a]
@@ -348,44 +366,42 @@ def fit_with(rows: Sequence[TaskRow], e: EvalConfig, **overrides: Any) -> FitRes
     return fit_weights(rows, **(kw | overrides))
 
 
-def sale_choice(row: TaskRow, policy: Weights | Policy) -> str | None:
-    """SALE's provisional winner on ``row`` (the real auction arithmetic of :mod:`.scoring`).
+def simulate(row: TaskRow, policy: Weights | Policy) -> decide.Outcome:
+    """What ``policy`` decides on ``row``: :func:`.policy.replay` on its recorded cells (the
+    live auction's decision functions; no refinement, which needs new plans)."""
+    pol = policy if isinstance(policy, Policy) else Policy(policy)
+    cells = row.cells
+    return decide.replay(
+        pol,
+        row.kind,
+        {a: c.bid for a, c in cells.items()},
+        row.verdicts,
+        row.prices,
+        {a: c.execution for a, c in cells.items()},
+    )
 
-    A :class:`Policy` may restrict the jury and name a reserve agent that wins when no bid
-    scores at or below its constant score."""
-    if isinstance(policy, Weights):
-        policy = Policy(policy)
-    verdicts = row.verdicts
-    jurors = None
-    if policy.jurors is not None:
-        jurors = list(policy.jurors)
-        verdicts = [v for v in verdicts if v.juror in policy.jurors]
-    bids = [c.bid for a, c in row.cells.items() if a != policy.reserve]
-    scored = scoring.score_bids(bids, verdicts, row.prices, policy.weights, jurors)
-    win = scoring.pick_winner(scored, row.prices)
-    if policy.reserve in row.cells and (win is None or win.score > policy.reserve_score):
-        return policy.reserve
-    return win.bid.agent if win else None
+
+def sale_choice(row: TaskRow, policy: Weights | Policy) -> str | None:
+    """SALE's provisional winner on ``row`` (:func:`simulate`): a :class:`Policy` may restrict
+    the jury and name a reserve agent that wins when no bid scores at or below its constant."""
+    return simulate(row, policy).provisional
 
 
 def train_figures(
     rows: Sequence[TaskRow], policy: Weights | Policy, cost_lambda: float
 ) -> dict[str, Any]:
-    """pass@1, mean loss and winner shares of SALE under ``policy`` on ``rows``."""
+    """pass@1, mean loss and winner shares of SALE under ``policy`` on ``rows`` (the final
+    winner's answer: after an escalation, the agent that took over)."""
     if not rows:
         return {"tasks": 0}
     ref = reference_cost(rows)
-    picks = [sale_choice(r, policy) for r in rows]
-    pol = policy if isinstance(policy, Policy) else Policy(policy)
-    losses = [
-        policy_loss(r, p, cost_lambda, ref, pol) if p else 1.0
-        for r, p in zip(rows, picks, strict=True)
-    ]
-    passed = [bool(p) and r.cells[p].passed for r, p in zip(rows, picks, strict=True)]
+    outs = [simulate(r, policy) for r in rows]
+    losses = [outcome_loss(r, o, cost_lambda, ref) for r, o in zip(rows, outs, strict=True)]
+    passed = [bool(o.winner) and r.cells[o.winner].passed for r, o in zip(rows, outs, strict=True)]
     share: dict[str, float] = {}
-    for p in picks:
-        if p:
-            share[p] = share.get(p, 0.0) + 1 / len(rows)
+    for o in outs:
+        if o.winner:
+            share[o.winner] = share.get(o.winner, 0.0) + 1 / len(rows)
     return {
         "tasks": len(rows),
         "pass_at_1": float(np.mean(passed)),
@@ -411,11 +427,12 @@ def write_weights(
     auction: dict[str, Any] = {"weights": result.weights.model_dump()}
     if pol.reserve is not None:  # a lean policy: the live auction's knobs of the same rule
         auction |= {"reserve_agent": pol.reserve, "reserve_score": pol.reserve_score}
-    if pol.jurors is not None:
-        # a juror whose fitted weight is 0 earns nothing: it is not asked
-        auction["jurors"] = [j for j in pol.jurors if abs(result.weights.juror_weight(j)) > 1e-12]
+    if pol.jurors is not None:  # a juror whose fitted weight is 0 earns nothing: not asked
+        auction["jurors"] = list(pol.asked().jurors or ())
     if pol.verify:
         auction["escalate_on_failed_check"] = True
+    if not pol.jury:
+        auction["jury"] = False
     if base is not None:
         data = base.model_copy(
             update={
