@@ -17,10 +17,12 @@ Pure asyncio, no Ray (``runtime`` hosts it in an actor). Three pieces:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from .agents.quota import AgentGate, Budget, BudgetExhausted, GatedAgent, estimate_call
@@ -28,8 +30,8 @@ from .auction.meter import metering
 from .auction.protocol import Evaluator, Refiner, run_auction
 from .auction.refinement import ContrastMemory, MemoryRefiner
 from .config import SaleConfig
-from .errors import SaleRayError
-from .types import AuctionRecord, Evaluation, Task
+from .errors import ModelError, SaleRayError, UserError
+from .types import AuctionRecord, Evaluation, Execution, Task, Usage
 
 # (index, ok, value): value is the result, or "Type: message" of the error it raised
 Group = list[tuple[int, bool, Any]]
@@ -42,6 +44,25 @@ class Overloaded(SaleRayError):
 
 class AgentCallError(SaleRayError):
     """An agent raised while serving a batched call; the text is its ``Type: message``."""
+
+
+class UnknownName(UserError):
+    """A request named a policy or an agent the service does not have (HTTP 404)."""
+
+
+@dataclass(frozen=True)
+class Job:
+    """How one task is auctioned: the policy's config, whether its verifier runs, the tenant
+    its spend is attributed to, and (streaming) the handles that relay the winner's text."""
+
+    config: SaleConfig
+    auction_id: str
+    evaluate: bool = True
+    tenant: str = "none"
+    handles: Mapping[str, Any] | None = None
+
+
+RecordHook = Callable[[AuctionRecord, str], None]
 
 
 # --- the agent's side of a batched call ----------------------------------------------------------
@@ -160,7 +181,10 @@ class Auctioneer:
     """Runs auctions for many tasks at once over one pool of agent handles.
 
     ``agents``: name -> handle (a batched Ray actor handle in production, a plain object in
-    tests). ``prices``: name -> (price_in, price_out) in $/Mtok."""
+    tests). ``prices``: name -> (price_in, price_out) in $/Mtok. ``policies``: model name ->
+    the config a ``policy=`` submit runs (``sale:lean``, ...; one pool and one set of limits
+    serve them all). ``on_record`` sees every record as it settles — finished, failed, crashed
+    or cancelled — with its tenant (the service's log writer and tracing)."""
 
     def __init__(
         self,
@@ -171,8 +195,12 @@ class Auctioneer:
         evaluate: Evaluator | None = None,
         refine: Refiner | None = None,
         memory: ContrastMemory | None = None,
+        policies: Mapping[str, SaleConfig] | None = None,
+        on_record: RecordHook | None = None,
     ) -> None:
         self.config = config
+        self.policies = dict(policies or {})
+        self.on_record = on_record
         s = config.auctioneer
         self.run_budget = Budget(s.budget_usd, "run")
         specs = {a.name: a for a in config.pool.agents}
@@ -190,6 +218,9 @@ class Auctioneer:
         self._running: dict[str, asyncio.Future] = {}  # task id -> its auction (in flight)
         self._done: OrderedDict[str, AuctionRecord] = OrderedDict()  # finished, LRU-bounded
         self._forgotten: set[str] = set()  # ids whose record was evicted: still never re-run
+        self._by_auction: OrderedDict[str, str] = OrderedDict()  # auction id -> task id
+        self._waiters: dict[str, int] = {}  # task id -> callers awaiting its auction
+        self.tenant_spent: dict[str, float] = {}
         self.queued = 0
         self._committed = 0.0  # $ held for the auctions running (run budget only)
         self._holding = 0  # how many auctions hold some of it
@@ -200,7 +231,10 @@ class Auctioneer:
             "refused": 0,
             "budget_refused": 0,
             "crashed": 0,
+            "cancelled": 0,
             "memory_write_failed": 0,
+            "record_hook_failed": 0,
+            "passthrough": 0,
         }
         self.timings: deque[tuple[str, float, float]] = deque(maxlen=200_000)  # id, queue_s, run_s
 
@@ -215,12 +249,40 @@ class Auctioneer:
             return f"queue full ({self.queued} waiting)"
         return None
 
-    async def submit(self, task: Task) -> AuctionRecord:
-        """Auction ``task`` (or return the record of its earlier auction).
+    def job(
+        self,
+        policy: str | None = None,
+        *,
+        evaluate: bool = True,
+        tenant: str = "none",
+        handles: Mapping[str, Any] | None = None,
+    ) -> Job:
+        """The :class:`Job` of a submit: ``policy`` None runs the service's own config."""
+        if policy is None:
+            cfg = self.config
+        elif policy in self.policies:
+            cfg = self.policies[policy]
+        else:
+            raise UnknownName(f"unknown policy {policy!r}; known: {sorted(self.policies)}")
+        return Job(cfg, uuid.uuid4().hex, evaluate=evaluate, tenant=tenant, handles=handles)
+
+    async def submit(
+        self,
+        task: Task,
+        *,
+        policy: str | None = None,
+        evaluate: bool = True,
+        tenant: str = "none",
+    ) -> AuctionRecord:
+        """Auction ``task`` (or return the record of its earlier auction: a retried id spends
+        nothing twice). ``evaluate``: run the task's verifier (chat requests have none).
 
         Raises :class:`Overloaded` when the queue is full and
         :class:`~sale_ray.agents.quota.BudgetExhausted` when no money is left; in both cases
         the id is not remembered, so the same task may be submitted again later."""
+        return await self._submit(task, self.job(policy, evaluate=evaluate, tenant=tenant))
+
+    async def _submit(self, task: Task, job: Job) -> AuctionRecord:
         known = self._done.get(task.id)
         if known is not None:
             self.counts["duplicates"] += 1
@@ -236,14 +298,26 @@ class Auctioneer:
                 raise (BudgetExhausted if why.startswith(BUDGET_REFUSED) else Overloaded)(why)
             # the auction is its own task: a caller that gives up does not cancel it, and a
             # second caller for the same id waits on the same future
-            fut = asyncio.ensure_future(self._run(task))
+            fut = asyncio.ensure_future(self._run(task, job))
             self._running[task.id] = fut
             self.counts["admitted"] += 1
         else:
             self.counts["duplicates"] += 1
-        return await asyncio.shield(fut)
+        # the auction is shared by every caller of its id; when the last one gives up (a
+        # client gone, a deadline) nobody waits for it any more: stop it and its spending
+        self._waiters[task.id] = self._waiters.get(task.id, 0) + 1
+        try:
+            return await asyncio.shield(fut)
+        except asyncio.CancelledError:
+            if self._waiters.get(task.id) == 1 and not fut.done():
+                fut.cancel()
+            raise
+        finally:
+            left = self._waiters.pop(task.id, 1) - 1
+            if left:
+                self._waiters[task.id] = left
 
-    async def _run(self, task: Task) -> AuctionRecord:
+    async def _run(self, task: Task, job: Job) -> AuctionRecord:
         t0 = time.perf_counter()
         self.queued += 1
         try:
@@ -252,7 +326,7 @@ class Auctioneer:
                 est = await self._hold_money(task)
                 t1 = time.perf_counter()
                 try:
-                    rec = await self._auction(task)
+                    rec = await self._auction(task, job)
                 finally:
                     if est:
                         self._holding -= 1
@@ -296,34 +370,46 @@ class Auctioneer:
         self._holding += 1
         return est
 
-    async def _auction(self, task: Task) -> AuctionRecord:
-        aid = f"{task.id}#{uuid.uuid4().hex[:12]}"
+    async def _auction(self, task: Task, job: Job) -> AuctionRecord:
+        aid = job.auction_id
         started = time.time()
+
+        def failed(error: str) -> AuctionRecord:
+            # what its calls already cost stays on the record; resume runs it again
+            return AuctionRecord(
+                auction_id=aid,
+                task_id=task.id,
+                kind=task.kind,
+                bin=task.bin,
+                error=error[:500],
+                failure="retriable",
+                phase_usage=dict(meter.by_phase),
+                started_at=started,
+                evaluation=Evaluation(passed=False if task.tests or task.expected else None),
+            )
+
         with metering() as meter:  # every gated call books its spend here as it settles
             try:
                 rec = await run_auction(
                     task,
-                    self.handles,
+                    job.handles or self.handles,
                     self.prices_out,
-                    self.config,
-                    evaluate=self.evaluate,
+                    job.config,
+                    evaluate=self.evaluate if job.evaluate else None,
                     refine=self.refine,
                     auction_id=aid,
                 )
+            except asyncio.CancelledError:  # the caller left or its deadline passed
+                self.counts["cancelled"] += 1
+                self._settled(failed("auction cancelled before it finished"), job.tenant)
+                raise
             except Exception as e:  # a bug must cost one task, never the run: record it
                 self.counts["crashed"] += 1
-                # what its calls already cost stays on the record; resume runs it again
-                return AuctionRecord(
-                    auction_id=aid,
-                    task_id=task.id,
-                    kind=task.kind,
-                    bin=task.bin,
-                    error=f"auction crashed: {type(e).__name__}: {e}"[:500],
-                    failure="retriable",
-                    phase_usage=dict(meter.by_phase),
-                    started_at=started,
-                    evaluation=Evaluation(passed=False if task.tests or task.expected else None),
+                return self._settled(
+                    failed(f"auction crashed: {type(e).__name__}: {e}"), job.tenant
                 )
+        if meter.unreported:  # calls that raised were charged: the record must say so
+            rec = _with_unreported(rec, meter.unreported)
         if rec.execution is None and _mentions_budget(rec):
             rec = rec.model_copy(
                 update={
@@ -336,13 +422,132 @@ class Auctioneer:
                 await self.remember(task, rec)
             except Exception:  # memory is an optimisation: losing one entry never loses the task
                 self.counts["memory_write_failed"] += 1
+        return self._settled(rec, job.tenant)
+
+    def _settled(self, rec: AuctionRecord, tenant: str) -> AuctionRecord:
+        """Book a record's spend on its tenant and hand it to the log (never raises)."""
+        if tenant != "none":
+            rec = rec.model_copy(update={"tenant": tenant})
+        if rec.cost_usd:
+            self.tenant_spent[tenant] = self.tenant_spent.get(tenant, 0.0) + rec.cost_usd
+        if self.on_record is not None:
+            try:
+                self.on_record(rec, tenant)
+            except Exception:  # the log is the hook's job to keep; the auction is done
+                self.counts["record_hook_failed"] += 1
         return rec
 
     def _remember(self, task_id: str, rec: AuctionRecord) -> None:
         self._done[task_id] = rec
+        self._by_auction[rec.auction_id] = task_id
         while len(self._done) > self.config.auctioneer.remember:
             old, _ = self._done.popitem(last=False)
             self._forgotten.add(old)  # an id is ~60 bytes: keep them all, records are bigger
+        while len(self._by_auction) > self.config.auctioneer.remember:
+            self._by_auction.popitem(last=False)
+
+    def record(self, auction_id: str) -> AuctionRecord | None:
+        """The record of a recent auction by its auction id (None when not kept in memory)."""
+        tid = self._by_auction.get(auction_id)
+        rec = self._done.get(tid) if tid is not None else None
+        return rec if rec is not None and rec.auction_id == auction_id else None
+
+    # -- one auction, streamed (the endpoint's ``stream: true``) ------------------------------
+    async def stream_one(
+        self, task: Task, *, policy: str | None = None, tenant: str = "none"
+    ) -> AsyncIterator[tuple[str, Any]]:
+        """Auction ``task`` and relay it as events: ``("start", {"winner", "auction_id"})``
+        when the winner starts executing, ``("delta", text)`` as it writes, then
+        ``("record", record)``. A task id already auctioned yields its record alone. Closing
+        the stream early cancels the auction (its spend so far is recorded)."""
+        known = self._done.get(task.id) or (
+            self._forgotten_record(task) if task.id in self._forgotten else None
+        )
+        if known is None and task.id in self._running:
+            known = await asyncio.shield(self._running[task.id])
+        if known is not None:
+            self.counts["duplicates"] += 1
+            yield ("record", known)
+            return
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        job = self.job(policy, evaluate=False, tenant=tenant)
+        teed = {n: _Teed(h, queue, job.auction_id) for n, h in self.handles.items()}
+        job = Job(job.config, job.auction_id, evaluate=False, tenant=tenant, handles=teed)
+        why = self.admission_refusal()
+        if why:
+            self.counts["refused"] += 1
+            raise (BudgetExhausted if why.startswith(BUDGET_REFUSED) else Overloaded)(why)
+        fut = asyncio.ensure_future(self._run(task, job))
+        self._running[task.id] = fut
+        self.counts["admitted"] += 1
+        fut.add_done_callback(lambda _: queue.put_nowait(_DONE))
+        try:
+            while (ev := await queue.get()) is not _DONE:
+                yield ev
+            yield ("record", fut.result())
+        finally:
+            if not fut.done():
+                fut.cancel()
+                with contextlib.suppress(BaseException):
+                    await fut
+
+    # -- passthrough: one agent, no auction, the same limits -----------------------------------
+    def _agent(self, name: str) -> Any:
+        h = self.handles.get(name)
+        if h is None:
+            raise UnknownName(f"no agent {name!r}; agents: {sorted(self.handles)}")
+        return h
+
+    async def complete(
+        self,
+        agent: str,
+        messages: list[dict[str, str]],
+        params: dict[str, Any],
+        *,
+        tenant: str = "none",
+    ) -> tuple[Any, Usage]:
+        """One agent's completion, inside its limits: ``(ChatResult, Usage)``."""
+        result, usage = await self._agent(agent).complete(messages, params)
+        self.counts["passthrough"] += 1
+        self.tenant_spent[tenant] = self.tenant_spent.get(tenant, 0.0) + usage.cost_usd
+        return result, usage
+
+    async def complete_stream(
+        self,
+        agent: str,
+        messages: list[dict[str, str]],
+        params: dict[str, Any],
+        *,
+        tenant: str = "none",
+    ) -> AsyncIterator[Any]:
+        """:meth:`complete`, streamed: deltas, then ``(finish_reason, usage)``."""
+        stream = self._agent(agent).complete_stream(messages, params)
+        self.counts["passthrough"] += 1
+        try:
+            async for item in stream:
+                if isinstance(item, tuple):
+                    cost = item[1].cost_usd
+                    self.tenant_spent[tenant] = self.tenant_spent.get(tenant, 0.0) + cost
+                yield item
+        finally:
+            await stream.aclose()
+
+    # -- the ledger's view ---------------------------------------------------------------------
+    def spent(self) -> dict[str, Any]:
+        """What every budget has spent: ``{"run": $, "agents": {name: $}, "tenants": {...}}``."""
+        return {
+            "run": self.run_budget.spent,
+            "agents": {n: g.budget.spent for n, g in self.gates.items()},
+            "tenants": dict(self.tenant_spent),
+        }
+
+    def restore_spent(self, run: float, agents: Mapping[str, float], tenants: Mapping) -> None:
+        """Continue from a ledger: budgets start where they stopped, not at $0."""
+        self.run_budget.spent = float(run)
+        for n, usd in agents.items():
+            if n in self.gates:
+                self.gates[n].budget.spent = float(usd)
+        self.tenant_spent = {str(k): float(v) for k, v in tenants.items()}
 
     def _forgotten_record(self, task: Task) -> AuctionRecord:
         return AuctionRecord(
@@ -363,7 +568,7 @@ class Auctioneer:
 
         async def one(t: Task) -> tuple[str, AuctionRecord | None, str | None]:
             try:
-                return t.id, await self.submit(t), None
+                return t.id, await self._submit(t, self.job()), None
             except SaleRayError as e:  # refused at admission: not run, not remembered
                 return t.id, None, str(e)
 
@@ -398,6 +603,7 @@ class Auctioneer:
             "reserved_usd": self.run_budget.reserved,
             "largest_reservation_usd": self.run_budget.largest_reservation,
             "budget_usd": self.run_budget.limit,
+            "tenants": dict(self.tenant_spent),
             "agents": {
                 n: {"spent_usd": g.budget.spent, "refused": dict(g.refused)}
                 for n, g in self.gates.items()
@@ -409,6 +615,48 @@ class Auctioneer:
         out = list(self.timings)
         self.timings.clear()
         return out
+
+
+_DONE = object()
+
+
+class _Teed:
+    """A gated agent whose ``execute`` streams: ``("start", …)`` then ``("delta", text)``
+    events go to ``queue`` as the winner writes (the endpoint relays them)."""
+
+    def __init__(self, inner: Any, queue: asyncio.Queue[Any], auction_id: str) -> None:
+        self.inner, self.queue, self.auction_id = inner, queue, auction_id
+        self.name = getattr(inner, "name", None) or getattr(inner.gate, "name", "")
+
+    async def bid(self, task: Task) -> Any:
+        return await self.inner.bid(task)
+
+    async def judge(self, task: Task, plans: Sequence[tuple[str, str]]) -> Any:
+        return await self.inner.judge(task, plans)
+
+    async def refine(self, task: Task, plan: str, pairs: Sequence[Any]) -> Any:
+        return await self.inner.refine(task, plan, pairs)
+
+    async def execute(self, task: Task, plan: str) -> Execution:
+        self.queue.put_nowait(("start", {"winner": self.name, "auction_id": self.auction_id}))
+        stream = self.inner.execute_stream(task, plan)
+        try:
+            async for item in stream:
+                if isinstance(item, Execution):
+                    return item
+                self.queue.put_nowait(("delta", item))
+        finally:
+            await stream.aclose()
+        raise ModelError(f"{self.name}: execution stream ended without its result")
+
+
+def _with_unreported(rec: AuctionRecord, unreported: Mapping[str, Usage]) -> AuctionRecord:
+    usage = dict(rec.phase_usage)
+    for phase, u in unreported.items():
+        usage[phase] = usage.get(phase, Usage()) + u
+    n, usd = sum(u.calls for u in unreported.values()), sum(u.cost_usd for u in unreported.values())
+    note = f"{n} failed call(s) charged at their reservation (${usd:.6g})"
+    return rec.model_copy(update={"phase_usage": usage, "notes": [*rec.notes, note]})
 
 
 def _mentions_budget(rec: AuctionRecord) -> bool:

@@ -185,9 +185,12 @@ class BatchResult:
     refused: dict[str, str] = field(default_factory=dict)  # id -> why it was not run
     duplicates_dropped: int = 0  # rows the final merge removed (crash between merge and cleanup)
     quarantined: list[str] = field(default_factory=list)  # unreadable result files moved aside
+    service: str | None = None  # the running service it attached to (None: a private one)
 
     def describe(self) -> str:
         parts = [f"written {self.written}", f"skipped (already done) {self.skipped_done}"]
+        if self.service:
+            parts.append(f"through service {self.service!r}")
         if self.duplicate_input:
             parts.append(f"duplicate ids in input {self.duplicate_input}")
         if self.refused:
@@ -257,7 +260,7 @@ async def run_batch(
     the results (Ray must be connected). Agents and the auctioneer live for this call only. A
     part file is written every ``flush_rows`` results or ``flush_s`` seconds: what a crash can
     lose (a rerun redoes). The progress bar has a total when the source can be counted."""
-    from .runtime import start_agents, start_auctioneer
+    from .service.handle import open_service
 
     sink = ResultSink(
         out, endpoint_url=endpoint_url, region=region, flush_rows=flush_rows, flush_s=flush_s
@@ -307,22 +310,25 @@ async def run_batch(
         # money is gone: stop feeding (what is in flight finishes; a rerun continues)
         return not any(w.startswith("budget exhausted") for w in g["refused"].values())
 
-    pool = await start_agents(config)
     try:
-        auctioneer = start_auctioneer(config, pool)
-        try:
-            await drive(auctioneer, fresh(), on_group, streams_in_flight=streams_in_flight)
-            # the memory dies with this run's actors: its durable copy is the snapshot
-            await auctioneer.snapshot.remote()
-        except Exception as e:
-            sink.flush()  # keep what finished: a rerun resumes from it
-            raise InfraError(
-                f"batch run failed ({type(e).__name__}: {str(e)[:200]}); "
-                f"{res.written} results kept in {out}, rerun to resume"
-            ) from e
+        # a running service (`sale-ray up`) if there is one, else a private one for this run
+        # whose budget ledger sits beside the results, so a resumed run continues its budget
+        async with open_service(config, ledger_uri=sink.ledger_uri, **s3) as svc:
+            res.service = svc.name
+            try:
+                await drive(svc.actor, fresh(), on_group, streams_in_flight=streams_in_flight)
+                if svc.private:  # its memory dies with it: the durable copy is the snapshot
+                    await svc.snapshot()
+                else:
+                    await svc.flush()
+            except Exception as e:
+                sink.flush()  # keep what finished: a rerun resumes from it
+                raise InfraError(
+                    f"batch run failed ({type(e).__name__}: {str(e)[:200]}); "
+                    f"{res.written} results kept in {out}, rerun to resume"
+                ) from e
     finally:
         bar.close()
-        await pool.stop()
     res.path, table, res.duplicates_dropped = sink.finalize()
     res.quarantined = list(sink.quarantined)
     res.summary = summarize(table)
@@ -345,22 +351,19 @@ async def run_tasks(
 ) -> list[AuctionRecord]:
     """Auction ``tasks`` through the auctioneer actor and return their records in task order
     (Ray must be connected). ``concurrency``: auctions in flight."""
-    from .runtime import start_agents, start_auctioneer
+    from .service.handle import open_service
 
     cfg = config.model_copy(
         update={"auctioneer": config.auctioneer.model_copy(update={"max_in_flight": concurrency})}
     )
-    pool = await start_agents(cfg)
     got: dict[str, AuctionRecord] = {}
 
     def on_group(g: dict[str, Any]) -> bool:
         got.update((r.task_id, r) for r in g["records"])
         return True
 
-    try:
-        await drive(start_auctioneer(cfg, pool), _chunks(tasks, 256), on_group)
-    finally:
-        await pool.stop()
+    async with open_service(cfg) as svc:
+        await drive(svc.actor, _chunks(tasks, 256), on_group)
     return [got[t.id] for t in tasks if t.id in got]
 
 

@@ -144,6 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_eval_parser(sub)  # sale-ray eval: every method on held-out tasks (docs/evaluation.md)
     add_report_parser(sub)  # sale-ray report DIR|s3://…: Markdown + HTML + PNG plots
     add_snapshot_parser(sub)  # sale-ray snapshot take|ls|show|export|prune (docs/memory.md)
+    from .service.cli import add_service_parsers
+
+    add_service_parsers(sub)  # sale-ray up | status | down (docs/service.md)
     serve_cli = __import__("sale_ray.serve.cli", fromlist=["_"])
     serve_cli.add_serve_parser(sub)  # sale-ray serve
     serve_cli.add_serve_llm_parser(sub)  # sale-ray serve-llm (docs/serve_llm.md)

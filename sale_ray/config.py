@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from .errors import ConfigError
 from .memory.config import MemoryConfig, StorageConfig
+from .service.config import ServiceConfig
 from .tracing import TracingConfig
 
 
@@ -449,7 +450,10 @@ class ServeConfig(_Strict):
         default=300.0, gt=0, description="Deadline of one request; past it: 408, calls cancelled."
     )
     max_records: int = Field(
-        default=1000, ge=1, description="Recent auction records kept in memory per replica."
+        default=1000,
+        ge=1,
+        description="No effect any more (kept so older configs load): records are kept by the "
+        "service, in memory (auctioneer.remember) and in its log (service.log_uri).",
     )
     num_replicas: int = Field(
         default=1, ge=1, description="Gateway replicas (each starts its pool)."
@@ -485,6 +489,10 @@ class SaleConfig(_Strict):
     )
     storage: StorageConfig = Field(
         default_factory=StorageConfig, description="Where memory snapshots go (S3 or a folder)."
+    )
+    service: ServiceConfig = Field(
+        default_factory=ServiceConfig,
+        description="The shared service doors attach to (`sale-ray up`), its ledger and log.",
     )
     tracing: TracingConfig = Field(
         default_factory=TracingConfig,

@@ -21,18 +21,40 @@ from .auctioneer import Auctioneer, MicroBatcher
 from .config import AgentSpec, SaleConfig
 from .types import AuctionRecord, Bid, Execution, JuryVerdict, Task
 
+
+def unwrap(e: BaseException) -> BaseException:
+    """The exception an actor raised, not Ray's wrapper (whose text has a remote traceback)."""
+    cause = getattr(e, "cause", None)
+    return cause if isinstance(cause, BaseException) else e
+
+
 # Loopback-only sockets and no usage reporting for clusters we start ourselves.
 LOCAL_RAY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
 
 
+def local_cluster() -> str | None:
+    """The address of a Ray cluster started on this machine with ``ray start`` (as
+    ``sale-ray up`` does) whose GCS is alive, or None. Ray's own ``ray.init()`` looks there
+    too; a stale address file (the cluster is gone) is ignored."""
+    try:
+        from ray._private import services, utils
+
+        addr = utils.read_ray_address()
+        return addr if addr and addr in services.find_gcs_addresses() else None
+    except Exception:  # private Ray API: if it moved, behave as if no cluster ran
+        return None
+
+
 def connect(address: str | None = None, *, num_cpus: int | None = None) -> bool:
     """Connect to Ray: ``address`` if given (or ``RAY_ADDRESS``, as under ``ray job submit``),
-    else start a private local cluster bound to 127.0.0.1. Returns True if we started it."""
+    else the cluster ``ray start`` / ``sale-ray up`` runs on this machine (so doors find the
+    service there), else start a private local cluster bound to 127.0.0.1. Returns True if we
+    started it."""
     import ray
 
     if ray.is_initialized():
         return False
-    address = address or os.environ.get("RAY_ADDRESS")
+    address = address or os.environ.get("RAY_ADDRESS") or local_cluster()
     if address:
         ray.init(address=address, log_to_driver=False)
         return False
@@ -129,6 +151,39 @@ class ActorAgent:
         """One call with the task alone (the evaluation's direct baselines; never batched)."""
         return await self._direct(self.actor.execute_direct.remote(task))
 
+    # the endpoint's calls: one Ray call each (streams cannot share a batch)
+    async def complete(self, messages: list[dict[str, str]], params: dict[str, Any]) -> Any:
+        """A passthrough completion: ``(ChatResult, Usage)``; errors are the agent's own."""
+        import ray
+
+        try:
+            return await self._direct(self.actor.complete.remote(messages, params))
+        except ray.exceptions.RayTaskError as e:
+            raise unwrap(e) from None
+
+    def complete_stream(self, messages: list[dict[str, str]], params: dict[str, Any]) -> Any:
+        """:meth:`complete`, streamed: deltas, then ``(finish_reason, usage)``."""
+        return self._stream(self.actor.complete_stream.remote(messages, params))
+
+    def execute_stream(self, task: Task, plan: str) -> Any:
+        """The winner's execution, streamed: deltas, then the ``Execution``."""
+        return self._stream(self.actor.execute_stream.remote(task, plan))
+
+    async def _stream(self, gen: Any) -> AsyncIterator[Any]:
+        import ray
+
+        finished = False
+        try:
+            async for ref in gen:
+                try:
+                    yield await ref
+                except ray.exceptions.RayTaskError as e:
+                    raise unwrap(e) from None
+            finished = True
+        finally:
+            if not finished:  # closed early, cancelled or failed: stop the actor's stream
+                ray.cancel(gen)
+
     def batch_stats(self) -> dict[str, float]:
         b = [x for x in self._batchers.values() if x.batches]
         items, batches = sum(x.items for x in b), sum(x.batches for x in b)
@@ -189,14 +244,34 @@ def _agent_class(spec: AgentSpec) -> type:
     return Agent
 
 
-async def start_agents(config: SaleConfig, *, batched: bool = True) -> AgentPool:
-    """One actor per agent; waits until every agent's model is being served."""
+async def start_agents(
+    config: SaleConfig,
+    *,
+    batched: bool = True,
+    names: dict[str, str] | None = None,
+    namespace: str | None = None,
+    detached: bool = False,
+    max_restarts: int = 0,
+) -> AgentPool:
+    """One actor per agent; waits until every agent's model is being served.
+
+    ``names`` (agent -> actor name) makes them named actors in ``namespace``, created only if
+    no actor of that name exists yet (two doors starting one service get the same actors);
+    ``max_restarts`` lets Ray bring a dead one back (it restarts its model on the first call)."""
     import ray
 
+    def options(spec: AgentSpec) -> dict[str, Any]:
+        opts = agent_options(spec)
+        if max_restarts:
+            opts["max_restarts"] = max_restarts
+        if names:
+            opts.update(name=names[spec.name], namespace=namespace, get_if_exists=True)
+        if detached:
+            opts["lifetime"] = "detached"
+        return opts
+
     actors = {
-        spec.name: ray.remote(_agent_class(spec))
-        .options(**agent_options(spec))
-        .remote(spec, config)
+        spec.name: ray.remote(_agent_class(spec)).options(**options(spec)).remote(spec, config)
         for spec in config.pool.agents
     }
     infos = await asyncio.gather(*(a.start.remote() for a in actors.values()))
@@ -213,6 +288,7 @@ class AuctioneerService:
         actors: dict[str, Any],
         prices: dict[str, tuple[float, float]],
         batched: bool = True,
+        state: dict[str, Any] | None = None,
     ) -> None:
         a = config.auctioneer
         self.handles = {
@@ -235,9 +311,82 @@ class AuctioneerService:
         self.core = Auctioneer(
             self.handles, prices, config, evaluate=make_evaluator(config), memory=self.memory
         )
+        from .service.state import ServiceState  # the ledger, the log, the policies
 
-    async def submit(self, task: Task) -> AuctionRecord:
-        return await self.core.submit(task)
+        self.state = ServiceState(self.core, config, prices, **(state or {}))
+
+    async def submit(
+        self,
+        task: Task,
+        policy: str | None = None,
+        evaluate: bool = True,
+        tenant: str = "none",
+    ) -> AuctionRecord:
+        self.state.ensure_running()
+        return await self.core.submit(task, policy=policy, evaluate=evaluate, tenant=tenant)
+
+    async def stream_one(
+        self, task: Task, policy: str | None = None, tenant: str = "none"
+    ) -> AsyncIterator[tuple[str, Any]]:
+        """One auction as events (a streaming call; see ``Auctioneer.stream_one``)."""
+        self.state.ensure_running()
+        async for ev in self.core.stream_one(task, policy=policy, tenant=tenant):
+            yield ev
+
+    async def complete(
+        self, agent: str, messages: list, params: dict, tenant: str = "none"
+    ) -> tuple[Any, Any]:
+        self.state.ensure_running()
+        return await self.core.complete(agent, messages, params, tenant=tenant)
+
+    async def complete_stream(
+        self, agent: str, messages: list, params: dict, tenant: str = "none"
+    ) -> AsyncIterator[Any]:
+        self.state.ensure_running()
+        async for item in self.core.complete_stream(agent, messages, params, tenant=tenant):
+            yield item
+
+    async def record(self, auction_id: str) -> AuctionRecord | None:
+        """A recent auction from memory, else from the durable log (None: never seen)."""
+        rec = self.core.record(auction_id)
+        if rec is None:
+            rec = await asyncio.to_thread(self.state.find_logged, auction_id)
+        return rec
+
+    def describe(self) -> dict[str, Any]:
+        """What a door needs to speak for this service: agents, prices, policies, config."""
+        return self.state.describe()
+
+    async def health(self, timeout_s: float = 2.0) -> dict[str, Any]:
+        """Each agent actor's liveness (``alive`` / ``unreachable`` / ``dead``) and stats."""
+        import ray
+
+        async def one(name: str, actor: Any) -> tuple[str, str]:
+            try:
+                await asyncio.wait_for(actor.ping.remote(), timeout_s)
+                return name, "alive"
+            except ray.exceptions.RayActorError:
+                return name, "dead"
+            except (TimeoutError, ray.exceptions.RayError):
+                return name, "unreachable"
+
+        states = dict(await asyncio.gather(*(one(n, h.actor) for n, h in self.handles.items())))
+        return {"agents": states, "stats": self.stats()}
+
+    async def flush(self) -> None:
+        """Write the ledger and the log now (a door about to finish, ``sale-ray down``)."""
+        await self.state.flush()
+
+    async def stop(self) -> None:
+        """Flush, then stop the agents' models (the actors are killed by the caller)."""
+        await self.state.flush()
+        import ray
+
+        await asyncio.gather(
+            *(h.actor.stop.remote() for h in self.handles.values()), return_exceptions=True
+        )
+        for h in self.handles.values():
+            ray.kill(h.actor)
 
     async def stream(self, tasks: list[Task]) -> AsyncIterator[dict[str, Any]]:
         """Records (and refusals) of ``tasks`` in groups as they finish (a streaming call)."""
@@ -247,6 +396,7 @@ class AuctioneerService:
     def stats(self) -> dict[str, Any]:
         s = self.core.stats()
         s["batching"] = {n: h.batch_stats() for n, h in self.handles.items()}
+        s["service"] = self.state.stats()
         return s
 
     def take_timings(self) -> list[tuple[str, float, float]]:
@@ -264,18 +414,33 @@ class AuctioneerService:
 
 
 def start_auctioneer(
-    config: SaleConfig, pool: AgentPool, *, batched: bool = True, name: str | None = None
+    config: SaleConfig,
+    pool: AgentPool,
+    *,
+    batched: bool = True,
+    name: str | None = None,
+    namespace: str | None = None,
+    detached: bool = False,
+    max_restarts: int = 0,
+    state: dict[str, Any] | None = None,
 ) -> Any:
     """The auctioneer actor for ``pool``. It needs no CPU of its own (it only awaits), so it
     fits beside the agents on a small machine; ``max_concurrency`` bounds the calls into it
-    (streams and single submits), not the auctions, which ``max_in_flight`` bounds."""
+    (streams and single submits), not the auctions, which ``max_in_flight`` bounds.
+
+    ``state``: where the service keeps its ledger and log (:class:`~sale_ray.service.state.
+    ServiceState`'s keyword arguments). A ``name`` is created only if not taken already."""
     import ray
 
     opts: dict[str, Any] = {"num_cpus": 0, "max_concurrency": 10_000}
     if name:
-        opts["name"] = name
+        opts.update(name=name, namespace=namespace, get_if_exists=True)
+    if detached:
+        opts["lifetime"] = "detached"
+    if max_restarts:
+        opts["max_restarts"] = max_restarts
     return (
         ray.remote(AuctioneerService)
         .options(**opts)
-        .remote(config, pool.actors, pool.price_pairs, batched)
+        .remote(config, pool.actors, pool.price_pairs, batched, state)
     )

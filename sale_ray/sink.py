@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 FINAL = "auctions.parquet"
 PARTS = "parts"
 QUARANTINE = "_quarantine"  # under PARTS: the leading "_" keeps readers out
+LEDGER = "ledger.json"  # the budget ledger of a run's private service (service/ledger.py)
 _BUDGET_REFUSED = "budget exhausted"  # same prefix as sale_ray.auctioneer.BUDGET_REFUSED
 
 
@@ -284,6 +285,19 @@ class ResultSink:
         return self._show(final), table, dupes
 
     def reset(self) -> None:
-        """Forget earlier results under this output (a fresh run, ``--no-resume``)."""
+        """Forget earlier results under this output (a fresh run, ``--no-resume``), and the
+        budget ledger beside them: a fresh run starts its budget at $0."""
         for f in self._files():
             self.fs.delete_file(f)
+        if self.fs.get_file_info(self.ledger_path).type != pafs.FileType.NotFound:
+            self.fs.delete_file(self.ledger_path)
+
+    @property
+    def ledger_path(self) -> str:
+        """Where a private service of this run keeps its budget ledger."""
+        return f"{self.root}/{LEDGER}"
+
+    @property
+    def ledger_uri(self) -> str:
+        """:attr:`ledger_path` as a URI (``s3://…`` for S3 outputs)."""
+        return f"{self.uri.rstrip('/')}/{LEDGER}"

@@ -224,6 +224,9 @@ class AuctionRecord(_Frozen):
         default_factory=list, description="What went wrong without failing the task."
     )
     started_at: float = 0.0
+    tenant: str | None = Field(
+        default=None, description="The tenant whose request this was (its spend is theirs)."
+    )
 
     @property
     def passed(self) -> bool | None:
@@ -288,6 +291,7 @@ AUCTION_SCHEMA = pa.schema(
         ("failure", pa.string()),  # AuctionRecord.failure: retriable | final | null
         ("notes", pa.list_(pa.string())),
         ("started_at", pa.float64()),
+        ("tenant", pa.string()),  # whose spend (the API key's tenant); null: not a tenant's
     ]
     + [(f"{p}_tokens", pa.int64()) for p in PHASES]
     + [(f"{p}_cost_usd", pa.float64()) for p in PHASES]
@@ -337,6 +341,7 @@ def record_row(rec: AuctionRecord) -> dict:
         "failure": rec.failure,
         "notes": list(rec.notes),
         "started_at": rec.started_at,
+        "tenant": rec.tenant,
     }
     for p in PHASES:
         u = rec.phase_usage.get(p, Usage())

@@ -48,13 +48,23 @@ class Agent:
         self._client = client
         self._server: Any = None
         self._sem = asyncio.Semaphore(spec.max_concurrency)
+        self._starting = asyncio.Lock()  # two doors starting one shared agent: one server
 
     @property
     def name(self) -> str:
         return self.spec.name
 
     async def start(self) -> dict:
-        """Start the local model server (local backend) and build the client. Idempotent."""
+        """Start the local model server (local backend) and build the client. Idempotent, and
+        safe to call concurrently (several doors attaching to one service)."""
+        async with self._starting:
+            return await self._start()
+
+    def ping(self) -> int:
+        """Liveness probe of the agent's actor (``sale-ray status``)."""
+        return 1
+
+    async def _start(self) -> dict:
         if self._client is None:
             if self.spec.backend == "local":
                 self._server = await asyncio.to_thread(self._start_local_server)
@@ -117,7 +127,7 @@ class Agent:
 
     async def _chat(self, messages: list[dict[str, str]], **kw: Any) -> ChatResult:
         if self._client is None:
-            raise ModelError(f"agent {self.name} is not started")
+            await self.start()  # a restarted actor starts on its first call
         async with self._sem:
             return await self._client.chat(
                 messages, temperature=self.config.auction.temperature, **kw
@@ -369,7 +379,7 @@ class Agent:
         A ``finish_reason`` of ``length`` is returned as is: the caller chose the cap.
         """
         if self._client is None:
-            raise ModelError(f"agent {self.name} is not started")
+            await self.start()  # a restarted actor starts on its first call
         async with self._sem:
             try:
                 r = await self._client.chat(
@@ -394,7 +404,7 @@ class Agent:
         Errors (including a stream cut before its finish reason) raise :class:`ModelError`.
         """
         if self._client is None:
-            raise ModelError(f"agent {self.name} is not started")
+            await self.start()  # a restarted actor starts on its first call
         async with self._sem:
             async for d in self._client.chat_stream(
                 messages,
@@ -433,7 +443,7 @@ class Agent:
             yield ex
             return
         if self._client is None:
-            raise ModelError(f"agent {self.name} is not started")
+            await self.start()  # a restarted actor starts on its first call
         cfg, max_tokens = self.config.auction, self.config.execution.max_tokens
         messages = [
             self._system(),

@@ -16,6 +16,7 @@ prompt can), i.e. by less than one reservation.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -254,7 +255,10 @@ class AgentGate:
             self.budget.settle(usd, spent)
             self.run_budget.settle(usd, spent)
             # and book it on the auction's meter: a crash later in the auction keeps it
-            charge(method, result.usage if actual is not None else Usage(cost_usd=spent))
+            if actual is not None:
+                charge(method, result.usage)
+            else:
+                charge(method, Usage(cost_usd=spent, calls=1), reported=False)
 
     async def _wait_for_money(self, usd: float, max_wait_s: float) -> None:
         loop = asyncio.get_running_loop()
@@ -330,3 +334,96 @@ class GatedAgent:
         return await self.gate.call(
             est, self._max_wait["execute"], lambda: self.inner.execute(task, plan), "execute"
         )
+
+    # --- the endpoint's calls, under the same gate ---------------------------------------------
+    def _passthrough_estimate(self, messages: Sequence[dict], params: dict[str, Any]) -> Estimate:
+        chars = sum(len(str(m.get("content") or "")) for m in messages)
+        return Estimate(_chars_to_tokens(chars) + 16 * len(messages), int(params["max_tokens"]))
+
+    async def complete(self, messages: list[dict[str, str]], params: dict[str, Any]) -> Any:
+        """A passthrough completion, inside this agent's limits: ``(ChatResult, Usage)``."""
+        est = self._passthrough_estimate(messages, params)
+
+        async def call() -> _Priced:
+            result, usage = await self.inner.complete(messages, params)
+            return _Priced((result, usage), usage)
+
+        wait = float(params.get("timeout_s") or self.config.auction.execute_timeout_s) / 4
+        return (await self.gate.call(est, wait, call, "passthrough")).value
+
+    def complete_stream(self, messages: list[dict[str, str]], params: dict[str, Any]) -> Any:
+        """:meth:`complete`, streamed: deltas, then ``(finish_reason, usage)``."""
+        est = self._passthrough_estimate(messages, params)
+        wait = float(params.get("timeout_s") or self.config.auction.execute_timeout_s) / 4
+        return gated_stream(
+            self.gate,
+            est,
+            wait,
+            "passthrough",
+            lambda: self.inner.complete_stream(messages, params),
+            lambda item: item[1] if isinstance(item, tuple) else None,
+        )
+
+    def execute_stream(self, task: Task, plan: str) -> Any:
+        """:meth:`execute`, streamed: deltas, then the ``Execution`` (priced by the gate)."""
+        est = estimate_call("execute", task, self.config)
+        return gated_stream(
+            self.gate,
+            est,
+            self._max_wait["execute"],
+            "execute",
+            lambda: self.inner.execute_stream(task, plan),
+            lambda item: getattr(item, "usage", None) if not isinstance(item, str) else None,
+        )
+
+
+class _Priced:
+    """A result whose spend the gate reads from ``usage`` (for results that carry none)."""
+
+    def __init__(self, value: Any, usage: Usage) -> None:
+        self.value, self.usage = value, usage
+
+
+async def gated_stream(
+    gate: AgentGate,
+    est: Estimate,
+    max_wait_s: float,
+    method: str,
+    open_stream: Callable[[], Any],
+    usage_of: Callable[[Any], Usage | None],
+) -> Any:
+    """Relay a stream opened inside ``gate``: the reservation is held for the whole stream and
+    settled with the usage of its last item (``usage_of`` finds it). The stream runs in its own
+    task so the gate's ``finally`` settles it even when the reader stops early."""
+    queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+
+    async def consume() -> _Priced:
+        usage: Usage | None = None
+        stream = open_stream()
+        try:
+            async for item in stream:
+                u = usage_of(item)
+                usage = u if u is not None else usage
+                queue.put_nowait(("item", item))
+        finally:
+            aclose = getattr(stream, "aclose", None)
+            if aclose is not None:
+                await aclose()
+        if usage is None:  # the stream ended without its usage: nothing proves a smaller bill
+            usage = Usage(cost_usd=gate.price(est))
+        return _Priced(None, usage)
+
+    runner = asyncio.ensure_future(gate.call(est, max_wait_s, consume, method))
+    runner.add_done_callback(lambda _: queue.put_nowait(("end", None)))
+    try:
+        while True:
+            kind, item = await queue.get()
+            if kind == "end":
+                runner.result()  # raise what stopped it (quota refusal, model error)
+                return
+            yield item
+    finally:
+        if not runner.done():
+            runner.cancel()
+            with contextlib.suppress(BaseException):
+                await runner

@@ -20,13 +20,19 @@ PHASE_OF = {"bid": "bid", "judge": "jury", "refine": "refine", "execute": "execu
 
 
 class Meter:
-    """Spend per phase of one auction, as the calls settle."""
+    """Spend per phase of one auction, as the calls settle. ``unreported``: what calls that
+    raised (failed, timed out, cancelled) were charged — they return no usage the protocol
+    could add up, so the auctioneer adds it to the record: the log then holds every dollar
+    the budgets were charged."""
 
     def __init__(self) -> None:
         self.by_phase: dict[str, Usage] = {}
+        self.unreported: dict[str, Usage] = {}
 
-    def add(self, phase: str, usage: Usage) -> None:
+    def add(self, phase: str, usage: Usage, *, reported: bool = True) -> None:
         self.by_phase[phase] = self.by_phase.get(phase, Usage()) + usage
+        if not reported:
+            self.unreported[phase] = self.unreported.get(phase, Usage()) + usage
 
 
 _CURRENT: ContextVar[Meter | None] = ContextVar("sale_ray_auction_meter", default=None)
@@ -43,8 +49,9 @@ def metering() -> Iterator[Meter]:
         _CURRENT.reset(token)
 
 
-def charge(method: str, usage: Usage) -> None:
-    """Book ``usage`` of one ``method`` call on the current auction's meter (if any)."""
+def charge(method: str, usage: Usage, *, reported: bool = True) -> None:
+    """Book ``usage`` of one ``method`` call on the current auction's meter (if any);
+    ``reported=False`` for a call that raised (its cost is nowhere else)."""
     meter = _CURRENT.get()
     if meter is not None:
-        meter.add(PHASE_OF.get(method, method), usage)
+        meter.add(PHASE_OF.get(method, method), usage, reported=reported)

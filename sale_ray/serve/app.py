@@ -25,6 +25,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder as jsonable
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel
 
@@ -212,9 +213,10 @@ def create_app(
             body = await read_body(request, limits.max_body_bytes, deadline)
             req = ChatCompletionRequest.model_validate_json(body)
             gateway.check_chat(req)
+            tenant, key = _tenant(request), request.headers.get("idempotency-key")
             if req.stream:
                 headers, chunks = await run(
-                    request, gateway.chat_stream(req, timeout_s, _tenant(request)), deadline
+                    request, gateway.chat_stream(req, timeout_s, tenant, key), deadline
                 )
                 return _Stream(
                     chunks,
@@ -224,7 +226,7 @@ def create_app(
                     headers={**headers, "cache-control": "no-cache"},
                 )
             completion, headers = await run(
-                request, gateway.chat(req, timeout_s, _tenant(request)), deadline
+                request, gateway.chat(req, timeout_s, tenant, key), deadline
             )
             return _json(completion, headers)
 
@@ -251,7 +253,8 @@ def create_app(
     @app.get("/v1/auctions/{auction_id}")
     async def auction(request: Request, auction_id: str) -> Response:
         async def work() -> Response:
-            return _json(gateway.auction(auction_id))
+            rec = await gateway.auction(auction_id)
+            return _json(rec) if isinstance(rec, BaseModel) else JSONResponse(jsonable(rec))
 
         return await answer(request, "auctions", work)
 
@@ -265,7 +268,7 @@ def create_app(
     @app.get("/healthz")
     async def healthz(request: Request) -> Response:
         async def work() -> Response:
-            return JSONResponse({"status": "ok", "agents": sorted(gateway.agents)})
+            return JSONResponse(await gateway.health())
 
         return await answer(request, "healthz", work, public=True)
 

@@ -14,6 +14,7 @@ Ray it started); a Serve someone else started keeps running without our apps.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import signal
 import sys
 import time
@@ -54,6 +55,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     with _serving(args.address, ["sale"]):
+        # the service first, in this process: a config that cannot start fails here, and the
+        # replicas attach to it; one this command started (none was up) ends with it
+        svc = _service(config)
         port = start_serve(sc)
         serve.run(build_app(config), name="sale", route_prefix="/")
         names = ", ".join(a.name for a in config.pool.agents)
@@ -61,8 +65,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
             f"sale-ray: serving http://{sc.host}:{port}/v1 (models: sale, {names}); Ctrl-C stops",
             file=sys.stderr,
         )
-        _wait()
+        try:
+            _wait()
+        finally:
+            if svc.started:
+                asyncio.run(svc.close())
     return 0
+
+
+def _service(config: Any) -> Any:
+    """The running service ``service.name``, or one started for this command (not detached:
+    it ends with it; ``svc.started`` says which)."""
+    from ..service.handle import up
+    from .deployment import serve_config
+
+    return asyncio.run(up(serve_config(config), detached=False))
 
 
 @contextmanager

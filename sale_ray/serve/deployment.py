@@ -1,8 +1,10 @@
-"""The thin Ray Serve deployment: start the agent pool, hand Serve a gateway's FastAPI app.
+"""The thin Ray Serve deployment: a replica holds a handle on the service, nothing more.
 
 Everything the endpoint does lives in plain classes (:mod:`.gateway`, :mod:`.app`); this module
-only wires them to Serve. Each replica starts its own agent actors (they live and die with it),
-so keep ``serve.num_replicas: 1`` for a pool of local models; scale hosted-API pools freely.
+only wires them to Serve. A replica attaches to the service named ``service.name`` — starting
+it (detached) when none is up, which racing replicas do safely — so every replica, and every
+batch job beside them, shares one pool of agents, one set of limits, one memory and one log.
+``serve.num_replicas: 2`` with local models runs one model server per agent, not per replica.
 
 Entry points: :func:`build_app` (Python, ``sale-ray serve``) and :func:`app_builder`
 (``serve run`` / ``serve deploy`` with ``import_path: sale_ray.serve.deployment:app_builder``).
@@ -27,34 +29,29 @@ PROXY_TIMEOUT_MARGIN_S = 10.0  # Serve's own 408 is a backstop behind the app's 
 @serve.deployment(name="SaleGateway")
 @serve.ingress()
 class SaleGateway:
-    """One replica: an agent pool and the gateway over it (built at replica start)."""
+    """One replica: a gateway over the shared service (attached at replica start)."""
 
     def __init__(self, config: dict[str, Any]) -> None:
-        cfg = SaleConfig.model_validate(config)
-        # Serve runs callers' code and tests (/v1/tasks): sandbox.serve_require becomes required.
-        self._config = cfg.model_copy(update={"sandbox": cfg.sandbox.for_serve()})
-        self._pool: Any = None
+        self._config = serve_config(SaleConfig.model_validate(config))
 
     async def __serve_build_asgi_app__(self) -> FastAPI:
-        from ..batch import make_evaluator
-        from ..runtime import start_agents
+        from ..service.handle import up
         from .app import create_app
         from .auth import ApiKeys
         from .gateway import Gateway
-        from .handles import RayAgent, direct_agent
 
         keys = ApiKeys.load(self._config.serve)  # before any model starts: fail fast
-        self._pool = await start_agents(self._config)
-        specs = {a.name: a for a in self._config.pool.agents}
-        agents = {
-            n: RayAgent(n, h, h.actor, await direct_agent(specs[n], self._config, h.actor))
-            for n, h in self._pool.handles.items()
-        }
-        gateway = Gateway(
-            agents, self._pool.prices, self._config, evaluate=make_evaluator(self._config)
-        )
+        svc = await up(self._config)  # the running service, or started here (once)
+        info = await svc.describe()
+        gateway = Gateway(info["agents"], info["prices"], self._config, service=svc)
         # Serve cancels a handler whose client left: no need to watch the connection here
-        return create_app(gateway, keys, on_shutdown=self._pool.stop, watch_disconnect=False)
+        return create_app(gateway, keys, watch_disconnect=False)
+
+
+def serve_config(config: SaleConfig) -> SaleConfig:
+    """The config a service started for serving runs: Serve runs callers' code and tests
+    (``/v1/tasks``), so ``sandbox.serve_require`` becomes required."""
+    return config.model_copy(update={"sandbox": config.sandbox.for_serve()})
 
 
 def deployment_options(sc: ServeConfig) -> dict[str, Any]:

@@ -14,6 +14,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from ..agents.quota import BudgetExhausted, QuotaExhausted
+from ..auctioneer import Overloaded, UnknownName
 from ..config import format_validation_error
 from ..errors import (
     InfraError,
@@ -109,6 +111,15 @@ def to_http(exc: BaseException) -> tuple[int, dict[str, Any], dict[str, str]]:
     if isinstance(exc, HTTPProblem):
         status, etype, param, code, headers = exc.status, exc.type, exc.param, exc.code, exc.headers
         message = str(exc)
+    elif isinstance(exc, QuotaExhausted):  # an agent's RPM / TPM / budget: try again later
+        status, etype, message = 429, "rate_limit_exceeded", str(exc)
+        code = "insufficient_quota" if isinstance(exc, BudgetExhausted) else None
+        headers = {"retry-after": "1"}
+    elif isinstance(exc, Overloaded):
+        status, etype, message = 503, "overloaded", str(exc)
+        headers = {"retry-after": "1"}
+    elif isinstance(exc, UnknownName):
+        status, etype, message = 404, "invalid_request_error", str(exc)
     elif isinstance(exc, ValidationError):
         errs = exc.errors(include_input=False, include_url=False)
         status, etype = 422, "invalid_request_error"

@@ -2,36 +2,37 @@
 
 It turns a chat request into an auction (model ``sale``) or a passthrough call (model = an
 agent's name), a task request into an auction with its verifier, and every result into an
-OpenAI-shaped answer that says who answered, why, and what it cost. It keeps the recent records
-(:class:`~sale_ray.serve.store.RecordStore`) and counts metrics. Cancelling any of its
-coroutines cancels the model calls under it.
+OpenAI-shaped answer that says who answered, why, and what it cost. It counts metrics.
+Cancelling any of its coroutines cancels the model calls under it.
 
-Streaming an auction: the auction runs as usual (``protocol.run_auction``), but the winner's
-``execute`` is served by its ``execute_stream``, whose deltas are relayed as they come. The
-response starts when the winner starts executing, so its headers can name the auction and the
-winner; the cost and every agent's C − V ride on the last chunk's ``sale`` field (which is the
-authority: if the winner's actor dies before writing, the runner-up executes instead).
+The gateway owns no agents, limits or records: every auction and passthrough call goes to the
+**service** (:class:`~sale_ray.service.handle.Service` on a cluster — shared by every replica
+and every other door — or :class:`~sale_ray.service.local.LocalService` in one process). So
+online requests get the same gates, budget ledger, idempotency (a retried ``sale.task_id`` or
+``Idempotency-Key`` returns the first auction), memory and durable log as batch jobs.
+
+Streaming an auction: the service runs it as usual, but the winner's ``execute`` is served by
+its ``execute_stream``, whose deltas are relayed as they come. The response starts when the
+winner starts executing, so its headers can name the auction and the winner; the cost and every
+agent's C − V ride on the last chunk's ``sale`` field (which is the authority: if the winner's
+actor dies before writing, the runner-up executes instead).
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
+import hashlib
 import time
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
-from ..auction.protocol import run_auction
 from ..config import SaleConfig
-from ..errors import ModelError, TruncatedOutput
-from ..types import TASK_ID_PATTERN, AuctionRecord, Execution, Task, Usage
+from ..errors import TruncatedOutput
+from ..types import TASK_ID_PATTERN, AuctionRecord, Task, Usage
 from . import conversation, explain, policies
 from .errors import InvalidRequest, NotFound, UpstreamFailed
-from .handles import ServeAgent
 from .metrics import PASSTHROUGH, Metrics
 from .policies import Policy
-from .store import RecordStore
 from .wire import (
     SALE_MODEL,
     AssistantMessage,
@@ -51,7 +52,13 @@ from .wire import (
     new_id,
 )
 
-AuctionFn = Callable[..., Awaitable[AuctionRecord]]
+IDEMPOTENCY_KEY_MAX = 200
+
+
+def idempotent_task_id(tenant: str, key: str) -> str:
+    """The task id of a request carrying ``Idempotency-Key: key``: per tenant (two tenants'
+    keys never collide), and a digest (the key itself is never stored or logged)."""
+    return "idem-" + hashlib.sha256(f"{tenant}\x00{key}".encode()).hexdigest()[:40]
 
 
 class Chunks:
@@ -76,7 +83,6 @@ class Chunks:
             await self._cleanup()
 
 
-_DONE = object()
 UPSTREAM_TIMEOUT_MARGIN_S = 1.0
 
 
@@ -113,56 +119,38 @@ class _Chunker:
         )
 
 
-class _Teed:
-    """An agent whose ``execute`` streams: deltas go to ``queue`` as the winner writes them."""
-
-    def __init__(self, inner: ServeAgent, queue: asyncio.Queue[Any]) -> None:
-        self.inner, self.queue, self.name = inner, queue, inner.name
-
-    async def bid(self, task: Task) -> Any:
-        return await self.inner.bid(task)
-
-    async def judge(self, task: Task, plans: Sequence[tuple[str, str]]) -> Any:
-        return await self.inner.judge(task, plans)
-
-    async def refine(self, task: Task, plan: str, pairs: Sequence[Any]) -> Any:
-        return await self.inner.refine(task, plan, pairs)
-
-    async def execute(self, task: Task, plan: str) -> Execution:
-        self.queue.put_nowait(("start", self.name))
-        async with contextlib.aclosing(self.inner.execute_stream(task, plan)) as items:
-            async for item in items:
-                if isinstance(item, Execution):
-                    return item
-                self.queue.put_nowait(("delta", item))
-        raise ModelError(f"{self.name}: execution stream ended without its result")
-
-
 class Gateway:
-    """Chat, task, record and model-list operations over a pool of agents."""
+    """Chat, task, record and model-list operations over a service's pool of agents.
+
+    ``agents``: the pool's agent names (or in-process handles, then ``service`` may be left
+    out: a :class:`~sale_ray.service.local.LocalService` is built over them). ``prices``: $/Mtok
+    out per agent (or (in, out) pairs)."""
 
     def __init__(
         self,
-        agents: Mapping[str, ServeAgent],
-        prices: Mapping[str, float],
+        agents: Mapping[str, Any] | list[str],
+        prices: Mapping[str, Any],
         config: SaleConfig,
         *,
         evaluate: Callable[..., Awaitable[Any]] | None = None,
         metrics: Metrics | None = None,
-        auction_fn: AuctionFn = run_auction,
+        service: Any = None,
     ) -> None:
         taken = sorted(n for n in agents if policies.is_auction(n))
         if taken:
             raise ValueError(f"no agent may be named {SALE_MODEL!r} or 'sale:…': {taken}")
-        self.agents = dict(agents)
-        self.prices = dict(prices)
+        if service is None:
+            from ..service.local import LocalService
+
+            assert isinstance(agents, Mapping), "in-process serving needs agent handles"
+            service = LocalService.over(agents, prices, config, evaluate=evaluate)
+        self.service = service
+        self.agents = list(agents)
+        self.prices = {n: p[1] if isinstance(p, tuple | list) else p for n, p in prices.items()}
         self.config = config
         self.policies = policies.build(config, self.prices)
         self.limits = config.serve
-        self.evaluate = evaluate
         self.metrics = metrics or Metrics()
-        self.store = RecordStore(config.serve.max_records)
-        self._auction_fn = auction_fn
 
     # --- reads -----------------------------------------------------------------------------
     def models(self) -> ModelList:
@@ -177,15 +165,20 @@ class Gateway:
         ]
         return ModelList(data=cards)
 
-    def auction(self, auction_id: str) -> AuctionRecord:
-        rec = self.store.get(auction_id)
+    async def auction(self, auction_id: str) -> Any:
+        """An auction's record, from any replica: the service's recent records, else its
+        durable log (then the log's row, a dict)."""
+        rec = await self.service.record(auction_id)
         if rec is None:
-            raise NotFound(
-                f"no recent auction {auction_id[:64]!r} on this replica (only the "
-                f"last {self.store.max_records} are kept)",
-                param="auction_id",
-            )
+            raise NotFound(f"no auction {auction_id[:64]!r} in this service", param="auction_id")
         return rec
+
+    async def health(self) -> dict[str, Any]:
+        """``ok`` while every agent answers, ``degraded`` while some do not (a dead agent is
+        being restarted): each agent's state, as the service sees it."""
+        agents = (await self.service.health())["agents"]
+        ok = all(v == "alive" for v in agents.values())
+        return {"status": "ok" if ok else "degraded", "agents": agents}
 
     # --- validation --------------------------------------------------------------------------
     def check_chat(self, req: ChatCompletionRequest) -> None:
@@ -213,16 +206,28 @@ class Gateway:
             if req.sale is not None:
                 raise InvalidRequest("sale: only for model 'sale'", param="sale")
 
-    def _task(self, req: ChatCompletionRequest) -> Task:
-        """The task of an auction: the whole conversation, rendered (conversation.py)."""
+    def _task(
+        self, req: ChatCompletionRequest, tenant: str = "none", idempotency_key: str | None = None
+    ) -> Task:
+        """The task of an auction: the whole conversation, rendered (conversation.py). Its id
+        is ``sale.task_id``, else one derived from the ``Idempotency-Key`` header, else new:
+        the service runs one auction per id, so a retried request spends nothing twice."""
         opts = req.sale or SaleOptions()
         text = conversation.task_text(req.messages, self.limits.max_conversation_tokens)
         if opts.task_id is not None and not TASK_ID_PATTERN.match(opts.task_id):
             raise InvalidRequest(
                 "sale.task_id: 1-200 chars of letters, digits, _ . : / -", param="sale.task_id"
             )
+        tid = opts.task_id
+        if tid is None and idempotency_key is not None:
+            if not 1 <= len(idempotency_key) <= IDEMPOTENCY_KEY_MAX:
+                raise InvalidRequest(
+                    f"Idempotency-Key: 1-{IDEMPOTENCY_KEY_MAX} characters",
+                    param="Idempotency-Key",
+                )
+            tid = idempotent_task_id(tenant, idempotency_key)
         return Task(
-            id=opts.task_id or new_id("chat"),
+            id=tid or new_id("chat"),
             prompt=text,
             kind=opts.kind,
             entry_point=opts.entry_point,
@@ -241,24 +246,9 @@ class Gateway:
 
     # --- auctions ----------------------------------------------------------------------------
     async def _run(
-        self,
-        task: Task,
-        policy: Policy,
-        tenant: str,
-        agents: Mapping[str, Any] | None = None,
-        *,
-        evaluate: Any = None,
-        auction_id: str | None = None,
+        self, task: Task, policy: Policy, tenant: str, *, evaluate: bool = False
     ) -> AuctionRecord:
-        rec = await self._auction_fn(
-            task,
-            agents or self.agents,
-            self.prices,
-            policy.config,
-            evaluate=evaluate,
-            auction_id=auction_id,
-        )
-        self.store.put(rec)
+        rec = await self.service.submit(task, policy=policy.model, evaluate=evaluate, tenant=tenant)
         self.metrics.observe_record(rec, policy=policy.model, tenant=tenant)
         return rec
 
@@ -277,13 +267,17 @@ class Gateway:
         )
 
     async def chat(
-        self, req: ChatCompletionRequest, timeout_s: float, tenant: str = "none"
+        self,
+        req: ChatCompletionRequest,
+        timeout_s: float,
+        tenant: str = "none",
+        idempotency_key: str | None = None,
     ) -> tuple[ChatCompletion, dict[str, str]]:
         """A whole completion: an auction's winning answer, or one agent's (passthrough).
-        ``tenant`` labels the metrics (the API key's tenant)."""
+        ``tenant``: the API key's tenant (its spend and metrics)."""
         if policies.is_auction(req.model):
             policy = policies.resolve(self.policies, req.model)
-            rec = await self._run(self._task(req), policy, tenant)
+            rec = await self._run(self._task(req, tenant, idempotency_key), policy, tenant)
             info = self._info(rec, policy)
             if (err := self._failed(rec, info)) is not None:
                 raise err
@@ -296,10 +290,12 @@ class Gateway:
                 usage=_wire_usage(explain.total_usage(rec)),
                 sale=info,
             ), explain.headers(info)
-        agent = self.agents[req.model]
-        result, usage = await agent.complete(req.plain_messages(), self._params(req, timeout_s))
-        self.metrics.observe_usage(agent.name, usage, PASSTHROUGH, tenant)
-        info = explain.passthrough_info(agent.name, usage)
+        name = req.model
+        result, usage = await self.service.complete(
+            name, req.plain_messages(), self._params(req, timeout_s), tenant=tenant
+        )
+        self.metrics.observe_usage(name, usage, PASSTHROUGH, tenant)
+        info = explain.passthrough_info(name, usage)
         choice = Choice(
             message=AssistantMessage(content=result.text), finish_reason=result.finish_reason
         )
@@ -312,7 +308,11 @@ class Gateway:
         ), explain.headers(info)
 
     async def chat_stream(
-        self, req: ChatCompletionRequest, timeout_s: float, tenant: str = "none"
+        self,
+        req: ChatCompletionRequest,
+        timeout_s: float,
+        tenant: str = "none",
+        idempotency_key: str | None = None,
     ) -> tuple[dict[str, str], Chunks]:
         """Start a streamed completion; return once its first byte can go out.
 
@@ -320,18 +320,20 @@ class Gateway:
         raises, and the caller ends the stream with an error event (never a clean finish).
         """
         if policies.is_auction(req.model):
-            return await self._stream_auction(req, tenant)
+            return await self._stream_auction(req, tenant, idempotency_key)
         return await self._stream_passthrough(req, timeout_s, tenant)
 
     async def _stream_passthrough(
         self, req: ChatCompletionRequest, timeout_s: float, tenant: str
     ) -> tuple[dict[str, str], Chunks]:
-        agent = self.agents[req.model]
-        items = agent.complete_stream(req.plain_messages(), self._params(req, timeout_s))
+        name = req.model
+        items = self.service.complete_stream(
+            name, req.plain_messages(), self._params(req, timeout_s), tenant=tenant
+        )
         try:
             first = await anext(items)
         except StopAsyncIteration:
-            raise TruncatedOutput(f"{agent.name}: stream ended before any output") from None
+            raise TruncatedOutput(f"{name}: stream ended before any output") from None
         except BaseException:
             await items.aclose()
             raise
@@ -347,64 +349,87 @@ class Gateway:
                     try:
                         item = await anext(items)
                     except StopAsyncIteration:
-                        raise TruncatedOutput(f"{agent.name}: stream ended early") from None
+                        raise TruncatedOutput(f"{name}: stream ended early") from None
                 finish, usage = item
-                self.metrics.observe_usage(agent.name, usage, PASSTHROUGH, tenant)
-                info = explain.passthrough_info(agent.name, usage)
+                self.metrics.observe_usage(name, usage, PASSTHROUGH, tenant)
+                info = explain.passthrough_info(name, usage)
                 yield make(Delta(), finish, sale=info)
                 if with_usage:
                     yield make(Delta(), choices=False, usage=_wire_usage(usage))
 
-        return {explain.H_WINNER: agent.name}, Chunks(chunks(), items.aclose)
+        return {explain.H_WINNER: name}, Chunks(chunks(), items.aclose)
 
     async def _stream_auction(
-        self, req: ChatCompletionRequest, tenant: str
+        self, req: ChatCompletionRequest, tenant: str, idempotency_key: str | None
     ) -> tuple[dict[str, str], Chunks]:
         policy = policies.resolve(self.policies, req.model)
-        task = self._task(req)
-        queue: asyncio.Queue[Any] = asyncio.Queue()
-        teed = {n: _Teed(a, queue) for n, a in self.agents.items()}
-        aid = uuid.uuid4().hex
-        job = asyncio.ensure_future(self._run(task, policy, tenant, teed, auction_id=aid))
-        job.add_done_callback(lambda _: queue.put_nowait(_DONE))
+        task = self._task(req, tenant, idempotency_key)
+        events = self.service.stream_one(task, policy=policy.model, tenant=tenant)
         try:
-            while (ev := await queue.get()) is not _DONE and ev[0] != "start":
-                pass
-            if ev is _DONE:  # finished without executing: no valid bid, or a crash
-                rec = job.result()
-                raise self._failed(rec, self._info(rec, policy)) or UpstreamFailed("no answer")
+            ev = await anext(events)
+            if ev[0] == "record":  # already auctioned (a retry), or over without executing
+                rec = ev[1]
+                self.metrics.observe_record(rec, policy=policy.model, tenant=tenant)
+                err = self._failed(rec, self._info(rec, policy))
+                if err is not None:
+                    raise err
+        except StopAsyncIteration:
+            raise UpstreamFailed("auction stream ended without a record") from None
         except BaseException:
-            job.cancel()
+            await events.aclose()
             raise
+        if ev[0] == "record":
+            return self._replay(req, policy, ev[1], events)
+        start = ev[1]
+        aid = start["auction_id"]
         make = _Chunker(policy.model, f"chatcmpl-{aid}")
         with_usage = bool(req.stream_options and req.stream_options.include_usage)
 
         async def chunks() -> AsyncIterator[ChatCompletionChunk]:
             wrote = False
-            try:
+            async with contextlib.aclosing(events):
                 yield make(Delta(role="assistant", content=""))
-                while (ev := await queue.get()) is not _DONE:
-                    kind, value = ev
+                rec = None
+                async for kind, value in events:
                     if kind == "delta":
                         wrote = True
                         yield make(Delta(content=value))
+                    elif kind == "record":
+                        rec = value
                     elif wrote:  # a second executor after text went out: cannot be spliced
                         raise UpstreamFailed(f"auction {aid}: the winner failed mid-answer")
-                rec = job.result()
+                if rec is None:
+                    raise UpstreamFailed(f"auction {aid}: stream ended without its record")
+                self.metrics.observe_record(rec, policy=policy.model, tenant=tenant)
                 info = self._info(rec, policy)
                 if (err := self._failed(rec, info)) is not None:
                     raise err
                 yield make(Delta(), "stop", sale=info)
                 if with_usage:
                     yield make(Delta(), choices=False, usage=_wire_usage(explain.total_usage(rec)))
-            finally:
-                if not job.done():
-                    job.cancel()
 
-        async def stop() -> None:
-            job.cancel()
+        return {explain.H_AUCTION: aid, explain.H_WINNER: start["winner"]}, Chunks(
+            chunks(), events.aclose
+        )
 
-        return {explain.H_AUCTION: aid, explain.H_WINNER: ev[1]}, Chunks(chunks(), stop)
+    def _replay(
+        self, req: ChatCompletionRequest, policy: Policy, rec: AuctionRecord, events: Any
+    ) -> tuple[dict[str, str], Chunks]:
+        """A stream of an auction that already ran: its answer in one chunk, then the end."""
+        assert rec.execution is not None
+        make = _Chunker(policy.model, f"chatcmpl-{rec.auction_id}")
+        info = self._info(rec, policy)
+        with_usage = bool(req.stream_options and req.stream_options.include_usage)
+        answer = rec.execution.answer
+
+        async def chunks() -> AsyncIterator[ChatCompletionChunk]:
+            yield make(Delta(role="assistant", content=""))
+            yield make(Delta(content=answer))
+            yield make(Delta(), "stop", sale=info)
+            if with_usage:
+                yield make(Delta(), choices=False, usage=_wire_usage(explain.total_usage(rec)))
+
+        return explain.headers(info), Chunks(chunks(), events.aclose)
 
     # --- tasks -------------------------------------------------------------------------------
     async def run_task(
@@ -419,7 +444,7 @@ class Gateway:
                 f"prompt: {len(task.prompt)} characters, at most {self.limits.max_prompt_chars}",
                 param="prompt",
             )
-        rec = await self._run(task, policy, tenant, evaluate=self.evaluate)
+        rec = await self._run(task, policy, tenant, evaluate=True)
         info = self._info(rec, policy)
         ex = rec.execution
         return TaskResult(

@@ -36,7 +36,7 @@ import re
 import threading
 import time
 import zlib
-from collections import deque
+from collections import Counter, deque
 from typing import Any
 
 _MARK = re.compile(r"\[(slow|hang|status|garbage|cut|length|drip|id|best)(?::([\w.\-]+))?\]")
@@ -91,6 +91,7 @@ class ScriptedUpstream:
         self.events: list[tuple[str, str]] = []
         # bounded: the benchmark's upstream serves many thousands of requests
         self.bodies: deque[tuple[str, dict]] = deque(maxlen=2000)
+        self.calls: Counter[str] = Counter()  # chat requests per model, never bounded
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: asyncio.Server | None = None
         self._thread: threading.Thread | None = None
@@ -197,6 +198,7 @@ class ScriptedUpstream:
         part = "jury" if req.get("response_format") else "bid" if req.get("logprobs") else "answer"
         with self._cond:
             self.bodies.append((part, req))
+            self.calls[str(req.get("model"))] += 1
         if req.get("response_format"):
             labels = req["response_format"]["json_schema"]["schema"]["required"]
             scores = _jury_scores(_all_text(req), labels)

@@ -17,9 +17,12 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from sale_ray.config import AgentSpec, AuctionConfig, PoolSpec, SaleConfig, ServeConfig
+from sale_ray.memory.config import MemoryConfig
 from sale_ray.serve.conversation import render
 from sale_ray.serve.scripted import ScriptedUpstream
 from sale_ray.serve.wire import ChatCompletionRequest
+from sale_ray.service.config import ServiceConfig
+from sale_ray.service.handle import down
 
 pytestmark = pytest.mark.integration
 
@@ -71,10 +74,17 @@ def deploy(serve_port, upstream, tmp_path_factory):
         )
 
     def make(name: str, prefix: str, **limits) -> str:
+        state = tmp_path_factory.mktemp(name)
         config = SaleConfig(
             pool=PoolSpec(agents=[spec("cheap", 0.1), spec("dear", 1.0)]),
             auction=AuctionConfig(bid_timeout_s=5, jury_timeout_s=5),
             serve=ServeConfig(api_keys_env=None, api_keys_file=str(keys), **limits),
+            # the memory's part online is tested in test_service.py; here every prompt is counted
+            memory=MemoryConfig(enabled=False),
+            # each app its own service (its own limits), its ledger and log in a temp folder
+            service=ServiceConfig(
+                name=name, log_uri=str(state / "log"), ledger_uri=str(state / "ledger.json")
+            ),
         )
         serve.run(build_app(config), name=name, route_prefix=prefix)
         apps.append(name)
@@ -87,6 +97,7 @@ def deploy(serve_port, upstream, tmp_path_factory):
     yield make
     for name in apps:
         serve.delete(name)
+        asyncio.run(down(name))
 
 
 @pytest.fixture(scope="module")

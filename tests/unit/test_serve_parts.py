@@ -22,7 +22,6 @@ from sale_ray.serve.errors import (
     to_http,
 )
 from sale_ray.serve.metrics import Metrics
-from sale_ray.serve.store import RecordStore
 from sale_ray.serve.wire import ChatCompletionRequest, TaskRequest
 from sale_ray.types import AuctionRecord, Bid, Execution, ScoredBid, Usage
 
@@ -194,15 +193,6 @@ def test_keys_are_never_in_the_config():
 
 
 # --- store, metrics, explanations -------------------------------------------------------------
-def test_the_record_store_keeps_only_the_most_recent_records():
-    store = RecordStore(3)
-    for i in range(5):
-        store.put(_record(f"a{i}"))
-    assert len(store) == 3
-    assert store.get("a0") is None and store.get("a1") is None
-    assert store.get("a4").auction_id == "a4"
-
-
 def test_metrics_count_requests_spend_per_phase_and_wins_per_policy():
     m = Metrics()
     m.observe_request("chat", 200, 0.01, "ci")

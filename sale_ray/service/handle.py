@@ -1,0 +1,306 @@
+"""The handle a door holds on a service, and the service's lifecycle: up, attach, status, down.
+
+A service is the auctioneer actor plus one actor per agent, named in the ``sale-ray``
+namespace (:mod:`.names`). Every door talks to the auctioneer only, through :class:`Service`:
+it owns the agents' limits, the ledger, idempotency, the memory and the log, so whatever the
+door — a batch job, a Serve replica, an evaluation — the same limits hold and the same records
+land. Doors never write ``.remote`` on our actors; they call :class:`Service` methods, which
+forward cancellation (a caller that gives up stops the remote work) and return the actor's own
+exceptions rather than Ray's wrappers.
+
+``open_service(config)`` is what doors use: attach to the running service of
+``config.service.name`` (``service.attach: auto``), else start a private one that lives as long
+as the ``async with`` block — today's one-command behaviour, so ``make demo`` needs no ``up``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from ..config import SaleConfig
+from ..errors import UserError
+from ..types import AuctionRecord, Task
+from . import names
+from .names import NAMESPACE
+
+log = logging.getLogger(__name__)
+
+
+class ServiceNotFound(UserError):
+    """No service of that name is running on this Ray cluster."""
+
+
+class Service:
+    """A door's handle on one running service (its auctioneer actor).
+
+    ``owned``: the agent pool this handle started (a private service, or ``up``); only an
+    owner's :meth:`close` stops the service. An attached handle's ``close`` leaves it running.
+    """
+
+    def __init__(self, name: str | None, auctioneer: Any, *, owned: Any = None) -> None:
+        self.name = name
+        self.actor = auctioneer
+        self._owned = owned
+
+    @property
+    def started(self) -> bool:
+        """True when this handle started the service (its :meth:`close` stops it)."""
+        return self._owned is not None
+
+    @property
+    def private(self) -> bool:
+        """True when this handle started the service for itself (it ends with the handle)."""
+        return self._owned is not None and self.name is None
+
+    # -- calls ---------------------------------------------------------------------------------
+    async def _call(self, ref: Any) -> Any:
+        import ray
+
+        from ..runtime import unwrap
+
+        try:
+            return await ref
+        except asyncio.CancelledError:
+            ray.cancel(ref)
+            raise
+        except ray.exceptions.RayTaskError as e:
+            raise unwrap(e) from None
+
+    async def _stream(self, gen: Any) -> AsyncIterator[Any]:
+        import ray
+
+        from ..runtime import unwrap
+
+        finished = False
+        try:
+            async for ref in gen:
+                try:
+                    yield await ref
+                except ray.exceptions.RayTaskError as e:
+                    raise unwrap(e) from None
+            finished = True
+        finally:
+            if not finished:  # closed early, cancelled or failed: stop the remote stream
+                ray.cancel(gen)
+
+    async def submit(
+        self,
+        task: Task,
+        *,
+        policy: str | None = None,
+        evaluate: bool = True,
+        tenant: str = "none",
+    ) -> AuctionRecord:
+        """Auction one task (idempotent by task id: a retry returns the first record)."""
+        return await self._call(self.actor.submit.remote(task, policy, evaluate, tenant))
+
+    def stream(self, tasks: list[Task]) -> AsyncIterator[dict[str, Any]]:
+        """Submit many; groups ``{"records": [...], "refused": {id: why}}`` as they finish."""
+        return self._stream(self.actor.stream.remote(tasks))
+
+    def stream_one(
+        self, task: Task, *, policy: str | None = None, tenant: str = "none"
+    ) -> AsyncIterator[tuple[str, Any]]:
+        """One auction as events: ``start``, ``delta``…, ``record`` (closing it cancels)."""
+        return self._stream(self.actor.stream_one.remote(task, policy, tenant))
+
+    async def complete(
+        self, agent: str, messages: list, params: dict, *, tenant: str = "none"
+    ) -> tuple[Any, Any]:
+        """One agent's completion within its limits (the endpoint's passthrough)."""
+        return await self._call(self.actor.complete.remote(agent, messages, params, tenant))
+
+    def complete_stream(
+        self, agent: str, messages: list, params: dict, *, tenant: str = "none"
+    ) -> AsyncIterator[Any]:
+        """:meth:`complete`, streamed: deltas, then ``(finish_reason, usage)``."""
+        return self._stream(self.actor.complete_stream.remote(agent, messages, params, tenant))
+
+    async def record(self, auction_id: str) -> Any:
+        """A recent :class:`AuctionRecord`, an older auction's log row (dict), or None."""
+        return await self._call(self.actor.record.remote(auction_id))
+
+    async def describe(self) -> dict[str, Any]:
+        """Agents, prices, policies, where the ledger and log live, the config."""
+        return await self._call(self.actor.describe.remote())
+
+    async def health(self) -> dict[str, Any]:
+        """Each agent's liveness and the auctioneer's counters."""
+        return await self._call(self.actor.health.remote())
+
+    async def stats(self) -> dict[str, Any]:
+        """The auctioneer's counters, money and batching."""
+        return await self._call(self.actor.stats.remote())
+
+    async def flush(self) -> None:
+        """Write the ledger and the log now."""
+        await self._call(self.actor.flush.remote())
+
+    async def snapshot(self) -> str | None:
+        """Snapshot the memory to ``storage.snapshot_uri`` (None when there is nowhere to)."""
+        return await self._call(self.actor.snapshot.remote())
+
+    async def close(self) -> None:
+        """Stop the service if this handle started it; an attached handle only lets go."""
+        if self._owned is None:
+            return
+        import ray
+
+        try:
+            await self._call(self.actor.stop.remote())
+        except Exception as e:  # already dead: kill what is left
+            log.warning("service stop: %s: %s", type(e).__name__, str(e)[:200])
+            await self._owned.stop()
+        ray.kill(self.actor, no_restart=True)
+        self._owned = None
+
+
+# --- lifecycle ------------------------------------------------------------------------------------
+def attach(name: str) -> Service:
+    """The running service ``name`` (Ray must be connected). Raises :class:`ServiceNotFound`."""
+    import ray
+
+    try:
+        actor = ray.get_actor(names.auctioneer_name(name), namespace=NAMESPACE)
+    except ValueError:
+        raise ServiceNotFound(
+            f"no sale-ray service {name!r} is running on this Ray cluster "
+            f"(start one with `sale-ray up --name {name}`)"
+        ) from None
+    return Service(name, actor)
+
+
+def _state(config: SaleConfig, name: str, ledger_uri: str | None, log_uri: str | None) -> dict:
+    sc = config.service
+    return {
+        "name": name,
+        "ledger_uri": ledger_uri,
+        "log_uri": log_uri,
+        "flush_s": sc.flush_s,
+    }
+
+
+async def up(
+    config: SaleConfig,
+    *,
+    name: str | None = None,
+    detached: bool | None = None,
+    ledger_uri: str | None = "",
+    log_uri: str | None = "",
+) -> Service:
+    """Start service ``name`` (default ``config.service.name``), or return it if it is up.
+
+    Every actor is created only if its name is free, so doors racing to start one service
+    (two Serve replicas) end up sharing it. ``ledger_uri`` / ``log_uri``: "" takes the
+    ``service:`` section's, None turns them off. Waits until every agent serves its model.
+
+    A service that is not ``detached`` lives as long as the returned handle (Ray collects an
+    actor nobody holds a handle to, named or not) and its owner process: keep it."""
+    from ..runtime import start_agents, start_auctioneer
+
+    sc = config.service
+    name = name or sc.name
+    detached = sc.detached if detached is None else detached
+    ledger = names.fill(sc.ledger_uri if ledger_uri == "" else ledger_uri, name)
+    logs = names.fill(sc.log_uri if log_uri == "" else log_uri, name)
+    with contextlib.suppress(ServiceNotFound):
+        return attach(name)
+    pool = await start_agents(
+        config,
+        names={a.name: names.agent_name(name, a.name) for a in config.pool.agents},
+        namespace=NAMESPACE,
+        detached=detached,
+        max_restarts=sc.agent_max_restarts,
+    )
+    actor = start_auctioneer(
+        config,
+        pool,
+        name=names.auctioneer_name(name),
+        namespace=NAMESPACE,
+        detached=detached,
+        max_restarts=sc.auctioneer_max_restarts,
+        state=_state(config, name, ledger, logs),
+    )
+    svc = Service(name, actor, owned=pool)
+    await svc.describe()  # the constructor ran: ledger read, policies valid
+    return svc
+
+
+async def down(name: str) -> dict[str, Any]:
+    """Stop service ``name``: flush its ledger and log, stop its models, kill its actors."""
+    import ray
+
+    svc = attach(name)
+    info = await svc.describe()
+    try:
+        await svc._call(svc.actor.stop.remote())
+    finally:
+        ray.kill(svc.actor, no_restart=True)
+        for agent in info["agents"]:  # actors the stop could not reach
+            with contextlib.suppress(ValueError):
+                ray.kill(
+                    ray.get_actor(names.agent_name(name, agent), namespace=NAMESPACE),
+                    no_restart=True,
+                )
+    return {"name": name, "stopped": True, "agents": info["agents"]}
+
+
+async def status(name: str) -> dict[str, Any]:
+    """Service ``name``'s agents (alive / unreachable / dead), money and counters."""
+    svc = attach(name)
+    info, health = await asyncio.gather(svc.describe(), svc.health())
+    st = health["stats"]
+    return {
+        "name": name,
+        "agents": health["agents"],
+        "policies": sorted(info["policies"]),
+        "ledger_uri": info["ledger_uri"],
+        "log_uri": info["log_uri"],
+        "spent_usd": st["spent_usd"],
+        "budget_usd": st["budget_usd"],
+        "in_flight": st["in_flight"],
+        "queued": st["queued"],
+        "counts": {k: st[k] for k in ("admitted", "finished", "duplicates", "refused", "crashed")},
+        "tenants": st.get("tenants", {}),
+        "service": st.get("service", {}),
+    }
+
+
+@contextlib.asynccontextmanager
+async def open_service(
+    config: SaleConfig,
+    *,
+    ledger_uri: str | None = None,
+    log_uri: str | None = None,
+    batched: bool = True,
+    endpoint_url: str | None = None,
+    region: str | None = None,
+) -> AsyncIterator[Service]:
+    """The service a door should use: the running ``config.service.name`` (``attach: auto``
+    or ``always``), else a private one for this block only (``auto`` or ``never``), with the
+    given ledger and log (a batch run passes its ``--out``'s ledger)."""
+    from ..runtime import start_agents, start_auctioneer
+
+    mode = config.service.attach
+    if mode != "never":
+        try:
+            svc = attach(config.service.name)
+        except ServiceNotFound:
+            if mode == "always":
+                raise
+        else:
+            log.info("attached to sale-ray service %r", config.service.name)
+            yield svc
+            return
+    pool = await start_agents(config, batched=batched)
+    state = _state(config, None, ledger_uri, log_uri)  # type: ignore[arg-type]
+    state.update(endpoint_url=endpoint_url, region=region)
+    svc = Service(None, start_auctioneer(config, pool, batched=batched, state=state), owned=pool)
+    try:
+        yield svc
+    finally:
+        await svc.close()
