@@ -31,6 +31,7 @@ from .auction.protocol import Evaluator, Refiner, run_auction
 from .auction.refinement import ContrastMemory, MemoryRefiner
 from .config import SaleConfig
 from .errors import ModelError, SaleRayError, UserError
+from .tenants import TenantGate, TenantLimits
 from .types import AuctionRecord, Evaluation, Execution, Task, Usage
 
 # (index, ok, value): value is the result, or "Type: message" of the error it raised
@@ -60,6 +61,7 @@ class Job:
     evaluate: bool = True
     tenant: str = "none"
     handles: Mapping[str, Any] | None = None
+    limits: TenantLimits | None = None  # the tenant's rate and budget (None: unlimited)
 
 
 RecordHook = Callable[[AuctionRecord, str], None]
@@ -220,6 +222,8 @@ class Auctioneer:
         self._forgotten: set[str] = set()  # ids whose record was evicted: still never re-run
         self._by_auction: OrderedDict[str, str] = OrderedDict()  # auction id -> task id
         self._waiters: dict[str, int] = {}  # task id -> callers awaiting its auction
+        self.tenant_gates: dict[str, TenantGate] = {}
+        self._tenant_holds: dict[str, tuple[TenantGate, float]] = {}  # task id -> reservation
         self.tenant_spent: dict[str, float] = {}
         self.queued = 0
         self._committed = 0.0  # $ held for the auctions running (run budget only)
@@ -256,6 +260,7 @@ class Auctioneer:
         evaluate: bool = True,
         tenant: str = "none",
         handles: Mapping[str, Any] | None = None,
+        limits: TenantLimits | None = None,
     ) -> Job:
         """The :class:`Job` of a submit: ``policy`` None runs the service's own config."""
         if policy is None:
@@ -264,7 +269,14 @@ class Auctioneer:
             cfg = self.policies[policy]
         else:
             raise UnknownName(f"unknown policy {policy!r}; known: {sorted(self.policies)}")
-        return Job(cfg, uuid.uuid4().hex, evaluate=evaluate, tenant=tenant, handles=handles)
+        return Job(
+            cfg,
+            uuid.uuid4().hex,
+            evaluate=evaluate,
+            tenant=tenant,
+            handles=handles,
+            limits=limits,
+        )
 
     async def submit(
         self,
@@ -273,14 +285,17 @@ class Auctioneer:
         policy: str | None = None,
         evaluate: bool = True,
         tenant: str = "none",
+        limits: TenantLimits | None = None,
     ) -> AuctionRecord:
         """Auction ``task`` (or return the record of its earlier auction: a retried id spends
         nothing twice). ``evaluate``: run the task's verifier (chat requests have none).
+        ``limits``: the tenant's rate and budget, held here for every door and replica.
 
         Raises :class:`Overloaded` when the queue is full and
         :class:`~sale_ray.agents.quota.BudgetExhausted` when no money is left; in both cases
         the id is not remembered, so the same task may be submitted again later."""
-        return await self._submit(task, self.job(policy, evaluate=evaluate, tenant=tenant))
+        job = self.job(policy, evaluate=evaluate, tenant=tenant, limits=limits)
+        return await self._submit(task, job)
 
     async def _submit(self, task: Task, job: Job) -> AuctionRecord:
         known = self._done.get(task.id)
@@ -296,6 +311,7 @@ class Auctioneer:
             if why:
                 self.counts["refused"] += 1
                 raise (BudgetExhausted if why.startswith(BUDGET_REFUSED) else Overloaded)(why)
+            self._admit_tenant(task, job)
             # the auction is its own task: a caller that gives up does not cancel it, and a
             # second caller for the same id waits on the same future
             fut = asyncio.ensure_future(self._run(task, job))
@@ -317,6 +333,33 @@ class Auctioneer:
             if left:
                 self._waiters[task.id] = left
 
+    def _tenant(self, name: str, limits: TenantLimits | None) -> TenantGate | None:
+        if limits is None or limits == TenantLimits():
+            return None
+        gate = self.tenant_gates.get(name)
+        if gate is None:
+            gate = self.tenant_gates[name] = TenantGate(name, limits)
+            gate.budget.spent = self.tenant_spent.get(name, 0.0)  # continued from the ledger
+        else:
+            gate.update(limits)
+        return gate
+
+    def _admit_tenant(self, task: Task, job: Job) -> None:
+        """Take the tenant's token and reserve the auction's estimate (raises when over)."""
+        gate = self._tenant(job.tenant, job.limits)
+        if gate is not None:
+            try:
+                held = gate.admit(self.auction_estimate(task))
+            except SaleRayError:
+                self.counts["refused"] += 1
+                raise
+            self._tenant_holds[task.id] = (gate, held)
+
+    def _release_tenant(self, task_id: str, cost_usd: float) -> None:
+        hold = self._tenant_holds.pop(task_id, None)
+        if hold is not None:
+            hold[0].settle(hold[1], cost_usd)
+
     async def _run(self, task: Task, job: Job) -> AuctionRecord:
         t0 = time.perf_counter()
         self.queued += 1
@@ -336,6 +379,7 @@ class Auctioneer:
                 self.timings.append((task.id, t1 - t0, time.perf_counter() - t1))
         finally:
             self._running.pop(task.id, None)
+            self._release_tenant(task.id, 0.0)  # never ran (cancelled while queued): nothing
         self.counts["finished"] += 1
         if budget_refused(rec):
             self.counts["budget_refused"] += 1  # not remembered: a later submit may run it
@@ -428,6 +472,7 @@ class Auctioneer:
         """Book a record's spend on its tenant and hand it to the log (never raises)."""
         if tenant != "none":
             rec = rec.model_copy(update={"tenant": tenant})
+        self._release_tenant(rec.task_id, rec.cost_usd)
         if rec.cost_usd:
             self.tenant_spent[tenant] = self.tenant_spent.get(tenant, 0.0) + rec.cost_usd
         if self.on_record is not None:
@@ -454,7 +499,12 @@ class Auctioneer:
 
     # -- one auction, streamed (the endpoint's ``stream: true``) ------------------------------
     async def stream_one(
-        self, task: Task, *, policy: str | None = None, tenant: str = "none"
+        self,
+        task: Task,
+        *,
+        policy: str | None = None,
+        tenant: str = "none",
+        limits: TenantLimits | None = None,
     ) -> AsyncIterator[tuple[str, Any]]:
         """Auction ``task`` and relay it as events: ``("start", {"winner", "auction_id"})``
         when the winner starts executing, ``("delta", text)`` as it writes, then
@@ -472,11 +522,14 @@ class Auctioneer:
         queue: asyncio.Queue[Any] = asyncio.Queue()
         job = self.job(policy, evaluate=False, tenant=tenant)
         teed = {n: _Teed(h, queue, job.auction_id) for n, h in self.handles.items()}
-        job = Job(job.config, job.auction_id, evaluate=False, tenant=tenant, handles=teed)
+        job = Job(
+            job.config, job.auction_id, evaluate=False, tenant=tenant, handles=teed, limits=limits
+        )
         why = self.admission_refusal()
         if why:
             self.counts["refused"] += 1
             raise (BudgetExhausted if why.startswith(BUDGET_REFUSED) else Overloaded)(why)
+        self._admit_tenant(task, job)
         fut = asyncio.ensure_future(self._run(task, job))
         self._running[task.id] = fut
         self.counts["admitted"] += 1
@@ -505,12 +558,36 @@ class Auctioneer:
         params: dict[str, Any],
         *,
         tenant: str = "none",
+        limits: TenantLimits | None = None,
     ) -> tuple[Any, Usage]:
-        """One agent's completion, inside its limits: ``(ChatResult, Usage)``."""
-        result, usage = await self._agent(agent).complete(messages, params)
-        self.counts["passthrough"] += 1
-        self.tenant_spent[tenant] = self.tenant_spent.get(tenant, 0.0) + usage.cost_usd
+        """One agent's completion, inside its limits and the tenant's: ``(ChatResult, Usage)``."""
+        h = self._agent(agent)
+        gate, held = self._hold_passthrough(h, messages, params, tenant, limits)
+        cost = held
+        try:
+            result, usage = await h.complete(messages, params)
+            cost = usage.cost_usd
+        finally:
+            self._spend_passthrough(gate, held, cost, tenant)
         return result, usage
+
+    def _hold_passthrough(
+        self, h: Any, messages: list, params: dict, tenant: str, limits: TenantLimits | None
+    ) -> tuple[TenantGate | None, float]:
+        gate = self._tenant(tenant, limits)
+        if gate is None:
+            return None, 0.0
+        est = h.gate.price(h._passthrough_estimate(messages, params))
+        return gate, gate.admit(est)
+
+    def _spend_passthrough(
+        self, gate: TenantGate | None, held: float, cost: float, tenant: str
+    ) -> None:
+        """A passthrough call settled (a failed one is charged its reservation, as agents do)."""
+        self.counts["passthrough"] += 1
+        self.tenant_spent[tenant] = self.tenant_spent.get(tenant, 0.0) + cost
+        if gate is not None:
+            gate.settle(held, cost)
 
     async def complete_stream(
         self,
@@ -519,18 +596,23 @@ class Auctioneer:
         params: dict[str, Any],
         *,
         tenant: str = "none",
+        limits: TenantLimits | None = None,
     ) -> AsyncIterator[Any]:
         """:meth:`complete`, streamed: deltas, then ``(finish_reason, usage)``."""
-        stream = self._agent(agent).complete_stream(messages, params)
-        self.counts["passthrough"] += 1
+        h = self._agent(agent)
+        gate, held = self._hold_passthrough(h, messages, params, tenant, limits)
+        stream = h.complete_stream(messages, params)
+        cost = held
         try:
             async for item in stream:
                 if isinstance(item, tuple):
                     cost = item[1].cost_usd
-                    self.tenant_spent[tenant] = self.tenant_spent.get(tenant, 0.0) + cost
                 yield item
         finally:
-            await stream.aclose()
+            try:
+                await stream.aclose()
+            finally:
+                self._spend_passthrough(gate, held, cost, tenant)
 
     # -- the ledger's view ---------------------------------------------------------------------
     def spent(self) -> dict[str, Any]:

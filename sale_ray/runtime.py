@@ -321,29 +321,33 @@ class AuctioneerService:
         policy: str | None = None,
         evaluate: bool = True,
         tenant: str = "none",
+        limits: Any = None,
     ) -> AuctionRecord:
         self.state.ensure_running()
-        return await self.core.submit(task, policy=policy, evaluate=evaluate, tenant=tenant)
+        return await self.core.submit(
+            task, policy=policy, evaluate=evaluate, tenant=tenant, limits=limits
+        )
 
     async def stream_one(
-        self, task: Task, policy: str | None = None, tenant: str = "none"
+        self, task: Task, policy: str | None = None, tenant: str = "none", limits: Any = None
     ) -> AsyncIterator[tuple[str, Any]]:
         """One auction as events (a streaming call; see ``Auctioneer.stream_one``)."""
         self.state.ensure_running()
-        async for ev in self.core.stream_one(task, policy=policy, tenant=tenant):
+        async for ev in self.core.stream_one(task, policy=policy, tenant=tenant, limits=limits):
             yield ev
 
     async def complete(
-        self, agent: str, messages: list, params: dict, tenant: str = "none"
+        self, agent: str, messages: list, params: dict, tenant: str = "none", limits: Any = None
     ) -> tuple[Any, Any]:
         self.state.ensure_running()
-        return await self.core.complete(agent, messages, params, tenant=tenant)
+        return await self.core.complete(agent, messages, params, tenant=tenant, limits=limits)
 
     async def complete_stream(
-        self, agent: str, messages: list, params: dict, tenant: str = "none"
+        self, agent: str, messages: list, params: dict, tenant: str = "none", limits: Any = None
     ) -> AsyncIterator[Any]:
         self.state.ensure_running()
-        async for item in self.core.complete_stream(agent, messages, params, tenant=tenant):
+        stream = self.core.complete_stream(agent, messages, params, tenant=tenant, limits=limits)
+        async for item in stream:
             yield item
 
     async def record(self, auction_id: str) -> AuctionRecord | None:

@@ -29,6 +29,7 @@ from fastapi.encoders import jsonable_encoder as jsonable
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel
 
+from ..tenants import TenantLimits
 from .auth import ApiKeys
 from .errors import ClientGone, Forbidden, PayloadTooLarge, RequestTimeout, to_http
 from .gateway import Chunks, Gateway
@@ -130,6 +131,13 @@ def _tenant(request: Request) -> str:
     return identity.tenant if identity is not None else "none"
 
 
+def _limits(request: Request) -> TenantLimits | None:
+    """The key's tenant limits (None: none set), which the service holds for every replica."""
+    identity = getattr(request.state, "identity", None)
+    limits = getattr(identity, "limits", None)
+    return None if limits is None or limits == TenantLimits() else limits
+
+
 def _json(model: BaseModel, headers: dict[str, str] | None = None, status: int = 200) -> Response:
     return Response(model.model_dump_json(), status, headers, media_type="application/json")
 
@@ -214,9 +222,10 @@ def create_app(
             req = ChatCompletionRequest.model_validate_json(body)
             gateway.check_chat(req)
             tenant, key = _tenant(request), request.headers.get("idempotency-key")
+            quota = _limits(request)
             if req.stream:
                 headers, chunks = await run(
-                    request, gateway.chat_stream(req, timeout_s, tenant, key), deadline
+                    request, gateway.chat_stream(req, timeout_s, tenant, key, quota), deadline
                 )
                 return _Stream(
                     chunks,
@@ -226,7 +235,7 @@ def create_app(
                     headers={**headers, "cache-control": "no-cache"},
                 )
             completion, headers = await run(
-                request, gateway.chat(req, timeout_s, tenant, key), deadline
+                request, gateway.chat(req, timeout_s, tenant, key, quota), deadline
             )
             return _json(completion, headers)
 
@@ -245,7 +254,8 @@ def create_app(
                     "allow=caller_tests in serve.api_keys_file (docs/serve.md)",
                     param="tests",
                 )
-            result, headers = await run(request, gateway.run_task(req, _tenant(request)), deadline)
+            work = gateway.run_task(req, _tenant(request), _limits(request))
+            result, headers = await run(request, work, deadline)
             return _json(result, headers)
 
         return await answer(request, "tasks", work)
@@ -253,7 +263,7 @@ def create_app(
     @app.get("/v1/auctions/{auction_id}")
     async def auction(request: Request, auction_id: str) -> Response:
         async def work() -> Response:
-            rec = await gateway.auction(auction_id)
+            rec = await gateway.auction(auction_id, request.state.identity.may_read)
             return _json(rec) if isinstance(rec, BaseModel) else JSONResponse(jsonable(rec))
 
         return await answer(request, "auctions", work)

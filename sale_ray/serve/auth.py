@@ -8,10 +8,14 @@ No message, log line or exception here contains a key.
 A key file has one key per line (``#`` comments), optionally followed by its identity::
 
     sha256:9f86d08...   tenant=acme  allow=caller_tests   # a digest: the file holds no secret
+    sha256:2c26b46...   tenant=beta  rpm=60  budget_usd=5  read=own
     my-plain-key-0123456789abcdef                           # tenant "default", no permissions
 
 ``tenant`` names who the key belongs to; ``allow`` lists its permissions (comma-separated, from
-:data:`PERMISSIONS`). Keys from the environment variable belong to tenant ``default`` and have
+:data:`PERMISSIONS`); ``rpm`` and ``budget_usd`` are the tenant's limits, held by the service
+for every replica (:mod:`sale_ray.tenants`; over them: 429 with Retry-After); ``read`` is which
+auctions ``GET /v1/auctions/{id}`` shows it: ``own`` (the default) or ``all``. Keys of one
+tenant should carry the same limits (the last one seen applies). Keys from the environment variable belong to tenant ``default`` and have
 none. ``sale-ray serve`` prints nothing of them; ``sha256sum`` of a key gives its digest.
 """
 
@@ -26,6 +30,7 @@ from pathlib import Path
 
 from ..config import ServeConfig
 from ..errors import ConfigError
+from ..tenants import TenantLimits
 from .errors import Forbidden, Unauthorized
 
 MIN_KEY_CHARS = 16  # shorter keys are guessable; refuse to start with one
@@ -42,13 +47,20 @@ class Identity:
 
     tenant: str = "default"
     permissions: frozenset[str] = field(default_factory=frozenset)
+    limits: TenantLimits = field(default_factory=TenantLimits)
+    read: str = "own"  # which auctions it may read: its own, or all
 
     def may(self, permission: str) -> bool:
         return permission in self.permissions
 
+    def may_read(self, tenant: str | None) -> bool:
+        """May it read an auction of ``tenant``? Its own, or all with ``read=all``."""
+        return self.read == "all" or tenant == self.tenant
 
-#: Requests when auth is off: nobody in particular, with no permissions.
-ANONYMOUS = Identity(tenant="anonymous")
+
+#: Requests when auth is off: nobody in particular, with no permissions and no limits; it may
+#: read every auction (there is nobody to keep apart).
+ANONYMOUS = Identity(tenant="anonymous", read="all")
 
 
 def _digest(key: str) -> bytes:
@@ -73,22 +85,37 @@ def parse_key_line(line: str, where: str) -> tuple[bytes, Identity] | None:
         if len(key) < MIN_KEY_CHARS:
             raise ConfigError(f"{where}: API key needs at least {MIN_KEY_CHARS} characters")
         digest = _digest(key)
-    tenant, perms = "default", frozenset()
+    tenant, perms, read = "default", frozenset(), "own"
+    limits: dict[str, float] = {}
     for a in attrs:
         name, eq, value = a.partition("=")
-        if not eq or name not in ("tenant", "allow"):
-            raise ConfigError(f"{where}: expected tenant=NAME or allow=PERM[,PERM], not {name!r}")
+        if not eq or name not in ("tenant", "allow", "rpm", "budget_usd", "read"):
+            raise ConfigError(
+                f"{where}: expected tenant=NAME, allow=PERM[,PERM], rpm=N, budget_usd=X or "
+                f"read=own|all, not {name!r}"
+            )
         if name == "tenant":
             if not _TENANT.match(value):
                 raise ConfigError(f"{where}: tenant must be 1-64 letters, digits, _ . -")
             tenant = value
+        elif name in ("rpm", "budget_usd"):
+            try:
+                limits[name] = float(value)
+            except ValueError:
+                limits[name] = -1.0
+            if not limits[name] > 0 or limits[name] == float("inf"):
+                raise ConfigError(f"{where}: {name} must be a positive number, not {value!r}")
+        elif name == "read":
+            if value not in ("own", "all"):
+                raise ConfigError(f"{where}: read must be 'own' or 'all', not {value!r}")
+            read = value
         else:
             perms = frozenset(v for v in value.split(",") if v)
             if unknown := sorted(perms - PERMISSIONS):
                 raise ConfigError(
                     f"{where}: unknown permission {unknown[0]!r} (known: {sorted(PERMISSIONS)})"
                 )
-    return digest, Identity(tenant, perms)
+    return digest, Identity(tenant, perms, TenantLimits(**limits), read)
 
 
 class ApiKeys:

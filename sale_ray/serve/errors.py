@@ -26,6 +26,7 @@ from ..errors import (
     TruncatedOutput,
     UserError,
 )
+from ..tenants import TenantBudgetExhausted
 
 log = logging.getLogger(__name__)
 
@@ -113,8 +114,9 @@ def to_http(exc: BaseException) -> tuple[int, dict[str, Any], dict[str, str]]:
         message = str(exc)
     elif isinstance(exc, QuotaExhausted):  # an agent's RPM / TPM / budget: try again later
         status, etype, message = 429, "rate_limit_exceeded", str(exc)
-        code = "insufficient_quota" if isinstance(exc, BudgetExhausted) else None
-        headers = {"retry-after": "1"}
+        budget = isinstance(exc, BudgetExhausted | TenantBudgetExhausted)
+        code = "insufficient_quota" if budget else None
+        headers = {"retry-after": str(int(getattr(exc, "retry_after_s", 1)))}
     elif isinstance(exc, Overloaded):
         status, etype, message = 503, "overloaded", str(exc)
         headers = {"retry-after": "1"}

@@ -28,6 +28,7 @@ from typing import Any
 
 from ..config import SaleConfig
 from ..errors import TruncatedOutput
+from ..tenants import TenantLimits
 from ..types import TASK_ID_PATTERN, AuctionRecord, Task, Usage
 from . import conversation, explain, policies
 from .errors import InvalidRequest, NotFound, UpstreamFailed
@@ -165,11 +166,14 @@ class Gateway:
         ]
         return ModelList(data=cards)
 
-    async def auction(self, auction_id: str) -> Any:
+    async def auction(self, auction_id: str, may_read: Callable[[str | None], bool]) -> Any:
         """An auction's record, from any replica: the service's recent records, else its
-        durable log (then the log's row, a dict)."""
+        durable log (then the log's row, a dict). ``may_read(tenant)``: whether the caller may
+        see that tenant's auctions; another tenant's auction is a 404 like a missing one (its
+        existence is not theirs to know)."""
         rec = await self.service.record(auction_id)
-        if rec is None:
+        owner = rec.get("tenant") if isinstance(rec, dict) else getattr(rec, "tenant", None)
+        if rec is None or not may_read(owner):
             raise NotFound(f"no auction {auction_id[:64]!r} in this service", param="auction_id")
         return rec
 
@@ -246,9 +250,17 @@ class Gateway:
 
     # --- auctions ----------------------------------------------------------------------------
     async def _run(
-        self, task: Task, policy: Policy, tenant: str, *, evaluate: bool = False
+        self,
+        task: Task,
+        policy: Policy,
+        tenant: str,
+        *,
+        evaluate: bool = False,
+        limits: TenantLimits | None = None,
     ) -> AuctionRecord:
-        rec = await self.service.submit(task, policy=policy.model, evaluate=evaluate, tenant=tenant)
+        rec = await self.service.submit(
+            task, policy=policy.model, evaluate=evaluate, tenant=tenant, limits=limits
+        )
         self.metrics.observe_record(rec, policy=policy.model, tenant=tenant)
         return rec
 
@@ -272,12 +284,15 @@ class Gateway:
         timeout_s: float,
         tenant: str = "none",
         idempotency_key: str | None = None,
+        limits: TenantLimits | None = None,
     ) -> tuple[ChatCompletion, dict[str, str]]:
         """A whole completion: an auction's winning answer, or one agent's (passthrough).
-        ``tenant``: the API key's tenant (its spend and metrics)."""
+        ``tenant``: the API key's tenant (its spend and metrics); ``limits``: its rate and
+        budget, which the service enforces."""
         if policies.is_auction(req.model):
             policy = policies.resolve(self.policies, req.model)
-            rec = await self._run(self._task(req, tenant, idempotency_key), policy, tenant)
+            task = self._task(req, tenant, idempotency_key)
+            rec = await self._run(task, policy, tenant, limits=limits)
             info = self._info(rec, policy)
             if (err := self._failed(rec, info)) is not None:
                 raise err
@@ -292,7 +307,7 @@ class Gateway:
             ), explain.headers(info)
         name = req.model
         result, usage = await self.service.complete(
-            name, req.plain_messages(), self._params(req, timeout_s), tenant=tenant
+            name, req.plain_messages(), self._params(req, timeout_s), tenant=tenant, limits=limits
         )
         self.metrics.observe_usage(name, usage, PASSTHROUGH, tenant)
         info = explain.passthrough_info(name, usage)
@@ -313,6 +328,7 @@ class Gateway:
         timeout_s: float,
         tenant: str = "none",
         idempotency_key: str | None = None,
+        limits: TenantLimits | None = None,
     ) -> tuple[dict[str, str], Chunks]:
         """Start a streamed completion; return once its first byte can go out.
 
@@ -320,15 +336,19 @@ class Gateway:
         raises, and the caller ends the stream with an error event (never a clean finish).
         """
         if policies.is_auction(req.model):
-            return await self._stream_auction(req, tenant, idempotency_key)
-        return await self._stream_passthrough(req, timeout_s, tenant)
+            return await self._stream_auction(req, tenant, idempotency_key, limits)
+        return await self._stream_passthrough(req, timeout_s, tenant, limits)
 
     async def _stream_passthrough(
-        self, req: ChatCompletionRequest, timeout_s: float, tenant: str
+        self,
+        req: ChatCompletionRequest,
+        timeout_s: float,
+        tenant: str,
+        limits: TenantLimits | None,
     ) -> tuple[dict[str, str], Chunks]:
         name = req.model
         items = self.service.complete_stream(
-            name, req.plain_messages(), self._params(req, timeout_s), tenant=tenant
+            name, req.plain_messages(), self._params(req, timeout_s), tenant=tenant, limits=limits
         )
         try:
             first = await anext(items)
@@ -360,11 +380,15 @@ class Gateway:
         return {explain.H_WINNER: name}, Chunks(chunks(), items.aclose)
 
     async def _stream_auction(
-        self, req: ChatCompletionRequest, tenant: str, idempotency_key: str | None
+        self,
+        req: ChatCompletionRequest,
+        tenant: str,
+        idempotency_key: str | None,
+        limits: TenantLimits | None,
     ) -> tuple[dict[str, str], Chunks]:
         policy = policies.resolve(self.policies, req.model)
         task = self._task(req, tenant, idempotency_key)
-        events = self.service.stream_one(task, policy=policy.model, tenant=tenant)
+        events = self.service.stream_one(task, policy=policy.model, tenant=tenant, limits=limits)
         try:
             ev = await anext(events)
             if ev[0] == "record":  # already auctioned (a retry), or over without executing
@@ -433,7 +457,7 @@ class Gateway:
 
     # --- tasks -------------------------------------------------------------------------------
     async def run_task(
-        self, req: TaskRequest, tenant: str = "none"
+        self, req: TaskRequest, tenant: str = "none", limits: TenantLimits | None = None
     ) -> tuple[TaskResult, dict[str, str]]:
         """Auction a task, run its verifier, return the answer with the full record. A task
         without an answer is still a result (``error`` says why), not an HTTP error."""
@@ -444,7 +468,7 @@ class Gateway:
                 f"prompt: {len(task.prompt)} characters, at most {self.limits.max_prompt_chars}",
                 param="prompt",
             )
-        rec = await self._run(task, policy, tenant, evaluate=True)
+        rec = await self._run(task, policy, tenant, evaluate=True, limits=limits)
         info = self._info(rec, policy)
         ex = rec.execution
         return TaskResult(

@@ -23,6 +23,7 @@ from typing import Any
 
 from ..config import SaleConfig
 from ..errors import UserError
+from ..tenants import TenantLimits
 from ..types import AuctionRecord, Task
 from . import names
 from .names import NAMESPACE
@@ -94,31 +95,52 @@ class Service:
         policy: str | None = None,
         evaluate: bool = True,
         tenant: str = "none",
+        limits: TenantLimits | None = None,
     ) -> AuctionRecord:
-        """Auction one task (idempotent by task id: a retry returns the first record)."""
-        return await self._call(self.actor.submit.remote(task, policy, evaluate, tenant))
+        """Auction one task (idempotent by task id: a retry returns the first record).
+        ``tenant`` / ``limits``: whose spend it is, and that tenant's rate and budget."""
+        return await self._call(self.actor.submit.remote(task, policy, evaluate, tenant, limits))
 
     def stream(self, tasks: list[Task]) -> AsyncIterator[dict[str, Any]]:
         """Submit many; groups ``{"records": [...], "refused": {id: why}}`` as they finish."""
         return self._stream(self.actor.stream.remote(tasks))
 
     def stream_one(
-        self, task: Task, *, policy: str | None = None, tenant: str = "none"
+        self,
+        task: Task,
+        *,
+        policy: str | None = None,
+        tenant: str = "none",
+        limits: TenantLimits | None = None,
     ) -> AsyncIterator[tuple[str, Any]]:
         """One auction as events: ``start``, ``delta``…, ``record`` (closing it cancels)."""
-        return self._stream(self.actor.stream_one.remote(task, policy, tenant))
+        return self._stream(self.actor.stream_one.remote(task, policy, tenant, limits))
 
     async def complete(
-        self, agent: str, messages: list, params: dict, *, tenant: str = "none"
+        self,
+        agent: str,
+        messages: list,
+        params: dict,
+        *,
+        tenant: str = "none",
+        limits: TenantLimits | None = None,
     ) -> tuple[Any, Any]:
         """One agent's completion within its limits (the endpoint's passthrough)."""
-        return await self._call(self.actor.complete.remote(agent, messages, params, tenant))
+        ref = self.actor.complete.remote(agent, messages, params, tenant, limits)
+        return await self._call(ref)
 
     def complete_stream(
-        self, agent: str, messages: list, params: dict, *, tenant: str = "none"
+        self,
+        agent: str,
+        messages: list,
+        params: dict,
+        *,
+        tenant: str = "none",
+        limits: TenantLimits | None = None,
     ) -> AsyncIterator[Any]:
         """:meth:`complete`, streamed: deltas, then ``(finish_reason, usage)``."""
-        return self._stream(self.actor.complete_stream.remote(agent, messages, params, tenant))
+        gen = self.actor.complete_stream.remote(agent, messages, params, tenant, limits)
+        return self._stream(gen)
 
     async def record(self, auction_id: str) -> Any:
         """A recent :class:`AuctionRecord`, an older auction's log row (dict), or None."""

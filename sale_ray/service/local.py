@@ -51,23 +51,26 @@ class LocalService:
         policy: str | None = None,
         evaluate: bool = True,
         tenant: str = "none",
+        limits: Any = None,
     ) -> AuctionRecord:
-        return await self.core.submit(task, policy=policy, evaluate=evaluate, tenant=tenant)
+        return await self.core.submit(
+            task, policy=policy, evaluate=evaluate, tenant=tenant, limits=limits
+        )
 
     def stream_one(
-        self, task: Task, *, policy: str | None = None, tenant: str = "none"
+        self, task: Task, *, policy: str | None = None, tenant: str = "none", limits: Any = None
     ) -> AsyncIterator[tuple[str, Any]]:
-        return self.core.stream_one(task, policy=policy, tenant=tenant)
+        return self.core.stream_one(task, policy=policy, tenant=tenant, limits=limits)
 
     async def complete(
-        self, agent: str, messages: list, params: dict, *, tenant: str = "none"
+        self, agent: str, messages: list, params: dict, *, tenant: str = "none", limits: Any = None
     ) -> tuple[Any, Any]:
-        return await self.core.complete(agent, messages, params, tenant=tenant)
+        return await self.core.complete(agent, messages, params, tenant=tenant, limits=limits)
 
     def complete_stream(
-        self, agent: str, messages: list, params: dict, *, tenant: str = "none"
+        self, agent: str, messages: list, params: dict, *, tenant: str = "none", limits: Any = None
     ) -> AsyncIterator[Any]:
-        return self.core.complete_stream(agent, messages, params, tenant=tenant)
+        return self.core.complete_stream(agent, messages, params, tenant=tenant, limits=limits)
 
     async def record(self, auction_id: str) -> Any:
         return self.core.record(auction_id)
