@@ -1,176 +1,56 @@
-"""The auctioneer: admission, many auctions in flight, idempotent task ids, batched agent calls.
+"""The auctioneer: admission, many auctions in flight, idempotent task ids, every agent's gate.
 
-Pure asyncio, no Ray (``runtime`` hosts it in an actor). Three pieces:
+Pure asyncio, no Ray (``runtime`` hosts it in an actor, the service's one auctioneer).
+:class:`Auctioneer` admits tasks into a bounded queue, runs up to ``max_in_flight`` auctions at
+once through :func:`~sale_ray.auction.protocol.run_auction`, and remembers every task id: a
+resubmitted id gets the first auction's record back, never a second award. Each agent is
+wrapped in a :class:`~sale_ray.agents.quota.GatedAgent`, so concurrency, RPM / TPM and budgets
+hold across all auctions and all callers; tenants' rates and budgets are held here too
+(:mod:`sale_ray.tenants`). Every settled record — finished, failed, crashed or cancelled — goes
+to ``on_record`` (the service's log and tracing).
 
-* :class:`Auctioneer` admits tasks into a bounded queue, runs up to ``max_in_flight`` auctions
-  at once through :func:`~sale_ray.auction.protocol.run_auction`, and remembers every task id:
-  a resubmitted id gets the first auction's record back, never a second award. Each agent is
-  wrapped in a :class:`~sale_ray.agents.quota.GatedAgent`, so concurrency, RPM / TPM and budgets
-  hold across all auctions.
-* :class:`MicroBatcher` coalesces the concurrent calls that many auctions make to one agent
-  into one remote call carrying many items (one Ray call tops out near 2,000/s; a batched one
-  carries 100+ items), with a few batches in flight (pipelining). The protocol stays unaware.
-* :func:`serve_batch` is the agent's side of that wire: run the items concurrently and stream
-  back groups of results as they finish, so one slow item never holds back the others.
+Its neighbours: :mod:`sale_ray.batching` (the micro-batched wire to agent actors),
+:mod:`sale_ray.online` (streamed auctions, passthrough and single agent calls, mixed in here),
+:mod:`sale_ray.admission` (:class:`Job` and the refusal types).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 import uuid
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
+from .admission import BUDGET_REFUSED, Job, Overloaded, UnknownName
 from .agents.quota import AgentGate, Budget, BudgetExhausted, GatedAgent, estimate_call
 from .auction.meter import metering
 from .auction.protocol import Evaluator, Refiner, run_auction
 from .auction.refinement import ContrastMemory, MemoryRefiner
+from .batching import AgentCallError, Group, MicroBatcher, serve_batch
 from .config import SaleConfig
-from .errors import ModelError, SaleRayError, UserError
+from .errors import SaleRayError
+from .online import AGENT_METHODS, OnlineCalls
 from .tenants import TenantGate, TenantLimits
-from .types import AuctionRecord, Evaluation, Execution, Task, Usage
+from .types import AuctionRecord, Evaluation, Task, Usage
 
-# (index, ok, value): value is the result, or "Type: message" of the error it raised
-Group = list[tuple[int, bool, Any]]
-BUDGET_REFUSED = "budget exhausted"  # prefix of a record's error: not done, rerun may retry it
-
-
-class Overloaded(SaleRayError):
-    """The admission queue is full: try again later (HTTP 429/503 with Retry-After)."""
-
-
-class AgentCallError(SaleRayError):
-    """An agent raised while serving a batched call; the text is its ``Type: message``."""
-
-
-class UnknownName(UserError):
-    """A request named a policy or an agent the service does not have (HTTP 404)."""
-
-
-@dataclass(frozen=True)
-class Job:
-    """How one task is auctioned: the policy's config, whether its verifier runs, the tenant
-    its spend is attributed to, and (streaming) the handles that relay the winner's text."""
-
-    config: SaleConfig
-    auction_id: str
-    evaluate: bool = True
-    tenant: str = "none"
-    handles: Mapping[str, Any] | None = None
-    limits: TenantLimits | None = None  # the tenant's rate and budget (None: unlimited)
-
+# re-exported: where callers found them before the split
+__all__ = [
+    "AGENT_METHODS",
+    "AgentCallError",
+    "Auctioneer",
+    "BUDGET_REFUSED",
+    "Group",
+    "Job",
+    "MicroBatcher",
+    "Overloaded",
+    "UnknownName",
+    "budget_refused",
+    "serve_batch",
+]
 
 RecordHook = Callable[[AuctionRecord, str], None]
-
-
-# --- the agent's side of a batched call ----------------------------------------------------------
-async def serve_batch(
-    fn: Callable[..., Awaitable[Any]], calls: Sequence[tuple]
-) -> AsyncIterator[Group]:
-    """Run ``fn(*args)`` for every args tuple concurrently; yield finished groups as they come.
-
-    Errors are returned as data (one failing item must not fail its batch-mates). Closing the
-    generator (the caller gave up) cancels the items still running."""
-
-    async def one(i: int, args: tuple) -> tuple[int, bool, Any]:
-        try:
-            return i, True, await fn(*args)
-        except Exception as e:
-            return i, False, f"{type(e).__name__}: {e}"[:500]
-
-    pending = {asyncio.ensure_future(one(i, a)) for i, a in enumerate(calls)}
-    try:
-        while pending:
-            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-            yield [t.result() for t in done]
-    finally:
-        for t in pending:
-            t.cancel()
-
-
-# --- the caller's side ---------------------------------------------------------------------------
-Send = Callable[[list[Any]], AsyncIterator[Group]]
-
-
-class MicroBatcher:
-    """Coalesce concurrent ``call(item)``s into ``send(items)`` batches.
-
-    Items that arrive in the same event-loop turn, or while ``max_in_flight`` batches are
-    already out, travel together (up to ``max_batch``): under light load a call goes out at
-    once, under heavy load batches grow by themselves, and nothing waits on a timer. A caller
-    that gives up (deadline) is dropped from the queue; a batch whose callers have all given up
-    is cancelled, so a hung agent cannot pin the pipeline."""
-
-    def __init__(self, send: Send, *, max_batch: int = 256, max_in_flight: int = 4) -> None:
-        self._send = send
-        self.max_batch = max_batch
-        self.max_in_flight = max_in_flight
-        self._queue: deque[tuple[Any, asyncio.Future]] = deque()
-        self._in_flight = 0
-        self._scheduled = False
-        self.batches = 0  # sent so far (stats)
-        self.items = 0
-
-    async def call(self, item: Any) -> Any:
-        fut = asyncio.get_running_loop().create_future()
-        self._queue.append((item, fut))
-        if not self._scheduled:
-            self._scheduled = True
-            asyncio.get_running_loop().call_soon(self._pump)
-        return await fut
-
-    def _pump(self) -> None:
-        self._scheduled = False
-        while self._queue and self._in_flight < self.max_in_flight:
-            batch: list[tuple[Any, asyncio.Future]] = []
-            while self._queue and len(batch) < self.max_batch:
-                item, fut = self._queue.popleft()
-                if not fut.done():  # cancelled while queued: never sent
-                    batch.append((item, fut))
-            if not batch:
-                break
-            self._in_flight += 1
-            self.batches += 1
-            self.items += len(batch)
-            asyncio.ensure_future(self._run(batch))
-
-    async def _run(self, batch: list[tuple[Any, asyncio.Future]]) -> None:
-        futs = [f for _, f in batch]
-        runner = asyncio.current_task()
-        left = len(futs)
-
-        def on_done(_: asyncio.Future) -> None:
-            nonlocal left
-            left -= 1
-            if left == 0 and runner is not None and not runner.done():
-                runner.cancel()  # every caller is answered or gone: stop waiting on the rest
-
-        for f in futs:
-            f.add_done_callback(on_done)
-        try:
-            async for group in self._send([item for item, _ in batch]):
-                for i, ok, value in group:
-                    f = futs[i]
-                    if not f.done():
-                        f.set_result(value) if ok else f.set_exception(AgentCallError(value))
-        except asyncio.CancelledError:
-            pass
-        except Exception as e:  # the remote side died: everyone still waiting gets the error
-            for f in futs:
-                if not f.done():
-                    f.set_exception(e)
-        finally:
-            for f in futs:
-                if not f.done():
-                    f.set_exception(AgentCallError("batch ended without an answer"))
-            self._in_flight -= 1
-            if self._queue and not self._scheduled:
-                self._scheduled = True
-                asyncio.get_running_loop().call_soon(self._pump)
 
 
 # --- the auctioneer ------------------------------------------------------------------------------
@@ -179,7 +59,7 @@ def budget_refused(rec: AuctionRecord) -> bool:
     return bool(rec.error and rec.error.startswith(BUDGET_REFUSED))
 
 
-class Auctioneer:
+class Auctioneer(OnlineCalls):
     """Runs auctions for many tasks at once over one pool of agent handles.
 
     ``agents``: name -> handle (a batched Ray actor handle in production, a plain object in
@@ -497,123 +377,6 @@ class Auctioneer:
         rec = self._done.get(tid) if tid is not None else None
         return rec if rec is not None and rec.auction_id == auction_id else None
 
-    # -- one auction, streamed (the endpoint's ``stream: true``) ------------------------------
-    async def stream_one(
-        self,
-        task: Task,
-        *,
-        policy: str | None = None,
-        tenant: str = "none",
-        limits: TenantLimits | None = None,
-    ) -> AsyncIterator[tuple[str, Any]]:
-        """Auction ``task`` and relay it as events: ``("start", {"winner", "auction_id"})``
-        when the winner starts executing, ``("delta", text)`` as it writes, then
-        ``("record", record)``. A task id already auctioned yields its record alone. Closing
-        the stream early cancels the auction (its spend so far is recorded)."""
-        known = self._done.get(task.id) or (
-            self._forgotten_record(task) if task.id in self._forgotten else None
-        )
-        if known is None and task.id in self._running:
-            known = await asyncio.shield(self._running[task.id])
-        if known is not None:
-            self.counts["duplicates"] += 1
-            yield ("record", known)
-            return
-        queue: asyncio.Queue[Any] = asyncio.Queue()
-        job = self.job(policy, evaluate=False, tenant=tenant)
-        teed = {n: _Teed(h, queue, job.auction_id) for n, h in self.handles.items()}
-        job = Job(
-            job.config, job.auction_id, evaluate=False, tenant=tenant, handles=teed, limits=limits
-        )
-        why = self.admission_refusal()
-        if why:
-            self.counts["refused"] += 1
-            raise (BudgetExhausted if why.startswith(BUDGET_REFUSED) else Overloaded)(why)
-        self._admit_tenant(task, job)
-        fut = asyncio.ensure_future(self._run(task, job))
-        self._running[task.id] = fut
-        self.counts["admitted"] += 1
-        fut.add_done_callback(lambda _: queue.put_nowait(_DONE))
-        try:
-            while (ev := await queue.get()) is not _DONE:
-                yield ev
-            yield ("record", fut.result())
-        finally:
-            if not fut.done():
-                fut.cancel()
-                with contextlib.suppress(BaseException):
-                    await fut
-
-    # -- passthrough: one agent, no auction, the same limits -----------------------------------
-    def _agent(self, name: str) -> Any:
-        h = self.handles.get(name)
-        if h is None:
-            raise UnknownName(f"no agent {name!r}; agents: {sorted(self.handles)}")
-        return h
-
-    async def complete(
-        self,
-        agent: str,
-        messages: list[dict[str, str]],
-        params: dict[str, Any],
-        *,
-        tenant: str = "none",
-        limits: TenantLimits | None = None,
-    ) -> tuple[Any, Usage]:
-        """One agent's completion, inside its limits and the tenant's: ``(ChatResult, Usage)``."""
-        h = self._agent(agent)
-        gate, held = self._hold_passthrough(h, messages, params, tenant, limits)
-        cost = held
-        try:
-            result, usage = await h.complete(messages, params)
-            cost = usage.cost_usd
-        finally:
-            self._spend_passthrough(gate, held, cost, tenant)
-        return result, usage
-
-    def _hold_passthrough(
-        self, h: Any, messages: list, params: dict, tenant: str, limits: TenantLimits | None
-    ) -> tuple[TenantGate | None, float]:
-        gate = self._tenant(tenant, limits)
-        if gate is None:
-            return None, 0.0
-        est = h.gate.price(h._passthrough_estimate(messages, params))
-        return gate, gate.admit(est)
-
-    def _spend_passthrough(
-        self, gate: TenantGate | None, held: float, cost: float, tenant: str
-    ) -> None:
-        """A passthrough call settled (a failed one is charged its reservation, as agents do)."""
-        self.counts["passthrough"] += 1
-        self.tenant_spent[tenant] = self.tenant_spent.get(tenant, 0.0) + cost
-        if gate is not None:
-            gate.settle(held, cost)
-
-    async def complete_stream(
-        self,
-        agent: str,
-        messages: list[dict[str, str]],
-        params: dict[str, Any],
-        *,
-        tenant: str = "none",
-        limits: TenantLimits | None = None,
-    ) -> AsyncIterator[Any]:
-        """:meth:`complete`, streamed: deltas, then ``(finish_reason, usage)``."""
-        h = self._agent(agent)
-        gate, held = self._hold_passthrough(h, messages, params, tenant, limits)
-        stream = h.complete_stream(messages, params)
-        cost = held
-        try:
-            async for item in stream:
-                if isinstance(item, tuple):
-                    cost = item[1].cost_usd
-                yield item
-        finally:
-            try:
-                await stream.aclose()
-            finally:
-                self._spend_passthrough(gate, held, cost, tenant)
-
     # -- the ledger's view ---------------------------------------------------------------------
     def spent(self) -> dict[str, Any]:
         """What every budget has spent: ``{"run": $, "agents": {name: $}, "tenants": {...}}``."""
@@ -697,39 +460,6 @@ class Auctioneer:
         out = list(self.timings)
         self.timings.clear()
         return out
-
-
-_DONE = object()
-
-
-class _Teed:
-    """A gated agent whose ``execute`` streams: ``("start", …)`` then ``("delta", text)``
-    events go to ``queue`` as the winner writes (the endpoint relays them)."""
-
-    def __init__(self, inner: Any, queue: asyncio.Queue[Any], auction_id: str) -> None:
-        self.inner, self.queue, self.auction_id = inner, queue, auction_id
-        self.name = getattr(inner, "name", None) or getattr(inner.gate, "name", "")
-
-    async def bid(self, task: Task) -> Any:
-        return await self.inner.bid(task)
-
-    async def judge(self, task: Task, plans: Sequence[tuple[str, str]]) -> Any:
-        return await self.inner.judge(task, plans)
-
-    async def refine(self, task: Task, plan: str, pairs: Sequence[Any]) -> Any:
-        return await self.inner.refine(task, plan, pairs)
-
-    async def execute(self, task: Task, plan: str) -> Execution:
-        self.queue.put_nowait(("start", {"winner": self.name, "auction_id": self.auction_id}))
-        stream = self.inner.execute_stream(task, plan)
-        try:
-            async for item in stream:
-                if isinstance(item, Execution):
-                    return item
-                self.queue.put_nowait(("delta", item))
-        finally:
-            await stream.aclose()
-        raise ModelError(f"{self.name}: execution stream ended without its result")
 
 
 def _with_unreported(rec: AuctionRecord, unreported: Mapping[str, Usage]) -> AuctionRecord:

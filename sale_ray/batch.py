@@ -27,33 +27,14 @@ from .auctioneer import budget_refused
 from .config import SaleConfig, format_validation_error
 from .datasets import MAX_LINE_BYTES as _DATASET_MAX_LINE
 from .errors import InfraError, TaskValidationError
+from .evaluators.verifier import make_evaluator  # noqa: F401  (where callers found it)
 from .progress import BatchProgress, pending_total
 from .sink import ResultSink, filesystem
 from .summary import Summary, summarize
-from .types import AuctionRecord, Evaluation, Task, records_table
+from .types import AuctionRecord, Task, records_table
 
 _TASK_FIELDS = set(Task.model_fields)
 MAX_LINE_BYTES = _DATASET_MAX_LINE  # one cap for every JSONL task reader
-
-
-def make_evaluator(config: SaleConfig):
-    """The verifier the protocol calls: scripted answers for an all-scripted pool, else
-    sandboxed tests for code and exact match for answers (bounded: each is a subprocess)."""
-    if config.pool.agents and all(a.backend == "scripted" for a in config.pool.agents):
-        from .agents.scripted import scripted_evaluate
-
-        return scripted_evaluate
-    from .evaluators.broker import contained
-
-    sem = asyncio.Semaphore(config.auctioneer.evaluate_concurrency)
-
-    async def evaluate(task: Task, answer: str) -> Evaluation:
-        async with sem:  # started by the broker actor when Ray is up (evaluators/broker.py)
-            return await contained(
-                "check_solution", task, answer, config.sandbox, cfg=config.sandbox
-            )
-
-    return evaluate
 
 
 # --- reading tasks -------------------------------------------------------------------------------

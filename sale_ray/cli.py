@@ -4,6 +4,7 @@
     sale-ray run (--dataset humaneval | --tasks FILE) [--limit N] --out DIR [--config FILE]
     sale-ray snapshot take | ls URI | show URI | export URI --out FILE | prune URI --keep N
     sale-ray serve [--config FILE] | serve-llm --config FILE [--only NAME ...]
+    sale-ray up [--config FILE] [--name N] | status [--name N] [--json] | down [--name N]
 
 User errors (bad task file, bad config, unknown model) print one clear line and exit 2; a model
 or infrastructure failure prints its message and exits 1. Tracebacks only with ``--debug``.
@@ -138,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(func=_cmd_run)
 
     from .analytics import add_report_parser
-    from .evaluation import add_eval_parser
+    from .eval_cli import add_eval_parser
     from .memory.cli import add_snapshot_parser
 
     add_eval_parser(sub)  # sale-ray eval: every method on held-out tasks (docs/evaluation.md)

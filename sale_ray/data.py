@@ -43,7 +43,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .auctioneer import BUDGET_REFUSED
+from .admission import BUDGET_REFUSED
 from .batch import _task, jsonl_tasks
 from .config import SaleConfig
 from .datasets import TASK_SCHEMA
@@ -210,17 +210,32 @@ def _sync(coro: Any) -> Any:
 
 
 class AuctionSession:
-    """The agent actors and the auctioneer actor of ``config``, for the length of a
-    ``with`` block (Ray must be connected). Every Dataset auctioned in the block shares them:
-    one budget, one memory, one pool. On exit the memory is snapshotted, the agents stopped."""
+    """The service a Dataset is auctioned through, for the length of a ``with`` block (Ray
+    must be connected): the running service ``config.service.name`` when one is up (then its
+    limits, memory and log are shared with every other door), else private agent actors and
+    an auctioneer for this block. Every Dataset auctioned in the block shares them: one
+    budget, one memory, one pool. On exit a private memory is snapshotted and its agents
+    stopped; an attached service is only flushed."""
 
     def __init__(self, config: SaleConfig) -> None:
         self.config = config
         self.pool: Any = None
         self.auctioneer: Any = None
+        self.attached: str | None = None  # the running service's name, when attached
 
     def start(self) -> AuctionSession:
         from .runtime import start_agents, start_auctioneer
+        from .service.handle import ServiceNotFound, attach
+
+        mode = self.config.service.attach
+        if mode != "never":
+            try:
+                self.auctioneer = attach(self.config.service.name).actor
+                self.attached = self.config.service.name
+                return self
+            except ServiceNotFound:
+                if mode == "always":
+                    raise
 
         pool = _sync(start_agents(self.config))
         try:
@@ -240,6 +255,10 @@ class AuctionSession:
     def close(self) -> None:
         import ray
 
+        if self.attached is not None:
+            ray.get(self.auctioneer.flush.remote())
+            self.auctioneer = self.attached = None
+            return
         if self.pool is None:
             return
         try:

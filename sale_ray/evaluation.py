@@ -49,6 +49,7 @@ from .auction.matrix import (
     matrix_table,
 )
 from .auction.weights import FEATURES, FitResult, fit_with, write_weights
+from .comparison import compare_to_oracle, cost_ratios
 from .config import SaleConfig
 from .errors import UserError
 from .eval_matrix import build_matrix, load_matrix, make_eval_evaluator, same_pool, save_matrix
@@ -232,10 +233,10 @@ def summarize(
     largest = rows[0].by_price()[-1]
     table = decisions_table(decisions, largest).to_pylist()
     stats = analytics.method_stats(table, lengths)
-    for m, ratios in analytics.cost_ratios(stats).items():
+    for m, ratios in cost_ratios(stats).items():
         stats[m].update(ratios)
     out: dict[str, Any] = {m: stats[m] for m in stats}
-    sale = {m: analytics.compare_to_oracle(stats, m) for m in stats if m.startswith("sale")}
+    sale = {m: compare_to_oracle(stats, m) for m in stats if m.startswith("sale")}
     out["_sale"] = sale
     cached = {
         p: [c.cached.get(p) for r in rows for c in r.cells.values() if p in c.cached]
@@ -261,7 +262,7 @@ async def _live(
     progress: bool,
     evaluate: Evaluator | None,
 ) -> tuple[list[TaskRow], dict[str, Decision] | None, str]:
-    from .runtime import start_agents
+    from .service.handle import open_pool
 
     plan, direct = matrix_parts(methods)
     done = same_pool(
@@ -288,8 +289,8 @@ async def _live(
         )
         return rows, None, why
     evaluate = evaluate or make_eval_evaluator(config)
-    pool = await start_agents(config)
-    try:
+    # the running service's agents (its limits and budgets) when one is up, else private ones
+    async with open_pool(config) as pool:
         rows = await build_matrix(
             tasks,
             splits,
@@ -310,8 +311,6 @@ async def _live(
             )
             live, why = await sale_with_memory(tasks, rows, pool, cfg, evaluate)
         return rows, live, why
-    finally:
-        await pool.stop()
 
 
 def run_eval(
@@ -386,14 +385,6 @@ def run_eval(
     if report:
         analytics.write_report(str(out))
     return summary
-
-
-# --- CLI ------------------------------------------------------------------------------------------------
-def add_eval_parser(sub: Any) -> None:
-    """``sale-ray eval`` (wired into :mod:`sale_ray.cli`; the parser is in :mod:`.eval_cli`)."""
-    from .eval_cli import add_eval_parser as add
-
-    add(sub)
 
 
 __all__ = [

@@ -17,7 +17,8 @@ import os
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
-from .auctioneer import Auctioneer, MicroBatcher
+from .auctioneer import Auctioneer
+from .batching import MicroBatcher
 from .config import AgentSpec, SaleConfig
 from .types import AuctionRecord, Bid, Execution, JuryVerdict, Task
 
@@ -301,7 +302,7 @@ class AuctioneerService:
             )
             for n, act in actors.items()
         }
-        from .batch import make_evaluator
+        from .evaluators.verifier import make_evaluator
 
         self.memory = None
         if config.memory.enabled:
@@ -350,6 +351,11 @@ class AuctioneerService:
         async for item in stream:
             yield item
 
+    async def call(self, agent: str, method: str, args: list, tenant: str = "eval") -> Any:
+        """One gated agent call (the evaluation's matrix runs through the service's limits)."""
+        self.state.ensure_running()
+        return await self.core.call(agent, method, args, tenant=tenant)
+
     async def record(self, auction_id: str) -> AuctionRecord | None:
         """A recent auction from memory, else from the durable log (None: never seen)."""
         rec = self.core.record(auction_id)
@@ -369,6 +375,8 @@ class AuctioneerService:
             try:
                 await asyncio.wait_for(actor.ping.remote(), timeout_s)
                 return name, "alive"
+            except ray.exceptions.ActorUnavailableError:  # being restarted (a RayActorError too)
+                return name, "unreachable"
             except ray.exceptions.RayActorError:
                 return name, "dead"
             except (TimeoutError, ray.exceptions.RayError):

@@ -500,7 +500,7 @@ class Agent:
         stream back ``[(index, ok, result_or_error), ...]`` groups as they finish: the
         auctioneer coalesces concurrent auctions' calls into these (one Ray call per batch
         instead of per item). The agent's own semaphore still bounds its model server."""
-        from ..auctioneer import serve_batch
+        from ..batching import serve_batch
 
         if method not in ("bid", "judge", "refine", "execute"):
             raise ValueError(f"not a batchable method: {method!r}")

@@ -335,6 +335,13 @@ class GatedAgent:
             est, self._max_wait["execute"], lambda: self.inner.execute(task, plan), "execute"
         )
 
+    async def execute_direct(self, task: Task) -> Any:
+        """The task alone, no plan (the evaluation's direct baselines), inside the gate."""
+        est = estimate_call("execute", task, self.config)
+        return await self.gate.call(
+            est, self._max_wait["execute"], lambda: self.inner.execute_direct(task), "execute"
+        )
+
     # --- the endpoint's calls, under the same gate ---------------------------------------------
     def _passthrough_estimate(self, messages: Sequence[dict], params: dict[str, Any]) -> Estimate:
         chars = sum(len(str(m.get("content") or "")) for m in messages)

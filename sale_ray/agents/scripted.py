@@ -146,7 +146,7 @@ class ScriptedAgent:
 
     async def call_many(self, method: str, calls: list[tuple]) -> AsyncIterator[list]:
         """Batched entry point (see :func:`sale_ray.auctioneer.serve_batch`)."""
-        from ..auctioneer import serve_batch
+        from ..batching import serve_batch
 
         if method not in BATCHABLE:
             raise ValueError(f"not a batchable method: {method!r}")

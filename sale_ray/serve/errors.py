@@ -14,8 +14,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from ..admission import Overloaded, UnknownName
 from ..agents.quota import BudgetExhausted, QuotaExhausted
-from ..auctioneer import Overloaded, UnknownName
 from ..config import format_validation_error
 from ..errors import (
     InfraError,

@@ -35,7 +35,11 @@ def add_service_parsers(sub: Any) -> None:
     d = sub.add_parser("down", help="stop the service (ledger and log are flushed first)")
     d.add_argument("--name", default="default", help="service name")
     d.add_argument("--address", help="Ray cluster address")
-    d.add_argument("--stop-ray", action="store_true", help="then `ray stop` this machine's Ray")
+    d.add_argument(
+        "--stop-ray",
+        action="store_true",
+        help="then run `ray stop`, which stops EVERY Ray cluster on this machine",
+    )
     d.set_defaults(func=cmd_down)
 
 
@@ -55,6 +59,10 @@ def start_head(num_cpus: int | None = None) -> None:
         "--disable-usage-stats",
         f"--num-cpus={num_cpus or max(2, os.cpu_count() or 2)}",
     ]
+    # loopback sockets for every Ray process, and one auth mode for the head and its clients
+    # (this process and later doors inherit it): see the README's job recipe
+    for k, v in (("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0"), ("RAY_AUTH_MODE", "disabled")):
+        os.environ.setdefault(k, v)
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=180)
     if r.returncode != 0:

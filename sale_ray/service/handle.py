@@ -142,6 +142,10 @@ class Service:
         gen = self.actor.complete_stream.remote(agent, messages, params, tenant, limits)
         return self._stream(gen)
 
+    async def call(self, agent: str, method: str, *args: Any, tenant: str = "eval") -> Any:
+        """One agent call through the service's gate for that agent (its limits hold)."""
+        return await self._call(self.actor.call.remote(agent, method, list(args), tenant))
+
     async def record(self, auction_id: str) -> Any:
         """A recent :class:`AuctionRecord`, an older auction's log row (dict), or None."""
         return await self._call(self.actor.record.remote(auction_id))
@@ -326,3 +330,64 @@ async def open_service(
         yield svc
     finally:
         await svc.close()
+
+
+class _ServiceAgent:
+    """An agent handle whose calls go through the service (and so through its gate)."""
+
+    def __init__(self, service: Service, name: str) -> None:
+        self.service, self.name = service, name
+
+    async def bid(self, task: Task) -> Any:
+        return await self.service.call(self.name, "bid", task)
+
+    async def judge(self, task: Task, plans: Any) -> Any:
+        return await self.service.call(self.name, "judge", task, list(plans))
+
+    async def refine(self, task: Task, plan: str, pairs: Any) -> Any:
+        return await self.service.call(self.name, "refine", task, plan, list(pairs))
+
+    async def execute(self, task: Task, plan: str) -> Any:
+        return await self.service.call(self.name, "execute", task, plan)
+
+    async def execute_direct(self, task: Task) -> Any:
+        return await self.service.call(self.name, "execute_direct", task)
+
+
+class ServicePool:
+    """What the evaluation needs of an agent pool (``handles``, ``prices``, ``price_pairs``,
+    ``stop``) over a running service's agents: the evaluation then spends within the same
+    limits and budgets as every other door, and starts no model of its own."""
+
+    def __init__(self, service: Service, prices: dict[str, Any]) -> None:
+        self.service = service
+        self.price_pairs = {n: (float(p[0]), float(p[1])) for n, p in prices.items()}
+        self.prices = {n: p[1] for n, p in self.price_pairs.items()}
+        self.handles = {n: _ServiceAgent(service, n) for n in prices}
+
+    async def stop(self) -> None:
+        """Nothing to stop: the service is not the evaluation's."""
+
+
+@contextlib.asynccontextmanager
+async def open_pool(config: SaleConfig) -> AsyncIterator[Any]:
+    """Agents for a door that drives them itself: the running service's (through its gates;
+    ``service.attach`` as for :func:`open_service`), else private actors for this block."""
+    from ..runtime import start_agents
+
+    mode = config.service.attach
+    if mode != "never":
+        try:
+            svc = attach(config.service.name)
+        except ServiceNotFound:
+            if mode == "always":
+                raise
+        else:
+            info = await svc.describe()
+            yield ServicePool(svc, info["prices"])
+            return
+    pool = await start_agents(config)
+    try:
+        yield pool
+    finally:
+        await pool.stop()
