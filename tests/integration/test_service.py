@@ -399,3 +399,110 @@ def test_the_same_task_gets_the_same_decision_in_batch_online_and_in_process(
 
         serve.delete("doors")
         asyncio.run(down("doors"))
+
+
+def test_online_auctions_refine_from_memory_a_batch_job_wrote_and_the_other_way_round(
+    tmp_path, upstream, serve_port
+):
+    """One memory for every door: ``dear`` wins (``[best:dear-m]``), so the cheaper ``cheap``
+    refines from the contrasts of similar past auctions — which, online, are the batch job's,
+    and in the next batch job the online one's. The refine prompt carries the past task."""
+    agents = [_agent(upstream, "cheap", 0.1), _agent(upstream, "dear", 1.0)]
+    cfg = _config(tmp_path, "mem", agents, memory=True)
+    svc = asyncio.run(up(cfg, detached=False))
+
+    def refined_with(current: str, past: str) -> bool:
+        return any(current in p and past in p for p in upstream.prompts("bid", "PAST TASK"))
+
+    try:
+        base = _deploy(cfg, "mem", serve_port, replicas=1)
+        first = [
+            Task(id=f"mb{i}", prompt=f"sort the list [best:dear-m] batchtag{i}", kind="answer")
+            for i in range(3)
+        ]
+        asyncio.run(run_batch(first, str(tmp_path / "out1"), cfg, progress=False))
+        c = openai.OpenAI(base_url=base, api_key=KEY, max_retries=0)
+        msg = [{"role": "user", "content": "sort the list [best:dear-m] onlinetag"}]
+        c.chat.completions.create(model="sale", messages=msg)
+        assert refined_with("onlinetag", "batchtag"), "online did not refine from batch memory"
+        later = [Task(id="mb9", prompt="sort the list [best:dear-m] latertag", kind="answer")]
+        asyncio.run(run_batch(later, str(tmp_path / "out2"), cfg, progress=False))
+        assert refined_with("latertag", "onlinetag"), "batch did not refine from online memory"
+        assert asyncio.run(svc.stats())["memory_write_failed"] == 0
+    finally:
+        from ray import serve
+
+        serve.delete("mem")
+        asyncio.run(down("mem"))
+
+
+def test_the_facade_runs_the_whole_lifecycle_from_blocking_code(tmp_path, upstream):
+    from sale_ray import api
+
+    cfg = _config(tmp_path, "facade", [_agent(upstream, "cheap", 0.1)])
+    svc = api.up(cfg, detached=False)
+    try:
+        assert api.submit(svc, Task(id="f1", prompt="1+2", kind="answer")).winner == "cheap"
+        groups = list(api.stream(svc, _tasks("fs", 3)))
+        assert sorted(r.task_id for g in groups for r in g["records"]) == ["fs-0", "fs-1", "fs-2"]
+        assert api.status("facade")["counts"]["finished"] == 4
+    finally:
+        api.down("facade")
+    with pytest.raises(api.ServiceNotFound):
+        api.attach("facade")
+
+
+def test_a_replica_killed_mid_request_loses_nothing_a_retry_cannot_get_back(
+    tmp_path, upstream, serve_port
+):
+    """Every replica of the app dies while an auction's winner is still writing (the upstream
+    answers executions of ``[slow:3]`` after 3 s). The auction lives in the service, not in
+    the replica: the client's retry with the same Idempotency-Key, on the replicas Serve
+    brings back, gets that auction's answer; one auction ran, its spend counted once."""
+    import ray
+
+    agents = [_agent(upstream, "cheap", 0.1), _agent(upstream, "dear", 1.0)]
+    cfg = _config(tmp_path, "rkill", agents, request_timeout_s=30.0)
+    svc = asyncio.run(up(cfg, detached=False))
+    try:
+        base = _deploy(cfg, "rkill", serve_port)
+        msg = [{"role": "user", "content": "slow one [slow:3] [id:rkill-1]"}]
+        h = {"Idempotency-Key": "rkill-1"}
+        c = openai.OpenAI(base_url=base, api_key=KEY, max_retries=0, timeout=60)
+        with ThreadPoolExecutor(1) as pool:
+            first = pool.submit(
+                c.chat.completions.create, model="sale", messages=msg, extra_headers=h
+            )
+            assert upstream.wait_for("request", "rkill-1", 15)  # the execution has started
+            time.sleep(0.3)
+            replicas = [
+                a
+                for a in ray.util.list_named_actors(all_namespaces=True)
+                if a["name"].startswith("SERVE_REPLICA::rkill#")
+            ]
+            assert len(replicas) == 2
+            for a in replicas:
+                ray.kill(ray.get_actor(a["name"], namespace=a["namespace"]), no_restart=True)
+            with pytest.raises((openai.APIStatusError, openai.APIConnectionError)):
+                first.result()
+        deadline = time.monotonic() + 90
+        while True:  # Serve replaces the replicas; then the retry
+            try:
+                again = c.chat.completions.with_raw_response.create(
+                    model="sale", messages=msg, extra_headers=h
+                )
+                break
+            except (openai.APIStatusError, openai.APIConnectionError):
+                assert time.monotonic() < deadline, "the app never came back"
+                time.sleep(1.0)
+        st = asyncio.run(svc.stats())
+        assert again.parse().choices[0].message.content.startswith("echo(")
+        assert st["admitted"] == 1 and st["cancelled"] == 0, st  # one auction, not cancelled
+        assert len(upstream.prompts("bid", "[id:rkill-1]")) == 2  # its two bids, once
+        rec = asyncio.run(svc.record(again.headers["x-sale-auction-id"]))
+        assert st["spent_usd"] == pytest.approx(rec.cost_usd)  # one auction's spend, once
+    finally:
+        from ray import serve
+
+        serve.delete("rkill")
+        asyncio.run(down("rkill"))
