@@ -64,6 +64,8 @@ BENCHES: dict[str, list[str]] = {
         "--json",
     ],
     "serve_overhead": ["serve_overhead.py", "--json"],
+    # online path at 1/10/100 clients, batch shared vs private, 10,000 in flight (~10 min)
+    "service_path": ["service_path.py", "--json"],
 }
 TIMEOUT_S = 900
 

@@ -12,7 +12,8 @@ Sections and their files:
 
 * ``auctioneer_load``: ``bench_auctioneer_load.json`` (memory on) and
   ``bench_auctioneer_load_nomem.json`` (memory off), written by ``make bench``;
-* ``serve_overhead``, ``memory_retrieval``, ``snapshot_throughput``: ``bench_<name>*.json``;
+* ``serve_overhead``, ``service_path``, ``memory_retrieval``, ``snapshot_throughput``:
+  ``bench_<name>*.json``;
 * ``eval_humaneval`` / ``eval_reasoning_gym``: the evaluation's ``summary.json`` copied to
   ``eval_summary.json`` / ``eval_summary_reasoning_gym.json`` (every method present is shown,
   and a "× largest_direct" column when ``largest_direct`` is); for HumanEval the methods of a
@@ -206,6 +207,110 @@ def render_serve() -> str | None:
         f"{d.get('auction_errors_c10', 0)} (auctions at {c} clients)."
     )
     return "\n\n".join([_meta_line(d), _table(head, rows), tail])
+
+
+def render_service_path() -> str | None:
+    d = _load("bench_service_path.json")
+    if d is None:
+        return None
+
+    def met(x: dict) -> str:
+        if "error" in x:
+            return "**did not run**"
+        return "met" if x.get("met") else "**not met**"
+
+    def trio(m: dict) -> str:
+        return f"{_num(m.get('p50'))} / {_num(m.get('p90'))} / {_num(m.get('p99'))}"
+
+    parts = [_meta_line(d)]
+    on = d.get("online") or {}
+    if "levels" in on:
+        rows = [
+            [
+                str(lv["clients"]),
+                f"{lv['requests_per_side']:,}",
+                trio(lv["inprocess_ms"]),
+                trio(lv["serve_ms"]),
+                f"**{lv['p50_ratio']:.2f}** ({met(lv)})" if lv.get("p50_ratio") else "–",
+                f"{_num(lv['service_direct_ms']['p50'])} ({lv['service_direct_p50_ratio']:.2f})"
+                if lv.get("service_direct_p50_ratio")
+                else "–",
+                f"{_num(lv['inprocess_rps'])} / {_num(lv['serve_rps'])}",
+                f"{lv['errors']['inprocess']} / {lv['errors']['serve']}",
+            ]
+            for lv in on["levels"]
+        ]
+        head = [
+            "clients at once",
+            "requests per side",
+            "in-process p50 / p90 / p99 (ms)",
+            "service path p50 / p90 / p99 (ms)",
+            f"p50 ratio (goal ≤ {on.get('goal_p50_ratio', 1.5):g})",
+            "service alone, no HTTP / Serve: p50 (ratio)",
+            "req/s in-process / service",
+            "errors in-process / service",
+        ]
+        parts.append(
+            f"**Online auction path** ({met(on)}): `model: sale` over HTTP → Serve "
+            f"({on.get('replicas')} replicas) → the service → {on.get('agents')} scripted agents "
+            f"sleeping {on.get('latency_ms_per_call'):g} ms a call; baseline: "
+            f"{on.get('baseline')}. Memory off on both sides. *Service alone*: this driver "
+            "calling `Service.submit` (what a replica does), interleaved with the other two."
+        )
+        parts.append(_table(head, rows))
+    elif on:
+        parts.append(f"**Online auction path**: did not run ({str(on.get('error'))[:200]}).")
+    rows = []
+    b = d.get("batch") or {}
+    if "shared_span_auctions_per_s" in b:
+        rows += [
+            [
+                f"`run_batch` attached to a running service vs a private one: auctions/s over "
+                f"the auctions' span, median of {b['repeat']} × {b['tasks']:,} tasks",
+                _num(b["shared_span_auctions_per_s"]),
+                _num(b["private_span_auctions_per_s"]),
+                f"**{b['span_shared_over_private']:.2f}** (≥ {b['goal_span_shared_over_private']:g}"
+                f": {met(b)})",
+            ],
+            [
+                "the same runs, auctions/s over the `run_batch` call (the private one starts "
+                "its agents and auctioneer)",
+                _num(b["shared_auctions_per_s"]),
+                _num(b["private_auctions_per_s"]),
+                f"{b['shared_over_private']:.2f}",
+            ],
+        ]
+    elif b:
+        rows.append(["`run_batch` shared vs private", "–", "–", met(b)])
+    f = d.get("inflight") or {}
+    if "peak_pss_mib" in f:
+        rows.append(
+            [
+                f"{f['tasks']:,} tasks in flight through the service, memory on "
+                f"(`{f['embedder']}`, {f['shards']} shards): PSS of every Ray process (MiB), "
+                "at the peak vs idle",
+                f"**{_num(f['peak_pss_mib'], 0)}**",
+                _num(f["idle_pss_mib"], 0),
+                f"< {_num(f['goal_peak_pss_mib'], 0)}: {met(f)}",
+            ]
+        )
+    elif f:
+        rows.append(["tasks in flight, peak PSS", "–", "–", met(f)])
+    if rows:
+        parts.append(_table(["measure", "service", "baseline", "ratio / goal"], rows))
+    if "peak_pss_mib" in f:
+        top = ", ".join(
+            f"{k} {_num(v['pss_mib'], 0)}" + (f" ({v['processes']})" if v["processes"] > 1 else "")
+            for k, v in list(f["by_name_at_peak"].items())[:6]
+        )
+        parts.append(
+            f"At {f['tasks']:,} in flight (peak {f['peak_in_flight']:,} admitted at once; "
+            f"{f['records']:,} records, {f['lost']} lost, {f['errors']} errors, "
+            f"{_num(f['auctions_per_s'])} auctions/s): PSS at the peak by process "
+            f"(MiB; how many): {top}; "
+            f"{f['processes_at_peak']} processes, RSS sum {_num(f['peak_rss_mib'], 0)} MiB."
+        )
+    return "\n\n".join(parts)
 
 
 def _bench_files(prefix: str) -> list[dict]:
@@ -624,6 +729,7 @@ SECTIONS: dict[str, Callable[[], str | None]] = {
     "memory_poisoning": render_memory_poisoning,
     "auctioneer_load": render_auctioneer,
     "serve_overhead": render_serve,
+    "service_path": render_service_path,
     "memory_retrieval": render_retrieval,
     "snapshot_throughput": render_snapshot,
     "eval_humaneval": lambda: render_eval(
