@@ -363,6 +363,21 @@ class AuctioneerService:
             rec = await asyncio.to_thread(self.state.find_logged, auction_id)
         return rec
 
+    def observe(self, kind: str, args: tuple, kwargs: dict) -> None:
+        """One observation for the endpoint's metrics (sent without waiting by replicas)."""
+        getattr(self._metrics(), f"observe_{kind}")(*args, **kwargs)
+
+    def metrics_text(self) -> bytes:
+        """The endpoint's Prometheus text: the same from every replica (one set of counters)."""
+        return self._metrics().render()
+
+    def _metrics(self) -> Any:
+        if getattr(self, "_metrics_obj", None) is None:
+            from .serve.metrics import Metrics
+
+            self._metrics_obj = Metrics()
+        return self._metrics_obj
+
     def describe(self) -> dict[str, Any]:
         """What a door needs to speak for this service: agents, prices, policies, config."""
         return self.state.describe()

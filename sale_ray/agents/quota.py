@@ -239,25 +239,32 @@ class AgentGate:
         self.run_budget.reserve(usd)
         actual: float | None = None
         result: Any = None
+        started = False  # was the model asked at all? (a call cancelled while queued was not)
         try:
             async with self.sem:  # per-agent concurrency, across all auctions (backpressure)
                 wait = self._take_rate(est, max_wait_s)
-                if wait > 0:
-                    await asyncio.sleep(wait)
+                try:
+                    if wait > 0:
+                        await asyncio.sleep(wait)
+                except BaseException:  # gave up while waiting for rate room: give it back
+                    self._refund_rate(est)
+                    raise
+                started = True
                 result = await fn()
             actual, tokens = _usage_of(result)
             if self.tpm is not None and tokens is not None:
                 self.tpm.adjust(tokens - est.tokens)
             return result
         finally:
-            # a failed or cancelled call may still have been billed: charge the reservation
-            spent = usd if actual is None else actual
+            # a failed or cancelled call may still have been billed: charge the reservation;
+            # one that never reached the model (cancelled while queued) cost nothing
+            spent = (usd if started else 0.0) if actual is None else actual
             self.budget.settle(usd, spent)
             self.run_budget.settle(usd, spent)
             # and book it on the auction's meter: a crash later in the auction keeps it
             if actual is not None:
                 charge(method, result.usage)
-            else:
+            elif started:
                 charge(method, Usage(cost_usd=spent, calls=1), reported=False)
 
     async def _wait_for_money(self, usd: float, max_wait_s: float) -> None:
@@ -271,6 +278,12 @@ class AgentGate:
             if why or loop.time() >= deadline:
                 raise self._refuse("budget", BudgetExhausted(why or blocked.refusal(usd) or ""))
             await blocked.wait_settled(deadline - loop.time())
+
+    def _refund_rate(self, est: Estimate) -> None:
+        if self.rpm is not None:
+            self.rpm.adjust(-1)
+        if self.tpm is not None:
+            self.tpm.adjust(-est.tokens)
 
     def _take_rate(self, est: Estimate, max_wait_s: float) -> float:
         waits = []

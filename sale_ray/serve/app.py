@@ -285,7 +285,7 @@ def create_app(
     @app.get("/metrics")
     async def metrics(request: Request) -> Response:
         async def work() -> Response:
-            return Response(gateway.metrics.render(), media_type=CONTENT_TYPE)
+            return Response(await gateway.render_metrics(), media_type=CONTENT_TYPE)
 
         return await answer(request, "metrics", work)
 

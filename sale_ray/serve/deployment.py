@@ -35,7 +35,7 @@ class SaleGateway:
         self._config = serve_config(SaleConfig.model_validate(config))
 
     async def __serve_build_asgi_app__(self) -> FastAPI:
-        from ..service.handle import up
+        from ..service.handle import ServiceMetrics, up
         from .app import create_app
         from .auth import ApiKeys
         from .gateway import Gateway
@@ -43,7 +43,11 @@ class SaleGateway:
         keys = ApiKeys.load(self._config.serve)  # before any model starts: fail fast
         svc = await up(self._config)  # the running service, or started here (once)
         info = await svc.describe()
-        gateway = Gateway(info["agents"], info["prices"], self._config, service=svc)
+        # one set of metrics in the service: /metrics is the same from every replica
+        metrics = ServiceMetrics(svc)
+        gateway = Gateway(
+            info["agents"], info["prices"], self._config, service=svc, metrics=metrics
+        )
         # Serve cancels a handler whose client left: no need to watch the connection here
         return create_app(gateway, keys, watch_disconnect=False)
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import inspect
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
@@ -134,7 +135,7 @@ class Gateway:
         config: SaleConfig,
         *,
         evaluate: Callable[..., Awaitable[Any]] | None = None,
-        metrics: Metrics | None = None,
+        metrics: Any = None,
         service: Any = None,
     ) -> None:
         taken = sorted(n for n in agents if policies.is_auction(n))
@@ -176,6 +177,11 @@ class Gateway:
         if rec is None or not may_read(owner):
             raise NotFound(f"no auction {auction_id[:64]!r} in this service", param="auction_id")
         return rec
+
+    async def render_metrics(self) -> bytes:
+        """Prometheus text of the endpoint (the service's, when the metrics live there)."""
+        out = self.metrics.render()
+        return await out if inspect.isawaitable(out) else out
 
     async def health(self) -> dict[str, Any]:
         """``ok`` while every agent answers, ``degraded`` while some do not (a dead agent is

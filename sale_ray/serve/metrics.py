@@ -10,7 +10,9 @@ checked), ``policy`` (``sale``, ``sale:lean`` …), ``route``, ``status``, ``out
 counters, so replicas sum correctly; ``cluster/grafana/sale-ray.json`` draws them.
 
 A private registry per :class:`Metrics` (no process-global state: tests and several apps in
-one process do not collide). Each replica reports its own counts; sum them in Prometheus.
+one process do not collide). On Serve one :class:`Metrics` lives in the service's auctioneer
+actor and every replica reports to it (``service.handle.ServiceMetrics``), so ``/metrics`` is
+the same from any replica.
 """
 
 from __future__ import annotations

@@ -332,6 +332,27 @@ async def open_service(
         await svc.close()
 
 
+class ServiceMetrics:
+    """The endpoint's metrics kept in the service, so ``GET /metrics`` answers the same from
+    every replica. Observations go out without waiting (a replica never blocks on them); they
+    are queued before the response that follows them, so a scrape after it sees them."""
+
+    def __init__(self, service: Service) -> None:
+        self.actor = service.actor
+
+    def observe_request(self, *args: Any, **kw: Any) -> None:
+        self.actor.observe.remote("request", args, kw)
+
+    def observe_usage(self, *args: Any, **kw: Any) -> None:
+        self.actor.observe.remote("usage", args, kw)
+
+    def observe_record(self, *args: Any, **kw: Any) -> None:
+        self.actor.observe.remote("record", args, kw)
+
+    async def render(self) -> bytes:
+        return await self.actor.metrics_text.remote()
+
+
 class _ServiceAgent:
     """An agent handle whose calls go through the service (and so through its gate)."""
 

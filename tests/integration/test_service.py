@@ -236,6 +236,17 @@ def test_two_replicas_and_a_batch_job_share_one_rate_limit_and_one_budget(
         mid = st["agents"]["mid"]["spent_usd"]
         assert 0 < mid <= budget + st["largest_reservation_usd"], st["agents"]["mid"]
         assert st["agents"]["mid"]["refused"].get("budget", 0) > 0  # the budget was reached
+        # one set of metrics in the service: every replica answers the same totals
+        import httpx2 as httpx
+        from prometheus_client.parser import text_string_to_metric_families
+
+        def auctions() -> float:
+            text = httpx.get(base.removesuffix("/v1") + "/metrics", timeout=10).text
+            fams = text_string_to_metric_families(text)
+            return sum(x.value for f in fams for x in f.samples if x.name == "sale_auctions_total")
+
+        seen = {auctions() for _ in range(8)}
+        assert len(seen) == 1 and seen.pop() > 0, seen
         print(
             f"shared limits: cheap {made} calls in {elapsed:.1f}s (R={rpm}/min), "
             f"mid ${mid:.6f} of ${budget}, statuses {sorted(set(statuses))}"

@@ -175,3 +175,32 @@ def test_estimates_cover_what_scripted_agents_bill():
     assert b.usage.total_tokens <= estimate_call("bid", task, cfg).tokens
     assert v.usage.total_tokens <= estimate_call("judge", task, cfg, 2).tokens
     assert e.usage.total_tokens <= estimate_call("execute", task, cfg).tokens
+
+
+def test_a_call_given_up_before_it_reached_the_model_costs_nothing_and_frees_its_token():
+    """Cancelled while waiting for RPM room (a deadline, a client gone): the model was never
+    asked, so nothing is charged and the request token goes back to the bucket."""
+    spec = AgentSpec(
+        name="a", backend="scripted", model="s", quota=QuotaSpec(rpm=60, budget_usd=1.0)
+    )
+    run = Budget(None, "run")
+    gate = AgentGate(spec, 1.0, 1.0, run)
+    called = []
+
+    async def fn():
+        called.append(1)
+        return None
+
+    async def go():
+        for _ in range(60):  # drain the minute's burst
+            gate.rpm.reserve(1, 0)
+        waiting = asyncio.ensure_future(gate.call(Estimate(100, 100), 5.0, fn, "bid"))
+        await asyncio.sleep(0.05)  # it waits ~1 s for a token
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+
+    asyncio.run(go())
+    assert not called
+    assert gate.budget.spent == 0.0 and gate.budget.reserved == 0.0 and run.spent == 0.0
+    assert gate.rpm.level == pytest.approx(0.0, abs=0.2)  # its token was given back
