@@ -9,6 +9,7 @@ per model, so decisions follow from prices and qualities.
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import threading
 import time
@@ -121,7 +122,13 @@ def _calls(upstream, model: str) -> int:
 
 # --- lifecycle ------------------------------------------------------------------------------------
 def test_up_attach_status_and_down(tmp_path, upstream):
+    from sale_ray.tracing import TracingConfig
+
     cfg = _config(tmp_path, "lifecycle", [_agent(upstream, "cheap", 0.1)])
+    spans = tmp_path / "spans.jsonl"  # every auction the service settles is traced too
+    cfg = cfg.model_copy(
+        update={"tracing": TracingConfig(enabled=True, file=str(spans), processor="simple")}
+    )
     with pytest.raises(ServiceNotFound, match="sale-ray up --name lifecycle"):
         attach("lifecycle")
     svc = asyncio.run(up(cfg, detached=False))
@@ -141,6 +148,10 @@ def test_up_attach_status_and_down(tmp_path, upstream):
     assert Ledger(str(tmp_path / "ledger.json")).load().run_usd == pytest.approx(rec.cost_usd)
     table, _ = ResultSink(str(tmp_path / "log")).merged()
     assert table.column("auction_id").to_pylist() == [rec.auction_id]
+    lines = [json.loads(x) for x in spans.read_text().splitlines()]
+    auction = [x for x in lines if x["name"] == "auction"]
+    assert [x["attributes"]["sale.auction_id"] for x in auction] == [rec.auction_id]
+    assert {x["name"] for x in lines} >= {"auction", "bid", "execute"}
 
 
 def test_a_restarted_service_continues_its_budget_from_the_ledger(tmp_path, upstream):
