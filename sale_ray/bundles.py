@@ -11,7 +11,7 @@ asks for k of them at once, with one verifier over all k:
   k answers (exact integer match).
 
 The bin is the bundle size (bin 0: the smaller k, bin 1: the larger), and the ``length`` label
-comes from the measured table in :mod:`sale_ray.datasets`, like every shipped set. Seeded and
+comes from the measured table in :mod:`sale_ray.problem_sets`, like every shipped set. Seeded and
 deterministic; a ``limit`` is a prefix, with the two bins interleaved.
 """
 
@@ -22,6 +22,7 @@ import random
 import re
 
 from .errors import UserError
+from .problem_sets import load_humaneval, load_word_problems, task_length
 from .types import Task
 
 MODULE_SIZES = (2, 3)  # functions per module, bins 0 and 1
@@ -40,8 +41,6 @@ def _interleave(groups: list[list[Task]], limit: int | None) -> list[Task]:
 
 def load_humaneval_modules(limit: int | None = None) -> list[Task]:
     """Modules of 2 or 3 HumanEval functions (see the module docstring)."""
-    from .datasets import load_humaneval, task_length
-
     problems = load_humaneval()
     groups = []
     for b, k in enumerate(MODULE_SIZES):
@@ -79,8 +78,6 @@ def load_humaneval_modules(limit: int | None = None) -> list[Task]:
 
 def load_word_problem_sets(limit: int | None = None) -> list[Task]:
     """Sets of 3 or 6 word problems whose answer is the sum of theirs (see the docstring)."""
-    from .datasets import load_word_problems, task_length
-
     problems = [p for p in load_word_problems() if _integer(p.expected)]
     groups = []
     for b, k in enumerate(SET_SIZES):

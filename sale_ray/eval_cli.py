@@ -7,13 +7,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from . import analytics
 from .auction.baselines import ROUTERS
+from .comparison import target_lines
 from .evaluation import DEFAULT_METHODS, run_eval
 
 
 def add_eval_parser(sub: Any) -> None:
-    """``sale-ray eval`` (wired into :mod:`sale_ray.cli` through :mod:`sale_ray.evaluation`)."""
+    """``sale-ray eval`` (wired into :mod:`sale_ray.cli`)."""
     from .datasets import DATASETS
 
     e = sub.add_parser("eval", help="compare SALE with routers and the oracle on held-out tasks")
@@ -99,7 +99,7 @@ def format_table(summary: dict[str, Any]) -> str:
             lines.append(f"  {m:<16} " + ", ".join(parts))
     for m in ("sale", "sale_lean"):
         if m in stats:
-            lines += [f"{m}: {x}" for x in analytics.target_lines(stats, m)]
+            lines += [f"{m}: {x}" for x in target_lines(stats, m)]
     if summary.get("_run", {}).get("sale_note") and "sale" in stats:
         lines.append(f"note: {summary['_run']['sale_note']}")
     return "\n".join(lines)

@@ -111,8 +111,8 @@ async def build_matrix(
 
 def make_eval_evaluator(config: SaleConfig) -> Evaluator:
     """The batch verifier, except for tasks that carry their own (reasoning-gym's score_answer)."""
-    from .datasets import verify_answer
     from .evaluators.verifier import make_evaluator
+    from .problem_sets import verify_answer
 
     base = make_evaluator(config)
 

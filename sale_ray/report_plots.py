@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .analytics import COST_PHASES
+from .auction.matrix import COST_PHASES
 
 
 def write_plots(

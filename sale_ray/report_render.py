@@ -1,5 +1,6 @@
 """The report's layout: blocks (headings, paragraphs, tables, images) rendered to Markdown and
-HTML, and the PNG plots (matplotlib, optional). Numbers come from :mod:`sale_ray.analytics`."""
+HTML, and the PNG plots (matplotlib, optional). Numbers come from :mod:`sale_ray.analytics`
+(which calls this module), :mod:`sale_ray.comparison` and :mod:`sale_ray.signals`."""
 
 from __future__ import annotations
 
@@ -9,15 +10,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .analytics import (
-    COST_PHASES,
-    compare_to_oracle,
-    cost_ratios,
-    reference_methods,
-    signal_aucs,
-    target_lines,
-)
+from .auction.matrix import COST_PHASES
+from .comparison import compare_to_oracle, cost_ratios, reference_methods, target_lines
 from .report_plots import write_plots
+from .signals import signal_aucs
 
 METHOD_ORDER = (
     "largest",

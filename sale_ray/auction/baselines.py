@@ -44,9 +44,9 @@ from typing import Protocol
 import numpy as np
 
 from ..config import EvalConfig, Weights
-from .direct import direct_view
 from .matrix import Decision, TaskRow, single_agent, spend
 from .policy import Outcome
+from .row import direct_view
 from .weights import agent_loss, reference_cost, simulate
 
 NO_MEMORY_NOTE = "memory not available: sale == sale_no_memory"

@@ -5,7 +5,7 @@ Every other cell of the evaluation matrix (:mod:`.matrix`) pays for a plan and r
 plan-conditioned prompt, so its "largest" is not that baseline. A row's ``direct`` cells hold
 one :class:`DirectCell` per agent: the answer of ``Agent.execute_direct`` (one call; for code the
 answer's run of the prompt's examples is recorded, never fed back), its usage and its hidden-test
-outcome. The ``*_direct`` routers (:mod:`.baselines`) read them through :func:`direct_view`, a
+outcome. The ``*_direct`` routers (:mod:`.baselines`) read them through :func:`.row.direct_view`, a
 row whose cells *are* the direct calls, so ``largest_direct`` / ``cascade_direct`` / ``knn_direct``
 / ``oracle_direct`` are the plan-conditioned routers' own logic over direct answers.
 
@@ -17,19 +17,15 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import UserError
-from ..types import Bid, Evaluation, Execution, Task, Usage
-
-if TYPE_CHECKING:
-    from .matrix import TaskRow
+from ..types import Evaluation, Execution, Task, Usage
 
 Evaluator = Callable[[Task, str], Awaitable[Evaluation]]
-NO_BID = "direct call: no bid"
 
 
 class MissingDirectCells(UserError):
@@ -101,33 +97,6 @@ async def build_direct(
     return out
 
 
-def direct_view(row: TaskRow) -> TaskRow:
-    """``row`` with its direct calls as its cells: a cell's execution is the direct answer (its
-    ``run_usage`` the one call, no plan), its bid an unpaid placeholder carrying the answer's
-    entropy (the cascade's signal on answer tasks). Raises :class:`MissingDirectCells`."""
-    from .matrix import Cell
-
-    if not row.direct:
-        raise MissingDirectCells(
-            f"task {row.task_id} has no direct cells (a matrix written before the direct "
-            "baselines): rerun `sale-ray eval` with the same --out to fill them "
-            "(`--methods direct` runs only those)"
-        )
-    cells = {
-        a: Cell(
-            agent=a,
-            price_in=d.price_in,
-            price_out=d.price_out,
-            bid=Bid(agent=a, entropy=d.execution.entropy, rejected=NO_BID),
-            execution=d.execution,
-            evaluation=d.evaluation,
-            cached={"execute": d.cached},
-        )
-        for a, d in row.direct.items()
-    }
-    return row.model_copy(update={"cells": cells, "direct": {}})
-
-
 # --- Parquet columns ------------------------------------------------------------------------------
 DIRECT_COLUMNS = [
     ("direct_passed", pa.bool_()),
@@ -177,5 +146,4 @@ __all__ = [
     "build_direct",
     "direct_columns",
     "direct_from_columns",
-    "direct_view",
 ]

@@ -8,7 +8,8 @@ except SALE-with-memory is a pure function of a row (:mod:`.baselines`): the ora
 cheapest passing cell, SALE picks by ``C - V`` from the bids and verdicts and reads the winner's
 cell, a single-agent router reads its agent's cell. So the expensive part (model calls) is paid
 once, and the response cache makes even that free on a rerun. :func:`build_row` computes a row
-with the same protocol functions the live auction uses.
+with the same protocol functions the live auction uses. The row and cell models are
+:mod:`.row`'s (importable from here too), the made-up matrices :mod:`.synthetic`'s.
 
 Parquet form (:func:`matrix_table`): one row per (task, agent), with flat columns for analytics
 (``passed``, ``entropy``, ``jury_mean`` …, ``direct_passed`` …) and the exact objects as JSON for
@@ -20,87 +21,17 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any, Literal
+from typing import Any
 
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..types import Bid, Evaluation, Execution, JuryVerdict, Task, Usage
-from .direct import DIRECT_COLUMNS, DirectCell, direct_columns, direct_from_columns
+from .direct import DIRECT_COLUMNS, direct_columns, direct_from_columns
+from .row import Cell, Split, TaskRow
+from .synthetic import synthetic_rows
 
-Split = Literal["train", "test"]
 COST_PHASES = ("bid", "jury", "refine", "execute")
-
-
-class Cell(BaseModel):
-    """One agent on one task."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    agent: str
-    price_in: float = Field(description="$/Mtok of prompt tokens.")
-    price_out: float = Field(description="$/Mtok of completion tokens (the auction's price).")
-    bid: Bid
-    verdict: JuryVerdict | None = Field(default=None, description="Its verdict as a juror.")
-    execution: Execution | None = Field(default=None, description="It ran its own plan.")
-    evaluation: Evaluation = Evaluation()
-    cached: dict[str, bool] = Field(default_factory=dict, description="phase -> cache hit")
-
-    @property
-    def passed(self) -> bool:
-        return bool(self.evaluation.passed)
-
-    @property
-    def self_check(self) -> bool | None:
-        """The prompt-examples check of its final answer (None: not run)."""
-        ex = self.execution
-        if ex is None or ex.error is not None or not ex.self_checks_passed:
-            return None if ex is None or ex.error is None else False
-        return ex.self_checks_passed[-1]
-
-    @property
-    def run_usage(self) -> Usage:
-        """What the agent spends solving the task alone: its plan, then its execution."""
-        ex = self.execution.usage if self.execution else Usage()
-        return self.bid.usage + ex
-
-
-class TaskRow(BaseModel):
-    """All cells of one task, with its split and place in the task stream."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    task_id: str
-    prompt: str
-    kind: str = "code"
-    bin: int | None = None
-    split: Split = "test"
-    order: int = 0
-    cells: dict[str, Cell] = Field(
-        default_factory=dict, description="agent -> bid, verdict, plan-conditioned execution"
-    )
-    direct: dict[str, DirectCell] = Field(
-        default_factory=dict, description="agent -> its direct call (empty: not run)"
-    )
-
-    def _pool(self) -> Mapping[str, Cell | DirectCell]:
-        return self.cells or self.direct  # a direct-only run has no plan-conditioned cells
-
-    def by_price(self) -> list[str]:
-        """Agent names cheapest first (ties by name), the auction's notion of 'cheaper'."""
-        pool = self._pool()
-        return sorted(pool, key=lambda a: (pool[a].price_out, a))
-
-    @property
-    def prices(self) -> dict[str, float]:
-        return {a: c.price_out for a, c in self._pool().items()}
-
-    @property
-    def verdicts(self) -> list[JuryVerdict]:
-        return [c.verdict for c in self.cells.values() if c.verdict is not None]
-
-    def passing(self) -> list[str]:
-        return [a for a in self.by_price() if self.cells[a].passed]
 
 
 # --- one decision of one method on one task ---------------------------------------------------
@@ -438,8 +369,6 @@ def synthetic_matrix(
 ) -> list[TaskRow]:
     """A made-up matrix with the shape of the real one, direct cells included (for tests and
     report demos; :func:`.synthetic.synthetic_rows`)."""
-    from .synthetic import synthetic_rows
-
     return synthetic_rows(n_tasks, seed, train_fraction)
 
 

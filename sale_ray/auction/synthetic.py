@@ -6,7 +6,7 @@ import random
 
 from ..types import Bid, Evaluation, Execution, JuryVerdict, Usage
 from .direct import DirectCell
-from .matrix import Cell, Split, TaskRow
+from .row import Cell, Split, TaskRow
 
 
 def _usage(prompt: int, completion: int, price: float, latency_s: float = 0.0) -> Usage:

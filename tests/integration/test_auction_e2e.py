@@ -8,7 +8,7 @@ import pytest
 
 from sale_ray.batch import run_tasks, write_results
 from sale_ray.config import AgentSpec, ExecutionConfig, PoolSpec, SaleConfig
-from sale_ray.datasets import load_humaneval
+from sale_ray.problem_sets import load_humaneval
 from sale_ray.summary import summarize
 from tests.conftest import require_models
 

@@ -15,8 +15,8 @@ from sale_ray.config import (
     PoolSpec,
     SaleConfig,
 )
-from sale_ray.datasets import load_humaneval
 from sale_ray.evaluation import run_eval
+from sale_ray.problem_sets import load_humaneval
 from tests.conftest import require_models
 
 pytestmark = [pytest.mark.integration, pytest.mark.models]

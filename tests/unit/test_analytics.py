@@ -7,13 +7,13 @@ import pytest
 
 from sale_ray.analytics import (
     auc,
-    compare_to_oracle,
     decisions_from_auctions,
     method_stats,
     signal_aucs,
     write_report,
 )
 from sale_ray.auction.matrix import decisions_table, matrix_table, synthetic_matrix
+from sale_ray.comparison import compare_to_oracle
 from sale_ray.config import EvalConfig, SaleConfig
 from sale_ray.errors import UserError
 from sale_ray.evaluation import DEFAULT_METHODS, analyse, summarize
@@ -189,7 +189,7 @@ def test_report_on_an_empty_folder_is_a_clear_user_error(tmp_path):
 
 
 def test_target_lines_say_met_or_missed_and_by_how_much():
-    from sale_ray.analytics import target_lines
+    from sale_ray.comparison import target_lines
 
     rows = []
     for i in range(4):

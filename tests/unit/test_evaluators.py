@@ -11,7 +11,6 @@ import sys
 import pytest
 
 from sale_ray.config import SandboxConfig
-from sale_ray.datasets import load_humaneval
 from sale_ray.evaluators import (
     SandboxRefused,
     build_program,
@@ -22,6 +21,7 @@ from sale_ray.evaluators import (
     run_python,
     run_self_check,
 )
+from sale_ray.problem_sets import load_humaneval
 from sale_ray.types import AuctionRecord, Evaluation, Task, records_table
 
 FAST = SandboxConfig(timeout_s=5, cpu_s=5)
