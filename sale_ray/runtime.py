@@ -236,13 +236,9 @@ class AgentPool:
 
 
 def _agent_class(spec: AgentSpec) -> type:
-    if spec.backend == "scripted":
-        from .agents.scripted import ScriptedAgent
+    from .agents.backends import agent_class
 
-        return ScriptedAgent
-    from .agents.agent import Agent
-
-    return Agent
+    return agent_class(spec.backend)
 
 
 async def start_agents(

@@ -13,12 +13,14 @@ from ..types import Evaluation, Task
 
 
 def make_evaluator(config: SaleConfig):
-    """The verifier the protocol calls: scripted answers for an all-scripted pool, else
-    sandboxed tests for code and exact match for answers (bounded: each is a subprocess)."""
-    if config.pool.agents and all(a.backend == "scripted" for a in config.pool.agents):
-        from ..agents.scripted import scripted_evaluate
+    """The verifier the protocol calls: the pool's own when its backends bring one (scripted
+    answers for an all-scripted pool), else sandboxed tests for code and exact match for
+    answers (bounded: each is a subprocess)."""
+    from ..agents.backends import own_evaluator
 
-        return scripted_evaluate
+    own = own_evaluator([a.backend for a in config.pool.agents])
+    if own is not None:  # a backend that brings its own verifier (agents/backends.py)
+        return own
     from .broker import contained
 
     sem = asyncio.Semaphore(config.auctioneer.evaluate_concurrency)
