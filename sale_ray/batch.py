@@ -298,10 +298,9 @@ async def run_batch(
             res.service = svc.name
             try:
                 await drive(svc.actor, fresh(), on_group, streams_in_flight=streams_in_flight)
-                if svc.private:  # its memory dies with it: the durable copy is the snapshot
-                    await svc.snapshot()
-                else:
-                    await svc.flush()
+                # a shared service: its ledger and log written now; a private one does that,
+                # and snapshots its memory (which dies with it), when it stops below
+                await svc.flush()
             except Exception as e:
                 sink.flush()  # keep what finished: a rerun resumes from it
                 raise InfraError(

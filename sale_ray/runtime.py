@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
@@ -28,6 +29,8 @@ def unwrap(e: BaseException) -> BaseException:
     cause = getattr(e, "cause", None)
     return cause if isinstance(cause, BaseException) else e
 
+
+log = logging.getLogger(__name__)
 
 # Loopback-only sockets and no usage reporting for clusters we start ourselves.
 LOCAL_RAY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
@@ -401,8 +404,13 @@ class AuctioneerService:
         await self.state.flush()
 
     async def stop(self) -> None:
-        """Flush, then stop the agents' models (the actors are killed by the caller)."""
+        """Flush, snapshot the memory (where ``storage.snapshot_uri`` says), then stop the
+        agents' models (the actors are killed by the caller)."""
         await self.state.flush()
+        try:  # the shards die with this actor: their durable copy is the snapshot
+            await self.snapshot()
+        except Exception as e:
+            log.warning("memory snapshot at stop failed: %s: %s", type(e).__name__, str(e)[:200])
         import ray
 
         await asyncio.gather(

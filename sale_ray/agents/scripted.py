@@ -129,6 +129,12 @@ class ScriptedAgent:
             usage=self._usage(self._prompt_tokens(task) + 100, 120),
         )
 
+    async def execute_stream(self, task: Task, plan: str) -> AsyncIterator[str | Execution]:
+        """:meth:`execute`, streamed as the real agents do: the answer, then the Execution."""
+        ex = await self.execute(task, plan)
+        yield ex.answer
+        yield ex
+
     async def execute_direct(self, task: Task) -> Execution:
         """One call, no plan: passes on its own draw (so direct and plan-conditioned cells
         differ); its self-check (code) and its entropy (answer tasks: low when it passes) agree
