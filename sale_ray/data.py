@@ -225,12 +225,12 @@ class AuctionSession:
 
     def start(self) -> AuctionSession:
         from .runtime import start_agents, start_auctioneer
-        from .service.handle import ServiceNotFound, attach
+        from .service.handle import ServiceNotFound, attach_for
 
         mode = self.config.service.attach
         if mode != "never":
             try:
-                self.auctioneer = attach(self.config.service.name).actor
+                self.auctioneer = _sync(attach_for(self.config)).actor
                 self.attached = self.config.service.name
                 return self
             except ServiceNotFound:

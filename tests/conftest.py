@@ -65,3 +65,29 @@ def require_browser() -> str:
             "see its message above)"
         )
     pytest.skip(reason)
+
+
+def own_service(config, name: str, state_dir):
+    """``config`` with a service of its own (``name``), its ledger and log under ``state_dir``:
+    a test's Serve replicas then never attach to another test's service, and nothing is
+    written into the checkout."""
+    from sale_ray.service.config import ServiceConfig
+
+    svc = ServiceConfig(
+        name=name,
+        log_uri=str(state_dir / "log"),
+        ledger_uri=str(state_dir / "ledger.json"),
+    )
+    return config.model_copy(update={"service": svc})
+
+
+def stop_service(name: str) -> None:
+    """``sale-ray down`` for a test's service, if it is up (replicas start theirs detached)."""
+    import asyncio
+
+    from sale_ray.service.handle import ServiceNotFound, down
+
+    try:
+        asyncio.run(down(name))
+    except ServiceNotFound:
+        pass

@@ -35,6 +35,28 @@ class ServiceNotFound(UserError):
     """No service of that name is running on this Ray cluster."""
 
 
+class ServiceMismatch(UserError):
+    """The running service of that name runs another pool than the door's config."""
+
+
+async def attach_for(config: SaleConfig, name: str | None = None) -> Service:
+    """The running service ``name`` (default ``config.service.name``), checked to run the pool
+    ``config`` names: a door must not silently auction on other agents than it was given.
+    Raises :class:`ServiceNotFound` or :class:`ServiceMismatch`."""
+    name = name or config.service.name
+    svc = attach(name)
+    running = (await svc.describe())["config"]["pool"]
+    if running != config.pool.model_dump(mode="json"):
+        have = [a["name"] for a in running["agents"]]
+        want = [a.name for a in config.pool.agents]
+        raise ServiceMismatch(
+            f"service {name!r} is up with another pool (agents {have}; this config: {want}, "
+            f"or the same names set up differently): pick another service.name, or stop it "
+            f"with `sale-ray down --name {name}`"
+        )
+    return svc
+
+
 class Service:
     """A door's handle on one running service (its auctioneer actor).
 
@@ -234,7 +256,7 @@ async def up(
     ledger = names.fill(sc.ledger_uri if ledger_uri == "" else ledger_uri, name)
     logs = names.fill(sc.log_uri if log_uri == "" else log_uri, name)
     with contextlib.suppress(ServiceNotFound):
-        return attach(name)
+        return await attach_for(config, name)
     pool = await start_agents(
         config,
         names={a.name: names.agent_name(name, a.name) for a in config.pool.agents},
@@ -314,7 +336,7 @@ async def open_service(
     mode = config.service.attach
     if mode != "never":
         try:
-            svc = attach(config.service.name)
+            svc = await attach_for(config)
         except ServiceNotFound:
             if mode == "always":
                 raise
@@ -399,7 +421,7 @@ async def open_pool(config: SaleConfig) -> AsyncIterator[Any]:
     mode = config.service.attach
     if mode != "never":
         try:
-            svc = attach(config.service.name)
+            svc = await attach_for(config)
         except ServiceNotFound:
             if mode == "always":
                 raise

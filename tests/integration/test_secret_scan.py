@@ -42,6 +42,7 @@ from sale_ray.config import (
 from sale_ray.memory.config import MemoryConfig, StorageConfig
 from sale_ray.serve.scripted import ScriptedUpstream
 from sale_ray.types import Task
+from tests.conftest import own_service, stop_service
 
 pytestmark = pytest.mark.integration
 
@@ -183,12 +184,13 @@ def _workers_hold_the_keys(ray) -> bool:
     return ray.get(held.remote())
 
 
-def _serve_requests(config: SaleConfig, scan: Scan, port: int) -> None:
+def _serve_requests(config: SaleConfig, scan: Scan, port: int, state: Path) -> None:
     from ray import serve
 
     from sale_ray.serve.deployment import build_app
 
     name, prefix = "sale-secret-scan", "/scan"
+    config = own_service(config, name, state)  # its ledger and log are scanned too
     serve.run(build_app(config), name=name, route_prefix=prefix)
     try:
         url = f"http://127.0.0.1:{port}{prefix}/v1/chat/completions"
@@ -208,6 +210,7 @@ def _serve_requests(config: SaleConfig, scan: Scan, port: int) -> None:
         scan.blob("errors", "serve upstream 500", r.content)
     finally:
         serve.delete(name)
+        stop_service(name)  # flushes the service's ledger and log
 
 
 def _sandbox(scan: Scan, config: SaleConfig) -> None:
@@ -256,7 +259,7 @@ def test_no_key_reaches_logs_errors_results_snapshots_cache_or_sandbox_output(
 
         port = start_serve(ServeConfig(port=_free_port()))
         serve_cfg = config.model_copy(update={"memory": MemoryConfig(enabled=False)})
-        _serve_requests(serve_cfg, scan, port)
+        _serve_requests(serve_cfg, scan, port, tmp_path / "service")
         _sandbox(scan, config)
     finally:
         upstream.stop()
@@ -267,6 +270,7 @@ def test_no_key_reaches_logs_errors_results_snapshots_cache_or_sandbox_output(
     scan.path("parquet results", out)
     scan.path("memory snapshots", tmp_path / "snapshots")
     scan.path("response cache", tmp_path / "cache")
+    scan.path("service log and ledger", tmp_path / "service")
 
     assert scan.found == [], scan.found  # names the file and which key, never the key
     places = [
@@ -277,6 +281,7 @@ def test_no_key_reaches_logs_errors_results_snapshots_cache_or_sandbox_output(
         "response cache",
         "sandbox output",
         "serve responses",
+        "service log and ledger",
     ]
     empty = [p for p in places if not scan.files.get(p) or not scan.bytes.get(p)]
     assert empty == [], f"nothing scanned in {empty}: {scan.files}"

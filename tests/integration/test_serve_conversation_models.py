@@ -34,7 +34,7 @@ def client(ray_cluster, tmp_path_factory):
     from ray import serve
 
     from sale_ray.serve.deployment import build_app, start_serve
-    from tests.conftest import require_models
+    from tests.conftest import own_service, require_models, stop_service
 
     require_models(MODEL)
     keys = tmp_path_factory.mktemp("keys") / "api_keys"
@@ -49,6 +49,7 @@ def client(ray_cluster, tmp_path_factory):
         execution=ExecutionConfig(max_tokens=64),
         serve=ServeConfig(api_keys_env=None, api_keys_file=str(keys), request_timeout_s=400),
     )
+    config = own_service(config, "sale-conversation", tmp_path_factory.mktemp("service"))
     serve.run(build_app(config), name="sale-conversation", route_prefix="/conversation")
     yield openai.OpenAI(
         base_url=f"http://127.0.0.1:{port}/conversation/v1",
@@ -57,6 +58,7 @@ def client(ray_cluster, tmp_path_factory):
         timeout=400,
     )
     serve.delete("sale-conversation")
+    stop_service("sale-conversation")
 
 
 def test_an_auction_remembers_a_name_given_earlier_in_the_conversation(client):

@@ -29,7 +29,7 @@ def client(ray_cluster, tmp_path_factory):
     from ray import serve
 
     from sale_ray.serve.deployment import build_app, start_serve
-    from tests.conftest import require_models
+    from tests.conftest import own_service, require_models, stop_service
 
     require_models(MODEL)
     keys = tmp_path_factory.mktemp("keys") / "api_keys"
@@ -44,11 +44,13 @@ def client(ray_cluster, tmp_path_factory):
         execution=ExecutionConfig(max_tokens=64),
         serve=ServeConfig(api_keys_env=None, api_keys_file=str(keys), request_timeout_s=240),
     )
+    config = own_service(config, "sale-models", tmp_path_factory.mktemp("service"))
     serve.run(build_app(config), name="sale-models", route_prefix="/local")
     yield openai.OpenAI(
         base_url=f"http://127.0.0.1:{port}/local/v1", api_key=KEY, max_retries=0, timeout=240
     )
     serve.delete("sale-models")
+    stop_service("sale-models")
 
 
 def test_a_streamed_auction_on_a_real_model_answers_and_explains(client):

@@ -32,7 +32,15 @@ from sale_ray.memory.config import MemoryConfig
 from sale_ray.serve.scripted import ScriptedUpstream
 from sale_ray.service import names
 from sale_ray.service.config import ServiceConfig
-from sale_ray.service.handle import ServiceNotFound, attach, down, open_service, status, up
+from sale_ray.service.handle import (
+    ServiceMismatch,
+    ServiceNotFound,
+    attach,
+    down,
+    open_service,
+    status,
+    up,
+)
 from sale_ray.service.ledger import Ledger
 from sale_ray.sink import ResultSink
 from sale_ray.types import Task
@@ -135,6 +143,9 @@ def test_up_attach_status_and_down(tmp_path, upstream):
     try:
         again = asyncio.run(up(cfg))  # a second door starting it gets the same service
         assert again.actor._actor_id == svc.actor._actor_id and not again.started
+        other = cfg.model_copy(update={"pool": PoolSpec(agents=[_agent(upstream, "x", 0.2)])})
+        with pytest.raises(ServiceMismatch, match=r"another pool \(agents \['cheap'\]"):
+            asyncio.run(up(other))  # a door never auctions on other agents than it was given
         rec = asyncio.run(attach("lifecycle").submit(Task(id="t1", prompt="2+2", kind="answer")))
         assert rec.winner == "cheap" and rec.cost_usd > 0
         st = asyncio.run(status("lifecycle"))
