@@ -16,6 +16,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.fakes
+
 CHILD = """
 import resource, sys, time
 from pathlib import Path
@@ -36,9 +38,10 @@ def build(folder: Path, copies: int) -> dict:
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    from sale_ray.auction.matrix import decisions_table, synthetic_matrix
+    from sale_ray.auction.matrix import decisions_table
     from sale_ray.config import EvalConfig, SaleConfig
     from sale_ray.evaluation import DEFAULT_METHODS, analyse
+    from tests.fakes.synthetic import synthetic_matrix
 
     rows = synthetic_matrix(50, seed=3)
     decisions, _ = analyse(

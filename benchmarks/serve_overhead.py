@@ -45,6 +45,7 @@ from pathlib import Path
 
 import httpx2 as httpx
 
+ROOT = Path(__file__).resolve().parents[1]
 KEY = "bench-key-" + os.urandom(12).hex()
 BODY = {
     "model": "bench-m",
@@ -61,11 +62,12 @@ def _free_port() -> int:
 
 
 def _spawn(args: list[str]) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, *args], stdout=subprocess.PIPE, text=True)
+    """A Python process in the repo root (so ``-m tests.fakes.upstream`` imports)."""
+    return subprocess.Popen([sys.executable, *args], stdout=subprocess.PIPE, text=True, cwd=ROOT)
 
 
 def _start_upstream() -> tuple[subprocess.Popen[str], int]:
-    proc = _spawn(["-m", "sale_ray.serve.scripted", "--port", "0"])
+    proc = _spawn(["-m", "tests.fakes.upstream", "--port", "0"])
     line = proc.stdout.readline() if proc.stdout else ""
     if not line.startswith("PORT "):
         raise RuntimeError("scripted upstream did not start")

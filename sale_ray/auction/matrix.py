@@ -9,7 +9,7 @@ cheapest passing cell, SALE picks by ``C - V`` from the bids and verdicts and re
 cell, a single-agent router reads its agent's cell. So the expensive part (model calls) is paid
 once, and the response cache makes even that free on a rerun. :func:`build_row` computes a row
 with the same protocol functions the live auction uses. The row and cell models are
-:mod:`.row`'s (importable from here too), the made-up matrices :mod:`.synthetic`'s.
+:mod:`.row`'s (importable from here too).
 
 Parquet form (:func:`matrix_table`): one row per (task, agent), with flat columns for analytics
 (``passed``, ``entropy``, ``jury_mean`` …, ``direct_passed`` …) and the exact objects as JSON for
@@ -29,7 +29,6 @@ from pydantic import BaseModel, ConfigDict, Field
 from ..types import Bid, Evaluation, Execution, JuryVerdict, Task, Usage
 from .direct import DIRECT_COLUMNS, direct_columns, direct_from_columns
 from .row import Cell, Split, TaskRow
-from .synthetic import synthetic_rows
 
 COST_PHASES = ("bid", "jury", "refine", "execute")
 
@@ -364,14 +363,6 @@ def rows_from_table(table: pa.Table) -> list[TaskRow]:
     return sorted(rows, key=lambda t: (t.order, t.task_id))
 
 
-def synthetic_matrix(
-    n_tasks: int = 60, seed: int = 0, train_fraction: float = 0.5
-) -> list[TaskRow]:
-    """A made-up matrix with the shape of the real one, direct cells included (for tests and
-    report demos; :func:`.synthetic.synthetic_rows`)."""
-    return synthetic_rows(n_tasks, seed, train_fraction)
-
-
 def finite(x: float | None) -> bool:
     return x is not None and not math.isnan(x)
 
@@ -391,5 +382,4 @@ __all__ = [
     "rows_from_table",
     "single_agent",
     "spend",
-    "synthetic_matrix",
 ]

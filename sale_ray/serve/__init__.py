@@ -13,7 +13,6 @@
     cli.py         ``sale-ray serve``, ``sale-ray serve-llm``
     llm_pool.py    the pool's models as OpenAI-compatible Serve deployments (``/llm/<name>/v1``)
     llm_proxy.py   one such route's app: requests forwarded to llama.cpp, usage counted
-    scripted.py    a scripted OpenAI-compatible upstream (fault tests, benchmark)
 
 See docs/serve.md and docs/serve_llm.md.
 """

@@ -40,9 +40,9 @@ from sale_ray.config import (
     ServeConfig,
 )
 from sale_ray.memory.config import MemoryConfig, StorageConfig
-from sale_ray.serve.scripted import ScriptedUpstream
 from sale_ray.types import Task
 from tests.conftest import own_service, stop_service
+from tests.fakes.upstream import ScriptedUpstream
 
 pytestmark = pytest.mark.integration
 

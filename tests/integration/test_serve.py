@@ -19,10 +19,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from sale_ray.config import AgentSpec, AuctionConfig, PoolSpec, SaleConfig, ServeConfig
 from sale_ray.memory.config import MemoryConfig
 from sale_ray.serve.conversation import render
-from sale_ray.serve.scripted import ScriptedUpstream
 from sale_ray.serve.wire import ChatCompletionRequest
 from sale_ray.service.config import ServiceConfig
 from sale_ray.service.handle import down
+from tests.fakes.upstream import ScriptedUpstream
 
 pytestmark = pytest.mark.integration
 

@@ -13,7 +13,7 @@ import time
 import httpx2 as httpx
 import pytest
 
-from sale_ray.serve.scripted import ScriptedUpstream
+from tests.fakes.upstream import ScriptedUpstream
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

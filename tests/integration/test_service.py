@@ -29,7 +29,6 @@ from sale_ray.config import (
     ServeConfig,
 )
 from sale_ray.memory.config import MemoryConfig
-from sale_ray.serve.scripted import ScriptedUpstream
 from sale_ray.service import names
 from sale_ray.service.config import ServiceConfig
 from sale_ray.service.handle import (
@@ -44,6 +43,7 @@ from sale_ray.service.handle import (
 from sale_ray.service.ledger import Ledger
 from sale_ray.sink import ResultSink
 from sale_ray.types import Task
+from tests.fakes.upstream import ScriptedUpstream
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 KEY = "service-test-key-0123456789"

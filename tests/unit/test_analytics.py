@@ -12,7 +12,7 @@ from sale_ray.analytics import (
     signal_aucs,
     write_report,
 )
-from sale_ray.auction.matrix import decisions_table, matrix_table, synthetic_matrix
+from sale_ray.auction.matrix import decisions_table, matrix_table
 from sale_ray.comparison import compare_to_oracle
 from sale_ray.config import EvalConfig, SaleConfig
 from sale_ray.errors import UserError
@@ -26,6 +26,7 @@ from sale_ray.types import (
     Usage,
     records_table,
 )
+from tests.fakes.synthetic import synthetic_matrix
 
 
 def test_auc_is_the_rank_statistic():

@@ -11,10 +11,11 @@ from sale_ray.auction.baselines import (
     make_router,
 )
 from sale_ray.auction.direct import DirectCell, MissingDirectCells
-from sale_ray.auction.matrix import Cell, Decision, TaskRow, synthetic_matrix
+from sale_ray.auction.matrix import Cell, Decision, TaskRow
 from sale_ray.config import EvalConfig, Weights
 from sale_ray.errors import ConfigError
 from sale_ray.types import Bid, Evaluation, Execution, JuryVerdict, Usage
+from tests.fakes.synthetic import synthetic_matrix
 
 PRICES = {"small": 0.03, "mid": 0.1, "large": 0.3}
 

@@ -14,7 +14,7 @@ from sale_ray.agents.llm import ChatResult
 from sale_ray.agents.scripted import ScriptedAgent, scripted_evaluate
 from sale_ray.auction.baselines import DIRECT_METHODS, REQUIRED_METHODS, RouterContext, make_router
 from sale_ray.auction.direct import MissingDirectCells, build_direct
-from sale_ray.auction.matrix import build_row, matrix_table, rows_from_table, synthetic_matrix
+from sale_ray.auction.matrix import build_row, matrix_table, rows_from_table
 from sale_ray.auction.protocol import run_auction
 from sale_ray.config import (
     AgentSpec,
@@ -37,6 +37,7 @@ from sale_ray.evaluation import (
 )
 from sale_ray.live_eval import decision_from_record, memory_available, sale_with_memory
 from sale_ray.types import Evaluation, Task
+from tests.fakes.synthetic import synthetic_matrix
 
 PRICES = {"small": 0.03, "mid": 0.1, "large": 0.3}
 QUALITY = {"small": 0.3, "mid": 0.6, "large": 0.9}

@@ -15,7 +15,7 @@ import pytest
 from sale_ray.agents.llm import ChatClient
 from sale_ray.errors import ModelError, ModelHTTPError
 from sale_ray.serve.llm_proxy import UsageLedger, _scan, create_proxy_app, usage_of
-from sale_ray.serve.scripted import AppThread, ScriptedUpstream
+from tests.fakes.upstream import AppThread, ScriptedUpstream
 
 MODEL = "m1"
 

@@ -20,7 +20,7 @@ from sale_ray.serve.app import create_app
 from sale_ray.serve.auth import ApiKeys
 from sale_ray.serve.gateway import Gateway
 from sale_ray.serve.handles import InProcessAgent
-from sale_ray.serve.scripted import AppThread, ScriptedUpstream
+from tests.fakes.upstream import AppThread, ScriptedUpstream
 
 KEY = "unit-key-5f0c8a2e9b7d4c1a"
 WRONG = "wrong-key-77e1d0c4b2a9f3e8"

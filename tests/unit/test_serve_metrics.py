@@ -14,7 +14,7 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from sale_ray.serve.scripted import ScriptedUpstream
+from tests.fakes.upstream import ScriptedUpstream
 from tests.unit.test_serve_app import KEY, _config, _serve
 
 DASHBOARD = Path(__file__).resolve().parents[2] / "cluster" / "grafana" / "sale-ray.json"

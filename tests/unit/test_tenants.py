@@ -27,9 +27,9 @@ from sale_ray.serve.app import create_app
 from sale_ray.serve.auth import ApiKeys, parse_key_line
 from sale_ray.serve.gateway import Gateway
 from sale_ray.serve.handles import InProcessAgent
-from sale_ray.serve.scripted import AppThread, ScriptedUpstream
 from sale_ray.tenants import TenantBudgetExhausted, TenantLimits, TenantRateLimited
 from sale_ray.types import Task
+from tests.fakes.upstream import AppThread, ScriptedUpstream
 
 ACME, BETA, ADMIN = "acme-key-0123456789abcdef", "beta-key-0123456789abcdef", "admin-key-0123456789"
 

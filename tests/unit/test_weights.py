@@ -3,10 +3,11 @@ bounds, drops features for ablations, and writes a config file the auction reads
 
 import pytest
 
-from sale_ray.auction.matrix import Cell, TaskRow, synthetic_matrix
+from sale_ray.auction.matrix import Cell, TaskRow
 from sale_ray.auction.weights import fit_weights, sale_choice, write_weights
 from sale_ray.config import Weights, load_config
 from sale_ray.types import Bid, Evaluation, Execution, JuryVerdict, Usage
+from tests.fakes.synthetic import synthetic_matrix
 
 PRICES = {"small": 0.03, "mid": 0.1, "large": 0.3}
 

@@ -2,8 +2,8 @@
 
 Plain asyncio HTTP/1.1 (keep-alive, chunked SSE), so every fault is exactly what it says: no
 framework retries or buffers in between. It runs in a background thread (tests: inspect
-:attr:`ScriptedUpstream.events`) or as a process (``python -m sale_ray.serve.scripted``, which
-prints ``PORT <n>``; the benchmark's zero-latency upstream).
+:attr:`ScriptedUpstream.events`) or as a process (``python -m tests.fakes.upstream`` from the
+repo root, which prints ``PORT <n>``; the benchmark's zero-latency upstream).
 
 What a ``POST /v1/chat/completions`` gets depends on the request:
 
@@ -411,10 +411,6 @@ def main() -> None:
         pass
 
 
-if __name__ == "__main__":
-    main()
-
-
 class AppThread:
     """Any ASGI app under plain uvicorn on 127.0.0.1 in a background thread (tests, benchmark).
 
@@ -452,3 +448,7 @@ class AppThread:
         self.server.should_exit = True
         self._thread.join(10)
         self._sock.close()
+
+
+if __name__ == "__main__":
+    main()

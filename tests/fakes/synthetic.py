@@ -1,12 +1,12 @@
-"""Made-up evaluation matrices with the shape of real ones, for tests and report demos."""
+"""Made-up evaluation matrices with the shape of real ones (tests, benchmarks/report_scale.py)."""
 
 from __future__ import annotations
 
 import random
 
-from ..types import Bid, Evaluation, Execution, JuryVerdict, Usage
-from .direct import DirectCell
-from .row import Cell, Split, TaskRow
+from sale_ray.auction.direct import DirectCell
+from sale_ray.auction.row import Cell, Split, TaskRow
+from sale_ray.types import Bid, Evaluation, Execution, JuryVerdict, Usage
 
 
 def _usage(prompt: int, completion: int, price: float, latency_s: float = 0.0) -> Usage:
@@ -40,7 +40,9 @@ def synthetic_direct(
     )
 
 
-def synthetic_rows(n_tasks: int = 60, seed: int = 0, train_fraction: float = 0.5) -> list[TaskRow]:
+def synthetic_matrix(
+    n_tasks: int = 60, seed: int = 0, train_fraction: float = 0.5
+) -> list[TaskRow]:
     """A made-up matrix with the shape of the real one (three agents, five bins; bigger agents
     pass more, low entropy and high jury scores go with passing), with direct cells.
 

@@ -1,0 +1,1 @@
+"""Test fakes: a scripted OpenAI-compatible upstream and made-up evaluation matrices."""
