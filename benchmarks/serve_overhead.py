@@ -198,6 +198,7 @@ def _deploy(upstream_port: int, keys_file: str) -> int:
 
     from sale_ray.config import AgentSpec, PoolSpec, SaleConfig, ServeConfig
     from sale_ray.serve.deployment import Echo, build_app, start_serve
+    from sale_ray.service.config import ServiceConfig
 
     port = start_serve(ServeConfig(port=_free_port()))
     config = SaleConfig(
@@ -221,11 +222,19 @@ def _deploy(upstream_port: int, keys_file: str) -> int:
             max_queued_requests=1024,
         ),
     )
-    serve.run(build_app(config), name="bench", route_prefix="/bench")
+    # each app its own service (two pools cannot share one), its state in a temporary folder
+    state = Path(tempfile.mkdtemp(prefix="sr-overhead-"))
+
+    def own(cfg: SaleConfig, name: str) -> SaleConfig:
+        svc = ServiceConfig(
+            name=name, log_uri=str(state / name / "log"), ledger_uri=str(state / name / "l.json")
+        )
+        return cfg.model_copy(update={"service": svc})
+
+    serve.run(build_app(own(config, "bench")), name="bench", route_prefix="/bench")
     serve.run(Echo.bind(), name="echo", route_prefix="/echo-app")
-    serve.run(
-        build_app(auction_config(upstream_port, keys_file)), name="sale", route_prefix="/sale"
-    )
+    auction = own(auction_config(upstream_port, keys_file), "bench-sale")
+    serve.run(build_app(auction), name="sale", route_prefix="/sale")
     return port
 
 

@@ -17,6 +17,7 @@ Its neighbours: :mod:`sale_ray.batching` (the micro-batched wire to agent actors
 from __future__ import annotations
 
 import asyncio
+import pickle
 import time
 import uuid
 from collections import OrderedDict, deque
@@ -59,6 +60,34 @@ def budget_refused(rec: AuctionRecord) -> bool:
     return bool(rec.error and rec.error.startswith(BUDGET_REFUSED))
 
 
+class KeptRecords:
+    """Finished records by task id, oldest first, each kept as one pickled ``bytes``.
+
+    A long-lived service keeps ``auctioneer.remember`` (200,000) records for idempotency. As
+    objects, each is ~64 objects the garbage collector walks on every full pass, and the
+    service slows as it ages (measured: 461 → 270 auctions/s over 16,000 auctions in process);
+    as bytes each is one untracked object, and smaller. A duplicate submit — rare — unpickles."""
+
+    def __init__(self) -> None:
+        self._data: OrderedDict[str, bytes] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __contains__(self, task_id: object) -> bool:
+        return task_id in self._data
+
+    def put(self, task_id: str, rec: AuctionRecord) -> None:
+        self._data[task_id] = pickle.dumps(rec, protocol=pickle.HIGHEST_PROTOCOL)
+
+    def get(self, task_id: str | None) -> AuctionRecord | None:
+        raw = self._data.get(task_id) if task_id is not None else None
+        return None if raw is None else pickle.loads(raw)
+
+    def pop_oldest(self) -> str:
+        return self._data.popitem(last=False)[0]
+
+
 class Auctioneer(OnlineCalls):
     """Runs auctions for many tasks at once over one pool of agent handles.
 
@@ -98,7 +127,7 @@ class Auctioneer(OnlineCalls):
             self.refine, self.remember = refine or refiner, refiner.remember
         self._slots = asyncio.Semaphore(s.max_in_flight)
         self._running: dict[str, asyncio.Future] = {}  # task id -> its auction (in flight)
-        self._done: OrderedDict[str, AuctionRecord] = OrderedDict()  # finished, LRU-bounded
+        self._done = KeptRecords()  # finished, LRU-bounded, stored compactly
         self._forgotten: set[str] = set()  # ids whose record was evicted: still never re-run
         self._by_auction: OrderedDict[str, str] = OrderedDict()  # auction id -> task id
         self._waiters: dict[str, int] = {}  # task id -> callers awaiting its auction
@@ -363,10 +392,10 @@ class Auctioneer(OnlineCalls):
         return rec
 
     def _remember(self, task_id: str, rec: AuctionRecord) -> None:
-        self._done[task_id] = rec
+        self._done.put(task_id, rec)
         self._by_auction[rec.auction_id] = task_id
         while len(self._done) > self.config.auctioneer.remember:
-            old, _ = self._done.popitem(last=False)
+            old = self._done.pop_oldest()
             self._forgotten.add(old)  # an id is ~60 bytes: keep them all, records are bigger
         while len(self._by_auction) > self.config.auctioneer.remember:
             self._by_auction.popitem(last=False)
