@@ -32,6 +32,25 @@ def unwrap(e: BaseException) -> BaseException:
 
 log = logging.getLogger(__name__)
 
+
+async def relay(gen: Any) -> AsyncIterator[Any]:
+    """The items of a Ray streaming call, with the actor's own exceptions (not Ray's wrapper);
+    closing it early (a reader gone, a cancel, a failure) stops the remote stream."""
+    import ray
+
+    finished = False
+    try:
+        async for ref in gen:
+            try:
+                yield await ref
+            except ray.exceptions.RayTaskError as e:
+                raise unwrap(e) from None
+        finished = True
+    finally:
+        if not finished:
+            ray.cancel(gen)
+
+
 # Loopback-only sockets and no usage reporting for clusters we start ourselves.
 LOCAL_RAY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
 
@@ -173,20 +192,8 @@ class ActorAgent:
         """The winner's execution, streamed: deltas, then the ``Execution``."""
         return self._stream(self.actor.execute_stream.remote(task, plan))
 
-    async def _stream(self, gen: Any) -> AsyncIterator[Any]:
-        import ray
-
-        finished = False
-        try:
-            async for ref in gen:
-                try:
-                    yield await ref
-                except ray.exceptions.RayTaskError as e:
-                    raise unwrap(e) from None
-            finished = True
-        finally:
-            if not finished:  # closed early, cancelled or failed: stop the actor's stream
-                ray.cancel(gen)
+    def _stream(self, gen: Any) -> AsyncIterator[Any]:
+        return relay(gen)
 
     def batch_stats(self) -> dict[str, float]:
         b = [x for x in self._batchers.values() if x.batches]

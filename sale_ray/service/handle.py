@@ -93,22 +93,10 @@ class Service:
         except ray.exceptions.RayTaskError as e:
             raise unwrap(e) from None
 
-    async def _stream(self, gen: Any) -> AsyncIterator[Any]:
-        import ray
+    def _stream(self, gen: Any) -> AsyncIterator[Any]:
+        from ..runtime import relay
 
-        from ..runtime import unwrap
-
-        finished = False
-        try:
-            async for ref in gen:
-                try:
-                    yield await ref
-                except ray.exceptions.RayTaskError as e:
-                    raise unwrap(e) from None
-            finished = True
-        finally:
-            if not finished:  # closed early, cancelled or failed: stop the remote stream
-                ray.cancel(gen)
+        return relay(gen)
 
     async def submit(
         self,
@@ -318,6 +306,19 @@ async def status(name: str) -> dict[str, Any]:
     }
 
 
+async def _running_for(config: SaleConfig) -> Service | None:
+    """The running service a door should attach to under ``service.attach`` (None: start a
+    private one); ``always`` with none up raises :class:`ServiceNotFound`."""
+    if config.service.attach == "never":
+        return None
+    try:
+        return await attach_for(config)
+    except ServiceNotFound:
+        if config.service.attach == "always":
+            raise
+        return None
+
+
 @contextlib.asynccontextmanager
 async def open_service(
     config: SaleConfig,
@@ -333,17 +334,11 @@ async def open_service(
     given ledger and log (a batch run passes its ``--out``'s ledger)."""
     from ..runtime import start_agents, start_auctioneer
 
-    mode = config.service.attach
-    if mode != "never":
-        try:
-            svc = await attach_for(config)
-        except ServiceNotFound:
-            if mode == "always":
-                raise
-        else:
-            log.info("attached to sale-ray service %r", config.service.name)
-            yield svc
-            return
+    svc = await _running_for(config)
+    if svc is not None:
+        log.info("attached to sale-ray service %r", config.service.name)
+        yield svc
+        return
     pool = await start_agents(config, batched=batched)
     state = _state(config, None, ledger_uri, log_uri)  # type: ignore[arg-type]
     state.update(endpoint_url=endpoint_url, region=region)
@@ -418,17 +413,11 @@ async def open_pool(config: SaleConfig) -> AsyncIterator[Any]:
     ``service.attach`` as for :func:`open_service`), else private actors for this block."""
     from ..runtime import start_agents
 
-    mode = config.service.attach
-    if mode != "never":
-        try:
-            svc = await attach_for(config)
-        except ServiceNotFound:
-            if mode == "always":
-                raise
-        else:
-            info = await svc.describe()
-            yield ServicePool(svc, info["prices"])
-            return
+    svc = await _running_for(config)
+    if svc is not None:
+        info = await svc.describe()
+        yield ServicePool(svc, info["prices"])
+        return
     pool = await start_agents(config)
     try:
         yield pool
