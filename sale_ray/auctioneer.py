@@ -216,16 +216,9 @@ class Auctioneer(OnlineCalls):
             if task.id in self._forgotten:
                 self.counts["duplicates"] += 1
                 return self._forgotten_record(task)
-            why = self.admission_refusal()
-            if why:
-                self.counts["refused"] += 1
-                raise (BudgetExhausted if why.startswith(BUDGET_REFUSED) else Overloaded)(why)
-            self._admit_tenant(task, job)
             # the auction is its own task: a caller that gives up does not cancel it, and a
             # second caller for the same id waits on the same future
-            fut = asyncio.ensure_future(self._run(task, job))
-            self._running[task.id] = fut
-            self.counts["admitted"] += 1
+            fut = self._start(task, job)
         else:
             self.counts["duplicates"] += 1
         # the auction is shared by every caller of its id; when the last one gives up (a
@@ -241,6 +234,19 @@ class Auctioneer(OnlineCalls):
             left = self._waiters.pop(task.id, 1) - 1
             if left:
                 self._waiters[task.id] = left
+
+    def _start(self, task: Task, job: Job) -> asyncio.Future:
+        """Admit ``task`` (queue, run budget, the tenant's limits) and start its auction; raises
+        :class:`Overloaded` / ``BudgetExhausted`` / a tenant refusal with nothing started."""
+        why = self.admission_refusal()
+        if why:
+            self.counts["refused"] += 1
+            raise (BudgetExhausted if why.startswith(BUDGET_REFUSED) else Overloaded)(why)
+        self._admit_tenant(task, job)
+        fut = asyncio.ensure_future(self._run(task, job))
+        self._running[task.id] = fut
+        self.counts["admitted"] += 1
+        return fut
 
     def _tenant(self, name: str, limits: TenantLimits | None) -> TenantGate | None:
         if limits is None or limits == TenantLimits():

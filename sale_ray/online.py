@@ -13,8 +13,7 @@ import contextlib
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
-from .admission import BUDGET_REFUSED, Job, Overloaded, UnknownName
-from .agents.quota import BudgetExhausted
+from .admission import Job, UnknownName
 from .errors import ModelError
 from .tenants import TenantGate, TenantLimits
 from .types import Execution, Task, Usage
@@ -53,14 +52,7 @@ class OnlineCalls:
         job = Job(
             job.config, job.auction_id, evaluate=False, tenant=tenant, handles=teed, limits=limits
         )
-        why = self.admission_refusal()
-        if why:
-            self.counts["refused"] += 1
-            raise (BudgetExhausted if why.startswith(BUDGET_REFUSED) else Overloaded)(why)
-        self._admit_tenant(task, job)
-        fut = asyncio.ensure_future(self._run(task, job))
-        self._running[task.id] = fut
-        self.counts["admitted"] += 1
+        fut = self._start(task, job)
         fut.add_done_callback(lambda _: queue.put_nowait(_DONE))
         try:
             while (ev := await queue.get()) is not _DONE:

@@ -24,6 +24,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -111,6 +112,14 @@ def build(config: SaleConfig, prices: Mapping[str, float]) -> dict[str, Policy]:
         model = f"{SALE_MODEL}:{name}"
         out[model] = Policy(model, spec.description, _apply(config, name, spec))
     return out
+
+
+def install(core: Any, config: SaleConfig, prices: Mapping[str, float]) -> dict[str, Policy]:
+    """Build the policies of ``config`` and give their configs to the auctioneer ``core``
+    (``policy=`` submits resolve there); returns them (descriptions for listings)."""
+    built = build(config, prices)
+    core.policies = {m: p.config for m, p in built.items()}
+    return built
 
 
 def resolve(policies: Mapping[str, Policy], model: str) -> Policy:

@@ -40,8 +40,7 @@ class LocalService:
 
         pairs = {n: p if isinstance(p, tuple) else (p, p) for n, p in prices.items()}
         core = Auctioneer(agents, pairs, config, evaluate=evaluate)
-        built = policies.build(config, {n: p[1] for n, p in pairs.items()})
-        core.policies = {m: p.config for m, p in built.items()}
+        policies.install(core, config, {n: p[1] for n, p in pairs.items()})
         return cls(core)
 
     async def submit(

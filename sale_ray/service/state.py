@@ -74,8 +74,7 @@ class ServiceState:
     def _build_policies(self) -> None:
         from ..serve import policies
 
-        built = policies.build(self.config, {n: p[1] for n, p in self.prices.items()})
-        self.core.policies = {m: p.config for m, p in built.items()}
+        built = policies.install(self.core, self.config, {n: p[1] for n, p in self.prices.items()})
         self.policy_descriptions = {m: p.description for m, p in built.items()}
 
     # -- records -------------------------------------------------------------------------------
