@@ -38,10 +38,10 @@ from typing import Any
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from sale_ray.auction.baselines import RouterContext, SaleRouter  # noqa: E402
-from sale_ray.auction.matrix import Decision, TaskRow, single_agent  # noqa: E402
 from sale_ray.config import SaleConfig, load_config  # noqa: E402
-from sale_ray.live_eval import decision_from_record  # noqa: E402
+from sale_ray.evaluation.baselines import RouterContext, SaleRouter  # noqa: E402
+from sale_ray.evaluation.live import decision_from_record  # noqa: E402
+from sale_ray.evaluation.matrix import Decision, TaskRow, single_agent  # noqa: E402
 from sale_ray.types import AuctionRecord, Task  # noqa: E402
 
 ARMS = ("none", "auction", "outcome")
@@ -204,7 +204,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
 # --- main -------------------------------------------------------------------------------------------
 async def _main(args: argparse.Namespace) -> dict[str, Any]:
     from sale_ray.datasets import load_dataset
-    from sale_ray.evaluation import load_matrix, make_eval_evaluator
+    from sale_ray.evaluation.measurement import load_matrix, make_eval_evaluator
 
     config = load_config(args.config)
     config = config.model_copy(update={"cache": config.cache.model_copy(update={"enabled": True})})

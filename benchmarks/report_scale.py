@@ -24,7 +24,7 @@ from pathlib import Path
 src = Path(sys.argv[1])
 t = time.perf_counter()
 if sys.argv[2] == "report":
-    from sale_ray.analytics import write_report
+    from sale_ray.evaluation.analytics import write_report
     write_report(str(src), src / "report", plots=True)
 else:
     import pyarrow.parquet as pq
@@ -38,9 +38,9 @@ def build(folder: Path, copies: int) -> dict:
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    from sale_ray.auction.matrix import decisions_table
     from sale_ray.config import EvalConfig, SaleConfig
     from sale_ray.evaluation import DEFAULT_METHODS, analyse
+    from sale_ray.evaluation.matrix import decisions_table
     from tests.fakes.synthetic import synthetic_matrix
 
     rows = synthetic_matrix(50, seed=3)

@@ -5,7 +5,7 @@
 The matrix (``sale-ray eval`` writes it) holds every agent's bid, verdicts and own execution per
 task, so the program can ask "which agent should have won" on every training task. Only rows of
 the training split are used (``--split all`` to fit on everything, e.g. before deployment). The
-program and why it looks the way it does: sale_ray/auction/weights.py and docs/evaluation.md.
+program and why it looks the way it does: sale_ray/evaluation/weights.py and docs/evaluation.md.
 The output is a config file the auction reads (``sale-ray run --config weights.yaml``).
 """
 
@@ -17,9 +17,9 @@ import sys
 
 import pyarrow.parquet as pq
 
-from sale_ray.auction.matrix import rows_from_table
-from sale_ray.auction.weights import fit_weights, write_weights
 from sale_ray.config import load_config
+from sale_ray.evaluation.matrix import rows_from_table
+from sale_ray.evaluation.weights import fit_weights, write_weights
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -138,8 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
     r.set_defaults(func=_cmd_run)
 
-    from .analytics import add_report_parser
-    from .eval_cli import add_eval_parser
+    from .evaluation.analytics import add_report_parser
+    from .evaluation.cli import add_eval_parser
     from .memory.cli import add_snapshot_parser
 
     add_eval_parser(sub)  # sale-ray eval: every method on held-out tasks (docs/evaluation.md)

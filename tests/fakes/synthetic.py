@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import random
 
-from sale_ray.auction.direct import DirectCell
-from sale_ray.auction.row import Cell, Split, TaskRow
+from sale_ray.evaluation.direct import DirectCell
+from sale_ray.evaluation.row import Cell, Split, TaskRow
 from sale_ray.types import Bid, Evaluation, Execution, JuryVerdict, Usage
 
 

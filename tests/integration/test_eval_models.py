@@ -5,7 +5,6 @@ response cache gives the same numbers without generating a token."""
 import pyarrow.parquet as pq
 import pytest
 
-from sale_ray.auction.baselines import REQUIRED_METHODS
 from sale_ray.config import (
     AgentSpec,
     AuctionConfig,
@@ -16,6 +15,7 @@ from sale_ray.config import (
     SaleConfig,
 )
 from sale_ray.evaluation import run_eval
+from sale_ray.evaluation.baselines import REQUIRED_METHODS
 from sale_ray.problem_sets import load_humaneval
 from tests.conftest import require_models
 

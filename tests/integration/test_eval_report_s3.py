@@ -3,8 +3,8 @@
 
 import pytest
 
-from sale_ray.analytics import write_report
 from sale_ray.cli import main
+from sale_ray.evaluation.analytics import write_report
 from tests.conftest_s3 import s3_bucket, s3_server  # noqa: F401 - until registered
 from tests.unit.test_analytics import _write_eval_folder
 

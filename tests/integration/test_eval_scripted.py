@@ -8,7 +8,6 @@ import pyarrow.parquet as pq
 import pytest
 
 from sale_ray.agents.scripted import scripted_evaluate
-from sale_ray.auction.baselines import DIRECT_METHODS, REQUIRED_METHODS
 from sale_ray.config import (
     AgentSpec,
     CacheConfig,
@@ -19,6 +18,7 @@ from sale_ray.config import (
     load_config,
 )
 from sale_ray.evaluation import load_matrix, run_eval, save_matrix
+from sale_ray.evaluation.baselines import DIRECT_METHODS, REQUIRED_METHODS
 from sale_ray.types import Task
 
 pytestmark = pytest.mark.integration

@@ -12,8 +12,8 @@ import shutil
 import pytest
 
 from sale_ray.agents.scripted import scripted_evaluate
-from sale_ray.analytics import write_report
 from sale_ray.evaluation import run_eval
+from sale_ray.evaluation.analytics import write_report
 from tests.browser import Browser
 from tests.conftest import require_browser
 from tests.integration.test_eval_scripted import _config, _tasks

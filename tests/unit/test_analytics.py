@@ -5,18 +5,18 @@ import json
 import pyarrow.parquet as pq
 import pytest
 
-from sale_ray.analytics import (
+from sale_ray.config import EvalConfig, SaleConfig
+from sale_ray.errors import UserError
+from sale_ray.evaluation import DEFAULT_METHODS, analyse, summarize
+from sale_ray.evaluation.analytics import (
     auc,
     decisions_from_auctions,
     method_stats,
     signal_aucs,
     write_report,
 )
-from sale_ray.auction.matrix import decisions_table, matrix_table
-from sale_ray.comparison import compare_to_oracle
-from sale_ray.config import EvalConfig, SaleConfig
-from sale_ray.errors import UserError
-from sale_ray.evaluation import DEFAULT_METHODS, analyse, summarize
+from sale_ray.evaluation.comparison import compare_to_oracle
+from sale_ray.evaluation.matrix import decisions_table, matrix_table
 from sale_ray.types import (
     AuctionRecord,
     Bid,
@@ -190,7 +190,7 @@ def test_report_on_an_empty_folder_is_a_clear_user_error(tmp_path):
 
 
 def test_target_lines_say_met_or_missed_and_by_how_much():
-    from sale_ray.comparison import target_lines
+    from sale_ray.evaluation.comparison import target_lines
 
     rows = []
     for i in range(4):

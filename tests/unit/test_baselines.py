@@ -2,7 +2,9 @@
 
 import pytest
 
-from sale_ray.auction.baselines import (
+from sale_ray.config import EvalConfig, Weights
+from sale_ray.errors import ConfigError
+from sale_ray.evaluation.baselines import (
     DIRECT_METHODS,
     NO_MEMORY_NOTE,
     REQUIRED_METHODS,
@@ -10,10 +12,8 @@ from sale_ray.auction.baselines import (
     RouterContext,
     make_router,
 )
-from sale_ray.auction.direct import DirectCell, MissingDirectCells
-from sale_ray.auction.matrix import Cell, Decision, TaskRow
-from sale_ray.config import EvalConfig, Weights
-from sale_ray.errors import ConfigError
+from sale_ray.evaluation.direct import DirectCell, MissingDirectCells
+from sale_ray.evaluation.matrix import Cell, Decision, TaskRow
 from sale_ray.types import Bid, Evaluation, Execution, JuryVerdict, Usage
 from tests.fakes.synthetic import synthetic_matrix
 

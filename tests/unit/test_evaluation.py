@@ -8,13 +8,10 @@ import json
 import pyarrow.parquet as pq
 import pytest
 
-import sale_ray.auction.weights as weights_mod
+import sale_ray.evaluation.weights as weights_mod
 from sale_ray.agents.agent import Agent
 from sale_ray.agents.llm import ChatResult
 from sale_ray.agents.scripted import ScriptedAgent, scripted_evaluate
-from sale_ray.auction.baselines import DIRECT_METHODS, REQUIRED_METHODS, RouterContext, make_router
-from sale_ray.auction.direct import MissingDirectCells, build_direct
-from sale_ray.auction.matrix import build_row, matrix_table, rows_from_table
 from sale_ray.auction.protocol import run_auction
 from sale_ray.config import (
     AgentSpec,
@@ -29,13 +26,20 @@ from sale_ray.evaluation import (
     DEFAULT_METHODS,
     analyse,
     build_matrix,
-    expand_methods,
     load_matrix,
     save_matrix,
-    split_tasks,
     summarize,
 )
-from sale_ray.live_eval import decision_from_record, memory_available, sale_with_memory
+from sale_ray.evaluation.baselines import (
+    DIRECT_METHODS,
+    REQUIRED_METHODS,
+    RouterContext,
+    make_router,
+)
+from sale_ray.evaluation.direct import MissingDirectCells, build_direct
+from sale_ray.evaluation.live import decision_from_record, memory_available, sale_with_memory
+from sale_ray.evaluation.matrix import build_row, matrix_table, rows_from_table
+from sale_ray.evaluation.run import expand_methods, split_tasks
 from sale_ray.types import Evaluation, Task
 from tests.fakes.synthetic import synthetic_matrix
 
@@ -389,7 +393,7 @@ def test_sale_with_memory_refines_on_held_out_tasks_and_counts_every_phase():
 def test_reasoning_gym_tasks_have_level_bins_and_their_own_verifier():
     pytest.importorskip("reasoning_gym")
     from sale_ray.datasets import load_dataset
-    from sale_ray.evaluation import make_eval_evaluator
+    from sale_ray.evaluation.measurement import make_eval_evaluator
     from sale_ray.problem_sets import verify_answer
 
     ts = load_dataset("reasoning_gym", 15)

@@ -9,12 +9,12 @@ import pytest
 
 from sale_ray.agents.scripted import ScriptedAgent, scripted_evaluate
 from sale_ray.auction import policy
-from sale_ray.auction.baselines import RouterContext, make_router
-from sale_ray.auction.matrix import build_row
 from sale_ray.auction.policy import Policy
 from sale_ray.auction.protocol import run_auction
-from sale_ray.auction.weights import simulate
 from sale_ray.config import AgentSpec, AuctionConfig, PoolSpec, SaleConfig, ScriptedSpec, Weights
+from sale_ray.evaluation.baselines import RouterContext, make_router
+from sale_ray.evaluation.matrix import build_row
+from sale_ray.evaluation.weights import simulate
 from sale_ray.serve.policies import build as build_policies
 from sale_ray.types import Bid, Execution, JuryVerdict, ScoredBid, Task
 

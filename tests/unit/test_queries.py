@@ -5,8 +5,8 @@ report's SQL statistics held equal to the Python ones the evaluation writes to s
 import pyarrow.parquet as pq
 import pytest
 
-from sale_ray.analytics import decisions_from_auctions, method_stats, method_stats_sql
 from sale_ray.errors import UserError
+from sale_ray.evaluation.analytics import decisions_from_auctions, method_stats, method_stats_sql
 from sale_ray.logdb import open_logs
 from sale_ray.memory.entry import entries_table
 from sale_ray.queries import QUERIES, main, query_db, run_query

@@ -3,9 +3,9 @@ bounds, drops features for ablations, and writes a config file the auction reads
 
 import pytest
 
-from sale_ray.auction.matrix import Cell, TaskRow
-from sale_ray.auction.weights import fit_weights, sale_choice, write_weights
 from sale_ray.config import Weights, load_config
+from sale_ray.evaluation.matrix import Cell, TaskRow
+from sale_ray.evaluation.weights import fit_weights, sale_choice, write_weights
 from sale_ray.types import Bid, Evaluation, Execution, JuryVerdict, Usage
 from tests.fakes.synthetic import synthetic_matrix
 

@@ -2,9 +2,9 @@
 directly, and planning first), how much of the oracle's gain and saving it captures, and the
 issue's targets (met or missed, and by how much).
 
-Pure functions of the per-method statistics :func:`sale_ray.analytics.method_stats` computes;
-``summary.json`` (:mod:`sale_ray.evaluation`), the report (:mod:`sale_ray.report_render`) and the
-``sale-ray eval`` table (:mod:`sale_ray.eval_cli`) all read them from here.
+Pure functions of the per-method statistics :func:`.analytics.method_stats` computes;
+``summary.json`` (:mod:`.run`), the report (:mod:`.report_render`) and the
+``sale-ray eval`` table (:mod:`.cli`) all read them from here.
 """
 
 from __future__ import annotations

@@ -25,10 +25,10 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from .auction.matrix import COST_PHASES
+from ..errors import UserError
+from ..logdb import LogDB, open_logs
 from .comparison import ratio
-from .errors import UserError
-from .logdb import LogDB, open_logs
+from .matrix import COST_PHASES
 from .signals import auc, direct_signal_aucs, signal_aucs  # noqa: F401 - their old home
 
 AUCTION_PHASES = ("bid", "jury", "refine")
@@ -41,7 +41,7 @@ def method_stats(
     """Per method: pass@1, total cost, reliance on the largest agent, phase split, per bin —
     and per task length (``short`` / ``long``) where ``lengths`` maps task ids to them.
 
-    ``rows`` are :data:`~sale_ray.auction.matrix.DECISION_SCHEMA` dicts.
+    ``rows`` are :data:`~.matrix.DECISION_SCHEMA` dicts.
     """
     by_method: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in rows:
@@ -103,7 +103,7 @@ def _group(rs: list[dict[str, Any]]) -> dict[str, Any]:
 def method_stats_sql(db: LogDB) -> dict[str, dict[str, Any]]:
     """:func:`method_stats` computed by DuckDB over the ``decisions`` view (the named queries
     ``method_*`` in :mod:`sale_ray.queries`): the same dict, without loading the rows."""
-    from .queries import query_db
+    from ..queries import query_db
 
     shares: dict[str, dict[str, float]] = defaultdict(dict)
     for r in query_db(db, "method_winner_share").to_pylist():
@@ -143,7 +143,7 @@ def method_stats_sql(db: LogDB) -> dict[str, dict[str, Any]]:
 def stream_shares(db: LogDB, buckets: int) -> dict[str, list[dict[str, Any]]]:
     """Per method: the task stream (in order) cut into ``buckets`` parts, each
     ``{"part", "tasks", "won": {agent: tasks won}}`` (query ``winner_share_over_stream``)."""
-    from .queries import query_db
+    from ..queries import query_db
 
     parts: dict[tuple[str, int], dict[str, Any]] = {}
     for r in query_db(db, "winner_share_over_stream", buckets=buckets).to_pylist():
@@ -211,7 +211,7 @@ def write_report(
     Every figure is a DuckDB query over the Parquet files in place (:mod:`sale_ray.queries`),
     so the report's memory is the size of its tables, not of the logs; only the matrix's
     numeric columns are loaded, for the signal AUCs."""
-    from .queries import query_db
+    from ..queries import query_db
     from .report_render import ReportData, build_blocks, render_html, render_markdown
 
     if out_dir is None:

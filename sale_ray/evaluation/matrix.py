@@ -155,8 +155,8 @@ async def build_row(
     one bid is valid). An agent whose bid was rejected still executes, with an empty plan, so
     that single-agent routers have its answer. ``prices``: agent -> ($/Mtok in, $/Mtok out).
     """
-    from .policy import worth_judging
-    from .protocol import collect_bids, collect_verdicts
+    from ..auction.policy import worth_judging
+    from ..auction.protocol import collect_bids, collect_verdicts
 
     bids = await collect_bids(task, agents, bid_timeout_s)
     verdicts: list[JuryVerdict] = []

@@ -38,9 +38,9 @@ Objective (``objective=``):
 * ``"mean"``: average loss only.
 
 The weights found are then replayed with the live auction's own decisions (:func:`simulate`,
-i.e. :func:`.policy.replay`) on the training rows; the reported training figures are those, not
-the program's (they differ by solver tolerance against the big-M, and where the program's model
-is simpler than the live rule: it escalates only to the reserve).
+i.e. :func:`sale_ray.auction.policy.replay`) on the training rows; the reported training figures
+are those, not the program's (they differ by solver tolerance against the big-M, and where the
+program's model is simpler than the live rule: it escalates only to the reserve).
 """
 
 from __future__ import annotations
@@ -53,11 +53,11 @@ from typing import Any, Literal
 
 import numpy as np
 
+from ..auction import policy as decide  # "policy" names a parameter here
+from ..auction import scoring
+from ..auction.policy import Policy  # re-exported: callers build policies from here too
 from ..config import EvalConfig, SaleConfig, Weights
-from . import policy as decide  # "policy" names a parameter here
-from . import scoring
 from .matrix import TaskRow
-from .policy import Policy  # re-exported: callers build policies from here too
 
 Objective = Literal["bins", "tasks", "mean"]
 FEATURES = ("cost", "entropy", "jury")
@@ -367,7 +367,7 @@ def fit_with(rows: Sequence[TaskRow], e: EvalConfig, **overrides: Any) -> FitRes
 
 
 def simulate(row: TaskRow, policy: Weights | Policy) -> decide.Outcome:
-    """What ``policy`` decides on ``row``: :func:`.policy.replay` on its recorded cells (the
+    """What ``policy`` decides on ``row``: :func:`auction.policy.replay` on its recorded cells (the
     live auction's decision functions; no refinement, which needs new plans)."""
     pol = policy if isinstance(policy, Policy) else Policy(policy)
     cells = row.cells
@@ -442,7 +442,7 @@ def write_weights(
     else:
         data = {"auction": auction}
     head = [
-        "# Auction weights fitted by sale_ray.auction.weights (MILP, HiGHS).",
+        "# Auction weights fitted by sale_ray.evaluation.weights (MILP, HiGHS).",
         f"# status: {result.status}; objective: {result.objective}",
         f"# settings: {result.settings | (provenance or {})}",
         f"# training: {result.train}",

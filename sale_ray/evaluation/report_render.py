@@ -1,6 +1,6 @@
 """The report's layout: blocks (headings, paragraphs, tables, images) rendered to Markdown and
-HTML, and the PNG plots (matplotlib, optional). Numbers come from :mod:`sale_ray.analytics`
-(which calls this module), :mod:`sale_ray.comparison` and :mod:`sale_ray.signals`."""
+HTML, and the PNG plots (matplotlib, optional). Numbers come from :mod:`.analytics`
+(which calls this module), :mod:`.comparison` and :mod:`.signals`."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .auction.matrix import COST_PHASES
 from .comparison import compare_to_oracle, cost_ratios, reference_methods, target_lines
+from .matrix import COST_PHASES
 from .report_plots import write_plots
 from .signals import signal_aucs
 
@@ -48,7 +48,7 @@ Block = tuple[Any, ...]
 
 @dataclass
 class ReportData:
-    """What the report shows, as :mod:`sale_ray.analytics` queried it from the logs."""
+    """What the report shows, as :mod:`.analytics` queried it from the logs."""
 
     stats: dict[str, dict[str, Any]]  # analytics.method_stats' dict, per method
     stream: dict[str, list[dict[str, Any]]]  # analytics.stream_shares in quarters (the table)

@@ -10,10 +10,10 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from .auction.direct import build_direct
-from .auction.matrix import Split, TaskRow, build_row, matrix_table, rows_from_table
-from .config import SaleConfig
-from .types import Evaluation, Task
+from ..config import SaleConfig
+from ..types import Evaluation, Task
+from .direct import build_direct
+from .matrix import Split, TaskRow, build_row, matrix_table, rows_from_table
 
 Evaluator = Callable[[Task, str], Awaitable[Evaluation]]
 
@@ -111,8 +111,8 @@ async def build_matrix(
 
 def make_eval_evaluator(config: SaleConfig) -> Evaluator:
     """The batch verifier, except for tasks that carry their own (reasoning-gym's score_answer)."""
-    from .evaluators.verifier import make_evaluator
-    from .problem_sets import verify_answer
+    from ..evaluators.verifier import make_evaluator
+    from ..problem_sets import verify_answer
 
     base = make_evaluator(config)
 

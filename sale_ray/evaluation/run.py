@@ -2,18 +2,18 @@
 
 1. **Split** the tasks into train / test by a seeded hash of each task id (a task's split never
    depends on which other tasks run; no test task is ever used in fitting).
-2. **Matrix** (:mod:`sale_ray.auction.matrix`): on Ray, with the response cache on, every agent
+2. **Matrix** (:mod:`.matrix`): on Ray, with the response cache on, every agent
    bids, judges and executes its own plan on every task, and is called once directly with the
-   task alone (:mod:`sale_ray.auction.direct`); the hidden tests judge each answer. Only the
+   task alone (:mod:`.direct`); the hidden tests judge each answer. Only the
    parts the requested methods read are built (``--methods direct``: the direct calls alone).
    Written to ``matrix.parquet`` after each task, so an interrupted run resumes where it stopped,
    and a matrix missing a part (e.g. written before the direct baselines) gets it filled.
-3. **Fit** on the training rows only: SALE's weights (MILP, :mod:`sale_ray.auction.weights`,
+3. **Fit** on the training rows only: SALE's weights (MILP, :mod:`.weights`,
    written to ``weights.yaml``), the kNN router, the cascade's thresholds.
    The fitted ``sale_lean_verify`` policy is also written as a runnable config
    (``lean_verify.yaml``: ``sale-ray run --config DIR/lean_verify.yaml``).
 4. **Live methods**: SALE with memory changes plans, so it runs real auctions
-   (:mod:`sale_ray.live_eval`: memory warmed with the training auctions, live on the held-out
+   (:mod:`.live`: memory warmed with the training auctions, live on the held-out
    tasks). Cached calls make the shared part free. Without the memory's refinement hook it is
    reported as ``sale == sale_no_memory``, marked as such.
 5. **Route** the held-out rows with every method -> ``decisions.parquet`` and ``summary.json``
@@ -33,28 +33,28 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
+from ..config import SaleConfig
+from ..errors import UserError
+from ..types import Evaluation, Task
 from . import analytics
-from .auction.baselines import (
+from .baselines import (
     DIRECT_METHODS,
     REQUIRED_METHODS,
     ROUTERS,
     RouterContext,
     make_router,
 )
-from .auction.matrix import (
+from .comparison import compare_to_oracle, cost_ratios
+from .live import memory_available, sale_with_memory
+from .matrix import (
     Decision,
     Split,
     TaskRow,
     decisions_table,
     matrix_table,
 )
-from .auction.weights import FEATURES, FitResult, fit_with, write_weights
-from .comparison import compare_to_oracle, cost_ratios
-from .config import SaleConfig
-from .errors import UserError
-from .eval_matrix import build_matrix, load_matrix, make_eval_evaluator, same_pool, save_matrix
-from .live_eval import memory_available, sale_with_memory
-from .types import Evaluation, Task
+from .measurement import build_matrix, load_matrix, make_eval_evaluator, same_pool, save_matrix
+from .weights import FEATURES, FitResult, fit_with, write_weights
 
 PLAN_METHODS = (
     *REQUIRED_METHODS[:6],
@@ -262,7 +262,7 @@ async def _live(
     progress: bool,
     evaluate: Evaluator | None,
 ) -> tuple[list[TaskRow], dict[str, Decision] | None, str]:
-    from .service.handle import open_pool
+    from ..service.handle import open_pool
 
     plan, direct = matrix_parts(methods)
     done = same_pool(
@@ -329,7 +329,7 @@ def run_eval(
 
     ``methods`` may name groups (:data:`METHOD_GROUPS`): ``["direct"]`` calls each agent once
     per task and reports the direct baselines only (no weights.yaml / lean_verify.yaml)."""
-    from .runtime import connect
+    from ..runtime import connect
 
     methods = expand_methods(methods)
     unknown = [m for m in methods if m not in ROUTERS]

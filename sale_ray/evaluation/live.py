@@ -20,10 +20,10 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from .auction import scoring
-from .auction.matrix import Decision, TaskRow, spend
-from .config import SaleConfig
-from .types import AuctionRecord, Evaluation, Task
+from ..auction import scoring
+from ..config import SaleConfig
+from ..types import AuctionRecord, Evaluation, Task
+from .matrix import Decision, TaskRow, spend
 
 Evaluator = Callable[[Task, str], Awaitable[Evaluation]]
 WARM_NOTE = "memory warmed with the training split's auctions; live on the held-out split"
@@ -32,8 +32,8 @@ WARM_NOTE = "memory warmed with the training split's auctions; live on the held-
 def memory_available() -> tuple[bool, str]:
     """(whether the memory and its refinement hook can be imported, why not)."""
     try:
-        from .auction.refinement import MemoryRefiner  # noqa: F401
-        from .memory.sharded import ShardedMemory  # noqa: F401
+        from ..auction.refinement import MemoryRefiner  # noqa: F401
+        from ..memory.sharded import ShardedMemory  # noqa: F401
     except ImportError as e:
         return False, f"memory refiner not available ({e})"
     return True, ""
@@ -93,10 +93,10 @@ async def sale_with_memory(
     ok, why = memory_available()
     if not ok:
         return None, why
-    from .auction.protocol import run_auction
-    from .auction.refinement import MemoryRefiner
-    from .memory.config import MemoryConfig
-    from .memory.sharded import ShardedMemory
+    from ..auction.protocol import run_auction
+    from ..auction.refinement import MemoryRefiner
+    from ..memory.config import MemoryConfig
+    from ..memory.sharded import ShardedMemory
 
     base = getattr(config, "memory", None)
     if base is None:  # no memory section in this config: retrieve with the kNN's embedder

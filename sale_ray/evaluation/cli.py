@@ -1,4 +1,4 @@
-"""``sale-ray eval``: the command line over :func:`sale_ray.evaluation.run_eval`."""
+"""``sale-ray eval``: the command line over :func:`.run.run_eval`."""
 
 from __future__ import annotations
 
@@ -7,14 +7,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .auction.baselines import ROUTERS
+from .baselines import ROUTERS
 from .comparison import target_lines
-from .evaluation import DEFAULT_METHODS, run_eval
+from .run import DEFAULT_METHODS, run_eval
 
 
 def add_eval_parser(sub: Any) -> None:
     """``sale-ray eval`` (wired into :mod:`sale_ray.cli`)."""
-    from .datasets import DATASETS
+    from ..datasets import DATASETS
 
     e = sub.add_parser("eval", help="compare SALE with routers and the oracle on held-out tasks")
     src = e.add_mutually_exclusive_group(required=True)
@@ -39,8 +39,8 @@ def add_eval_parser(sub: Any) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .config import load_config
-    from .datasets import load_dataset, load_task_file
+    from ..config import load_config
+    from ..datasets import load_dataset, load_task_file
 
     config = load_config(args.config)
     ev = {

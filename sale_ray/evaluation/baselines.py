@@ -17,7 +17,7 @@ matrix, so they see exactly the same bids, verdicts and executions:
 * ``sale_no_memory`` — SALE's provisional winner by ``C - V`` with weights fitted by
   :mod:`.weights` on the training split; ``sale_default`` — the same with the shipped weights.
   Every SALE router reads its decision from :func:`.weights.simulate`, the live auction's
-  decision functions (:mod:`.policy`) replayed on the row.
+  decision functions (:mod:`sale_ray.auction.policy`) replayed on the row.
 * ``sale`` — SALE with memory. Memory changes plans (refinement), so it needs live model calls:
   the evaluation runs it and hands its decisions in (``live``); without them it *is*
   ``sale_no_memory``, and every decision says so in its note.
@@ -43,9 +43,9 @@ from typing import Protocol
 
 import numpy as np
 
+from ..auction.policy import Outcome
 from ..config import EvalConfig, Weights
 from .matrix import Decision, TaskRow, single_agent, spend
-from .policy import Outcome
 from .row import direct_view
 from .weights import agent_loss, reference_cost, simulate
 

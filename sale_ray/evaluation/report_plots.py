@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .auction.matrix import COST_PHASES
+from .matrix import COST_PHASES
 
 
 def write_plots(
@@ -21,7 +21,7 @@ def write_plots(
 ) -> dict[str, Path]:
     """PNG files by name; empty when matplotlib is not installed (extra ``report``).
 
-    ``stream``: per method, the task stream in parts (:func:`sale_ray.analytics.stream_shares`);
+    ``stream``: per method, the task stream in parts (:func:`.analytics.stream_shares`);
     ``order`` sorts method names as the report lists them; ``sale_methods`` are the auctions."""
     try:
         import matplotlib
