@@ -61,17 +61,30 @@ class MicroBatcher:
 
     Items that arrive in the same event-loop turn, or while ``max_in_flight`` batches are
     already out, travel together (up to ``max_batch``): under light load a call goes out at
-    once, under heavy load batches grow by themselves, and nothing waits on a timer. A caller
-    that gives up (deadline) is dropped from the queue; a batch whose callers have all given up
-    is cancelled, so a hung agent cannot pin the pipeline."""
+    once, under heavy load batches grow by themselves. A batch is out until its last item
+    finishes — an LLM call's seconds — so a call queued behind full slots would wait that long:
+    after ``max_wait_s`` it goes out anyway, with whatever queued beside it (as Serve's
+    ``@serve.batch`` waits at most ``batch_wait_timeout_s``). So a call waits at most
+    ``max_wait_s`` for company, and at most one extra Ray call per ``max_wait_s`` goes out
+    past the cap. A caller that gives up (deadline) is dropped from the queue; a batch whose
+    callers have all given up is cancelled, so a hung agent cannot pin the pipeline."""
 
-    def __init__(self, send: Send, *, max_batch: int = 256, max_in_flight: int = 4) -> None:
+    def __init__(
+        self,
+        send: Send,
+        *,
+        max_batch: int = 256,
+        max_in_flight: int = 4,
+        max_wait_s: float | None = 0.005,
+    ) -> None:
         self._send = send
         self.max_batch = max_batch
         self.max_in_flight = max_in_flight
+        self.max_wait_s = max_wait_s
         self._queue: deque[tuple[Any, asyncio.Future]] = deque()
         self._in_flight = 0
         self._scheduled = False
+        self._timer: asyncio.TimerHandle | None = None
         self.batches = 0  # sent so far (stats)
         self.items = 0
 
@@ -86,17 +99,33 @@ class MicroBatcher:
     def _pump(self) -> None:
         self._scheduled = False
         while self._queue and self._in_flight < self.max_in_flight:
-            batch: list[tuple[Any, asyncio.Future]] = []
-            while self._queue and len(batch) < self.max_batch:
-                item, fut = self._queue.popleft()
-                if not fut.done():  # cancelled while queued: never sent
-                    batch.append((item, fut))
-            if not batch:
+            if not self._launch():
                 break
-            self._in_flight += 1
-            self.batches += 1
-            self.items += len(batch)
-            asyncio.ensure_future(self._run(batch))
+        if self._queue and self._timer is None and self.max_wait_s is not None:
+            loop = asyncio.get_running_loop()
+            self._timer = loop.call_later(self.max_wait_s, self._overdue)
+
+    def _overdue(self) -> None:
+        """The oldest queued call has waited ``max_wait_s``: send a batch past the cap."""
+        self._timer = None
+        if self._queue:
+            self._launch()
+            self._pump()  # more than one batch queued: the next waits its own max_wait_s
+
+    def _launch(self) -> bool:
+        """Send up to ``max_batch`` queued calls as one batch; False if none were left."""
+        batch: list[tuple[Any, asyncio.Future]] = []
+        while self._queue and len(batch) < self.max_batch:
+            item, fut = self._queue.popleft()
+            if not fut.done():  # cancelled while queued: never sent
+                batch.append((item, fut))
+        if not batch:
+            return False
+        self._in_flight += 1
+        self.batches += 1
+        self.items += len(batch)
+        asyncio.ensure_future(self._run(batch))
+        return True
 
     async def _run(self, batch: list[tuple[Any, asyncio.Future]]) -> None:
         futs = [f for _, f in batch]

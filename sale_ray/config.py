@@ -305,6 +305,13 @@ class AuctioneerConfig(_Strict):
     batches_in_flight: int = Field(
         default=4, ge=1, le=64, description="Ray calls in flight per agent (pipelining depth)."
     )
+    batch_wait_ms: float = Field(
+        default=5.0,
+        ge=0,
+        le=10_000,
+        description="Longest a call waits behind full pipelining slots before it goes out anyway "
+        "(a batch holds its slot until its slowest call ends).",
+    )
     remember: int = Field(
         default=200_000, ge=1, description="Finished records kept for idempotent resubmits."
     )

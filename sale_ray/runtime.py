@@ -122,12 +122,18 @@ class ActorAgent:
         batched: bool = True,
         max_batch: int = 256,
         batches_in_flight: int = 4,
+        batch_wait_s: float | None = 0.005,
     ) -> None:
         self.name = name
         self.actor = actor
         self.batched = batched
         self._batchers = {
-            m: MicroBatcher(self._sender(m), max_batch=max_batch, max_in_flight=batches_in_flight)
+            m: MicroBatcher(
+                self._sender(m),
+                max_batch=max_batch,
+                max_in_flight=batches_in_flight,
+                max_wait_s=batch_wait_s,
+            )
             for m in ("bid", "judge", "refine", "execute")
         }
 
@@ -205,6 +211,24 @@ class ActorAgent:
         }
 
 
+def actor_handles(
+    actors: dict[str, Any], config: SaleConfig, *, batched: bool = True
+) -> dict[str, ActorAgent]:
+    """Protocol handles over agent actors, batched as ``config.auctioneer`` says."""
+    a = config.auctioneer
+    return {
+        n: ActorAgent(
+            n,
+            act,
+            batched=batched,
+            max_batch=a.max_batch,
+            batches_in_flight=a.batches_in_flight,
+            batch_wait_s=a.batch_wait_ms / 1000,
+        )
+        for n, act in actors.items()
+    }
+
+
 class AgentPool:
     """The started agent actors of one config, with their prices."""
 
@@ -216,19 +240,9 @@ class AgentPool:
         *,
         batched: bool = True,
     ) -> None:
-        a = config.auctioneer
         self.actors = actors
         self.infos = infos  # name -> {"price_in", "price_out", "node_id"?}
-        self.handles = {
-            n: ActorAgent(
-                n,
-                act,
-                batched=batched,
-                max_batch=a.max_batch,
-                batches_in_flight=a.batches_in_flight,
-            )
-            for n, act in actors.items()
-        }
+        self.handles = actor_handles(actors, config, batched=batched)
         self.prices = {n: i["price_out"] for n, i in infos.items()}  # the auction's cost term
 
     @property
@@ -297,17 +311,7 @@ class AuctioneerService:
         batched: bool = True,
         state: dict[str, Any] | None = None,
     ) -> None:
-        a = config.auctioneer
-        self.handles = {
-            n: ActorAgent(
-                n,
-                act,
-                batched=batched,
-                max_batch=a.max_batch,
-                batches_in_flight=a.batches_in_flight,
-            )
-            for n, act in actors.items()
-        }
+        self.handles = actor_handles(actors, config, batched=batched)
         from .evaluators.verifier import make_evaluator
 
         self.memory = None
@@ -329,11 +333,15 @@ class AuctioneerService:
         evaluate: bool = True,
         tenant: str = "none",
         limits: Any = None,
+        observe: bool = False,
     ) -> AuctionRecord:
         self.state.ensure_running()
-        return await self.core.submit(
+        rec = await self.core.submit(
             task, policy=policy, evaluate=evaluate, tenant=tenant, limits=limits
         )
+        if observe:  # the endpoint's metrics, counted here: the record need not come back
+            self._metrics().observe_record(rec, policy=policy or "sale", tenant=tenant)
+        return rec
 
     async def stream_one(
         self, task: Task, policy: str | None = None, tenant: str = "none", limits: Any = None

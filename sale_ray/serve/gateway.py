@@ -264,10 +264,17 @@ class Gateway:
         evaluate: bool = False,
         limits: TenantLimits | None = None,
     ) -> AuctionRecord:
+        in_service = getattr(self.metrics, "counts_records", False)
         rec = await self.service.submit(
-            task, policy=policy.model, evaluate=evaluate, tenant=tenant, limits=limits
+            task,
+            policy=policy.model,
+            evaluate=evaluate,
+            tenant=tenant,
+            limits=limits,
+            observe=in_service,
         )
-        self.metrics.observe_record(rec, policy=policy.model, tenant=tenant)
+        if not in_service:
+            self.metrics.observe_record(rec, policy=policy.model, tenant=tenant)
         return rec
 
     def _info(self, rec: AuctionRecord, policy: Policy) -> SaleInfo:

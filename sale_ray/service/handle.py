@@ -106,10 +106,14 @@ class Service:
         evaluate: bool = True,
         tenant: str = "none",
         limits: TenantLimits | None = None,
+        observe: bool = False,
     ) -> AuctionRecord:
         """Auction one task (idempotent by task id: a retry returns the first record).
-        ``tenant`` / ``limits``: whose spend it is, and that tenant's rate and budget."""
-        return await self._call(self.actor.submit.remote(task, policy, evaluate, tenant, limits))
+        ``tenant`` / ``limits``: whose spend it is, and that tenant's rate and budget.
+        ``observe``: count the record in the service's endpoint metrics before answering (what
+        the Serve door asks: one call instead of the record travelling back for counting)."""
+        ref = self.actor.submit.remote(task, policy, evaluate, tenant, limits, observe)
+        return await self._call(ref)
 
     def stream(self, tasks: list[Task]) -> AsyncIterator[dict[str, Any]]:
         """Submit many; groups ``{"records": [...], "refused": {id: why}}`` as they finish."""
@@ -352,7 +356,11 @@ async def open_service(
 class ServiceMetrics:
     """The endpoint's metrics kept in the service, so ``GET /metrics`` answers the same from
     every replica. Observations go out without waiting (a replica never blocks on them); they
-    are queued before the response that follows them, so a scrape after it sees them."""
+    are queued before the response that follows them, so a scrape after it sees them.
+    An auction's record is counted by the service itself (``Service.submit(observe=True)``,
+    ``counts_records``), so it never travels back to the actor it came from."""
+
+    counts_records = True
 
     def __init__(self, service: Service) -> None:
         self.actor = service.actor

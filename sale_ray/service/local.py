@@ -51,7 +51,10 @@ class LocalService:
         evaluate: bool = True,
         tenant: str = "none",
         limits: Any = None,
+        observe: bool = False,
     ) -> AuctionRecord:
+        """``observe`` is for the Ray service, which keeps the endpoint's metrics; in one
+        process the gateway's own metrics count the record (nothing to save)."""
         return await self.core.submit(
             task, policy=policy, evaluate=evaluate, tenant=tenant, limits=limits
         )

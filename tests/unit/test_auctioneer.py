@@ -291,6 +291,26 @@ def test_a_slow_item_does_not_hold_its_batch_mates_and_is_cancelled_when_abandon
     assert cancelled == 1 and after == 14
 
 
+def test_a_call_behind_full_slots_waits_at_most_max_wait_not_for_a_slow_batch():
+    async def main():
+        r = FakeRemote(delay=0.01)
+        mb = MicroBatcher(r.send, max_in_flight=1, max_wait_s=0.02)
+        slow = asyncio.ensure_future(mb.call("slow"))  # holds the only slot for 10 s
+        await asyncio.sleep(0.05)
+        fast = await asyncio.wait_for(mb.call(3), 5.0)  # not 10 s: it went out past the cap
+        never = MicroBatcher(FakeRemote(delay=0.01).send, max_in_flight=1, max_wait_s=None)
+        held = asyncio.ensure_future(never.call("slow"))
+        await asyncio.sleep(0.05)
+        with pytest.raises(TimeoutError):  # without the bound it waits for the slot
+            await asyncio.wait_for(never.call(3), 0.5)
+        slow.cancel()
+        held.cancel()
+        return fast, r.batches
+
+    fast, batches = asyncio.run(main())
+    assert fast == 6 and batches == [1, 1]
+
+
 def test_a_crashed_auction_keeps_what_its_calls_cost_and_is_retriable():
     cfg = _config()
     agents = {s.name: ScriptedAgent(s, cfg) for s in cfg.pool.agents}
