@@ -179,6 +179,13 @@ class AuctionConfig(_Strict):
         "prompt's examples (failed, errored, or none to run), the reserve agent (else the "
         "next-ranked dearer bidder) executes it instead, once. Measured as `sale_lean_verify`.",
     )
+    speculate: bool = Field(
+        default=False,
+        description="Start the favourite's execution as soon as the bids are in (the bid that "
+        "wins on entropy and price alone), while the jury and refinement decide: kept when it "
+        "wins, else run to the end beside the winner's and paid (`speculation` on the record). "
+        "Saves the execution's wait when the favourite wins; costs one execution when not.",
+    )
 
 
 ToolName = Literal["python", "calculator"]
@@ -376,6 +383,7 @@ POLICY_FIELDS = (
     "reserve_score",
     "jurors",
     "escalate_on_failed_check",
+    "speculate",
 )
 
 

@@ -211,6 +211,11 @@ class AuctionRecord(_Frozen):
     provisional_winner: str | None = None
     winner: str | None = None
     execution: Execution | None = None
+    speculation: Execution | None = Field(
+        default=None,
+        description="A speculative execution that lost (auction.speculate): paid, its answer "
+        "unused; its spend is in phase_usage['execute'].",
+    )
     evaluation: Evaluation = Evaluation()
     phase_usage: dict[str, Usage] = Field(default_factory=dict)
     phase_seconds: dict[str, float] = Field(default_factory=dict)

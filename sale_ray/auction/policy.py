@@ -8,6 +8,8 @@ given only what is known at that point:
 * who judges, and whether the jury sits (step 3): :func:`jury_panel`, :func:`jury_sits`;
 * is the reserve called (lean policies): :func:`calls_reserve`, :func:`score_reserve`;
 * the provisional winner (step 5): :func:`pick_provisional`;
+* whose execution starts before the jury has spoken (``speculate``): :func:`favourite`,
+  :func:`speculation_holds`;
 * who may refine (step 6): :func:`refiners`;
 * the final winner (step 7): :func:`pick_final`;
 * who runs if the winner's actor dies (step 8, a fault: live only): :func:`execution_order`;
@@ -40,6 +42,7 @@ class Policy:
     reserve_score: float = 0.0  # ...this C - V
     verify: bool = False  # a winner whose own example check fails escalates (to the reserve)
     jury: bool = True  # False: nobody judges, value is entropy only
+    speculate: bool = False  # the favourite executes while the jury and refinement decide
 
     @classmethod
     def from_config(cls, auction: AuctionConfig) -> Policy:
@@ -51,6 +54,7 @@ class Policy:
             reserve_score=auction.reserve_score,
             verify=auction.escalate_on_failed_check,
             jury=auction.jury,
+            speculate=auction.speculate,
         )
 
     def asked(self) -> Policy:
@@ -135,6 +139,21 @@ def pick_provisional(
     if best is None:
         return Pick(None, "no valid bids")
     return Pick(best, "lowest C - V")
+
+
+# --- speculation: the favourite executes while the jury decides ----------------------------
+def favourite(bids: Sequence[Bid], prices: Mapping[str, float], policy: Policy) -> ScoredBid | None:
+    """The bid that wins on what is known once the bids are in (entropy and price, no
+    verdicts): the execution worth starting early. None when the policy does not speculate or
+    no bid is valid."""
+    if not policy.speculate:
+        return None
+    return scoring.pick_winner(scoring.score_bids(bids, [], prices, policy.weights), prices)
+
+
+def speculation_holds(guess: ScoredBid, winner: ScoredBid) -> bool:
+    """The early execution answers for the winner: same agent, same plan."""
+    return guess.bid.agent == winner.bid.agent and guess.bid.plan == winner.bid.plan
 
 
 # --- 6-7. refinement and the final winner ---------------------------------------------------
@@ -226,8 +245,24 @@ def replay(
     agent's verdict over all plans (none when at most one bid was valid, as live);
     ``executions``: each agent's execution of its own plan. The functions above decide in the
     order :func:`~.protocol.run_auction` calls them. Not replayable: refinement (it writes new
-    plans) and a dying actor (a cell records its error instead).
+    plans) and a dying actor (a cell records its error instead). A speculating policy's
+    favourite that did not answer first executed all the same: it leads ``executed``.
     """
+    out = _replay(policy, kind, bids, verdicts, prices, executions)
+    guess = favourite([bids[n] for n in bidders(policy, list(bids))], prices, policy)
+    if guess is None or out.executed[:1] == (guess.bid.agent,):
+        return out  # no speculation, or it was kept
+    return replace(out, executed=(guess.bid.agent, *out.executed))
+
+
+def _replay(
+    policy: Policy,
+    kind: str,
+    bids: Mapping[str, Bid],
+    verdicts: Sequence[JuryVerdict],
+    prices: Mapping[str, float],
+    executions: Mapping[str, Execution | None],
+) -> Outcome:
     pool = list(bids)
     reserve = reserve_of(policy, pool)
     who = bidders(policy, pool)

@@ -145,111 +145,152 @@ async def run_auction(
     bids = await collect_bids(task, bidders, cfg.bid_timeout_s)
     seconds["bid"], usage["bid"] = time.perf_counter() - t, _sum([b.usage for b in bids])
 
-    # 2-3. jury, skipped when at most one valid bid remains (nothing to compare: save tokens)
-    jury = {n: agents[n] for n in policy.jury_panel(pol, list(agents))}
-    verdicts: list[JuryVerdict] = []
-    if policy.jury_sits(pol, list(jury), sum(b.valid for b in bids)):
-        t = time.perf_counter()
-        verdicts = await collect_verdicts(task, jury, bids, cfg.jury_timeout_s)
-        seconds["jury"], usage["jury"] = time.perf_counter() - t, _sum([v.usage for v in verdicts])
-    scored = scoring.score_bids(bids, verdicts, prices, pol.weights)
+    # 1b. speculation: the favourite on bids alone executes while the jury and refinement
+    # decide; the jury's wait then hides the execution's when the favourite wins
+    guess = policy.favourite(bids, prices, pol)
+    early = None
+    if guess is not None:
+        run = agents[guess.bid.agent].execute(task, guess.bid.plan)
+        early = asyncio.ensure_future(_bounded(run, cfg.execute_timeout_s))
+    try:
+        # 2-3. jury, skipped when at most one valid bid remains (nothing to compare: save tokens)
+        jury = {n: agents[n] for n in policy.jury_panel(pol, list(agents))}
+        verdicts: list[JuryVerdict] = []
+        if policy.jury_sits(pol, list(jury), sum(b.valid for b in bids)):
+            t = time.perf_counter()
+            verdicts = await collect_verdicts(task, jury, bids, cfg.jury_timeout_s)
+            seconds["jury"], usage["jury"] = (
+                time.perf_counter() - t,
+                _sum([v.usage for v in verdicts]),
+            )
+        scored = scoring.score_bids(bids, verdicts, prices, pol.weights)
 
-    # 5. provisional winner; the reserve wins when no bid scores at or below its constant
-    rbid = None
-    if policy.calls_reserve(scoring.pick_winner(scored, prices), pol, reserve):
-        rbid = await _reserve_bid(task, agents, reserve, pol, cfg.bid_timeout_s)
-        usage["bid"] = usage.get("bid", Usage()) + rbid.bid.usage
-    provisional = policy.pick_provisional(scored, prices, pol, rbid).bid
-    scored = scored + ([rbid] if rbid is not None else [])
-    if provisional is None:
+        # 5. provisional winner; the reserve wins when no bid scores at or below its constant
+        rbid = None
+        if policy.calls_reserve(scoring.pick_winner(scored, prices), pol, reserve):
+            rbid = await _reserve_bid(task, agents, reserve, pol, cfg.bid_timeout_s)
+            usage["bid"] = usage.get("bid", Usage()) + rbid.bid.usage
+        provisional = policy.pick_provisional(scored, prices, pol, rbid).bid
+        scored = scored + ([rbid] if rbid is not None else [])
+        if provisional is None:
+            return AuctionRecord(
+                **rec,
+                bids=scored,
+                verdicts=verdicts,
+                phase_usage=usage,
+                phase_seconds=seconds,
+                evaluation=Evaluation(
+                    passed=False if _verifiable(task) else None, detail="no valid bids"
+                ),
+                error="no valid bids",
+                failure=_bid_failure(bids),
+            )
+
+        # 6-7. refinement by strictly cheaper agents, then the final winner
+        final = provisional
+        notes: list[str] = []
+        eligible = policy.refiners(provisional.bid.agent, prices)
+        if refine is not None and eligible:
+            t = time.perf_counter()
+            try:
+                new_bids, new_verdicts = await refine(task, provisional, scored, eligible)
+            except Exception as e:  # memory down: the provisional winner stands, and we say so
+                new_bids, new_verdicts = [], []
+                notes.append(f"refinement skipped: {_describe(e)}")
+            seconds["refine"] = time.perf_counter() - t
+            usage["refine"] = _sum([b.usage for b in new_bids] + [v.usage for v in new_verdicts])
+            jurors = [v.juror for v in verdicts]  # same jury, same scale as the original bids
+            refined = scoring.score_bids(new_bids, new_verdicts, prices, pol.weights, jurors)
+            final = policy.pick_final(provisional, refined, prices).bid or provisional
+            scored = scored + refined
+            verdicts = verdicts + new_verdicts
+
+        # 8. execution: only the winner runs; if its actor dies, the next-ranked bid runs instead
+        t = time.perf_counter()
+        execution, error = None, None
+        for candidate in policy.execution_order(final, scored, prices):
+            name = candidate.bid.agent
+            try:
+                if early is not None and policy.speculation_holds(guess, candidate):
+                    pending, early = early, None  # started while the jury sat
+                    execution = await pending
+                    notes.append(f"speculative execution by {name} kept")
+                else:
+                    execution = await asyncio.wait_for(
+                        agents[name].execute(task, candidate.bid.plan), cfg.execute_timeout_s
+                    )
+                final = candidate
+                break
+            except TimeoutError:
+                execution = Execution(agent=name, error=f"timeout after {cfg.execute_timeout_s:g}s")
+                final = candidate
+                break  # a slow model is not a dead one: do not pay for a second execution
+            except Exception as e:  # actor died / unreachable: record and fall back once
+                error = f"execution by {name} failed: {_describe(e)}"
+        usage["execute"] = execution.usage if execution else Usage()
+
+        # 8b. escalation: an answer its own examples do not confirm goes to a dearer agent, once
+        if policy.escalates(pol, task.kind, execution):
+            bid, second, note = await _escalate(
+                task, agents, pol, cfg, final.bid.agent, scored, prices
+            )
+            notes.append(note)
+            if bid is not None and bid not in scored:  # the reserve planned only now: pay its plan
+                usage["bid"] = usage.get("bid", Usage()) + bid.bid.usage
+                scored = scored + [bid]
+            if bid is not None and second is not None:
+                usage["execute"] = usage["execute"] + second.usage
+                execution, final = second, bid
+        seconds["execute"] = time.perf_counter() - t
+
+        # 9. evaluation
+        evaluation = Evaluation()
+        if execution is not None and execution.error is None and evaluate is not None:
+            t = time.perf_counter()
+            evaluation = await evaluate(task, execution.answer)
+            seconds["evaluate"] = time.perf_counter() - t
+        elif _verifiable(task):
+            evaluation = Evaluation(
+                passed=False, detail=(execution.error if execution else error) or ""
+            )
+
+        # the favourite lost: its execution ran on beside the winner's, and is paid (settled
+        # last, so it delays nobody's answer more than it must)
+        speculation = None
+        if early is not None:
+            speculation, note = await _settle(early, guess.bid.agent)
+            early = None
+            notes.append(note)
+            if speculation is not None:
+                usage["execute"] = usage.get("execute", Usage()) + speculation.usage
+
         return AuctionRecord(
             **rec,
             bids=scored,
             verdicts=verdicts,
+            provisional_winner=provisional.bid.agent,
+            winner=final.bid.agent if execution else None,
+            execution=execution,
+            speculation=speculation,
+            evaluation=evaluation,
             phase_usage=usage,
             phase_seconds=seconds,
-            evaluation=Evaluation(
-                passed=False if _verifiable(task) else None, detail="no valid bids"
-            ),
-            error="no valid bids",
-            failure=_bid_failure(bids),
+            error=error if execution is None else None,
+            failure="retriable" if execution is None else None,  # no agent could execute: rerun
+            notes=notes + ([error] if error and execution is not None else []),
         )
+    finally:
+        if early is not None:  # the auction ended before it settled (cancelled, crashed)
+            early.cancel()
 
-    # 6-7. refinement by strictly cheaper agents, then the final winner
-    final = provisional
-    notes: list[str] = []
-    eligible = policy.refiners(provisional.bid.agent, prices)
-    if refine is not None and eligible:
-        t = time.perf_counter()
-        try:
-            new_bids, new_verdicts = await refine(task, provisional, scored, eligible)
-        except Exception as e:  # memory down: the provisional winner stands, and we say so
-            new_bids, new_verdicts = [], []
-            notes.append(f"refinement skipped: {_describe(e)}")
-        seconds["refine"] = time.perf_counter() - t
-        usage["refine"] = _sum([b.usage for b in new_bids] + [v.usage for v in new_verdicts])
-        jurors = [v.juror for v in verdicts]  # same jury, same scale as the original bids
-        refined = scoring.score_bids(new_bids, new_verdicts, prices, pol.weights, jurors)
-        final = policy.pick_final(provisional, refined, prices).bid or provisional
-        scored = scored + refined
-        verdicts = verdicts + new_verdicts
 
-    # 8. execution: only the winner runs; if its actor dies, the next-ranked bid runs instead
-    t = time.perf_counter()
-    execution, error = None, None
-    for candidate in policy.execution_order(final, scored, prices):
-        name = candidate.bid.agent
-        try:
-            execution = await asyncio.wait_for(
-                agents[name].execute(task, candidate.bid.plan), cfg.execute_timeout_s
-            )
-            final = candidate
-            break
-        except TimeoutError:
-            execution = Execution(agent=name, error=f"timeout after {cfg.execute_timeout_s:g}s")
-            final = candidate
-            break  # a slow model is not a dead one: do not pay for a second execution
-        except Exception as e:  # actor died / unreachable: record and fall back once
-            error = f"execution by {name} failed: {_describe(e)}"
-    usage["execute"] = execution.usage if execution else Usage()
-
-    # 8b. escalation: an answer its own examples do not confirm goes to a dearer agent, once
-    if policy.escalates(pol, task.kind, execution):
-        bid, second, note = await _escalate(task, agents, pol, cfg, final.bid.agent, scored, prices)
-        notes.append(note)
-        if bid is not None and bid not in scored:  # the reserve planned only now: pay its plan
-            usage["bid"] = usage.get("bid", Usage()) + bid.bid.usage
-            scored = scored + [bid]
-        if bid is not None and second is not None:
-            usage["execute"] = usage["execute"] + second.usage
-            execution, final = second, bid
-    seconds["execute"] = time.perf_counter() - t
-
-    # 9. evaluation
-    evaluation = Evaluation()
-    if execution is not None and execution.error is None and evaluate is not None:
-        t = time.perf_counter()
-        evaluation = await evaluate(task, execution.answer)
-        seconds["evaluate"] = time.perf_counter() - t
-    elif _verifiable(task):
-        evaluation = Evaluation(
-            passed=False, detail=(execution.error if execution else error) or ""
-        )
-
-    return AuctionRecord(
-        **rec,
-        bids=scored,
-        verdicts=verdicts,
-        provisional_winner=provisional.bid.agent,
-        winner=final.bid.agent if execution else None,
-        execution=execution,
-        evaluation=evaluation,
-        phase_usage=usage,
-        phase_seconds=seconds,
-        error=error if execution is None else None,
-        failure="retriable" if execution is None else None,  # no agent could execute: rerun
-        notes=notes + ([error] if error and execution is not None else []),
-    )
+async def _settle(early: asyncio.Future, agent: str) -> tuple[Execution | None, str]:
+    """Wait for a speculative execution that lost (its cost is real), and say so."""
+    try:
+        ex = await early
+    except Exception as e:  # noqa: BLE001 - its failure is only a note: the winner's answer stands
+        return None, f"speculative execution by {agent} failed: {_describe(e)}"
+    return ex, f"speculative execution by {agent} discarded: another bid won"
 
 
 def _bid_failure(bids: Sequence[Bid]) -> str:

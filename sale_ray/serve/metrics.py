@@ -114,12 +114,15 @@ class Metrics:
         for v in rec.verdicts:  # refinement re-asks the same jurors after the first verdicts
             self.observe_usage(v.juror, v.usage, "refine" if v.juror in seen else "jury", tenant)
             seen.add(v.juror)
-        ex = rec.execution
+        ex, spec = rec.execution, rec.speculation
+        if spec is not None:  # a speculative execution that lost: paid all the same
+            self.observe_usage(spec.agent, spec.usage, "execute", tenant)
         if ex is not None:
             self.observe_usage(ex.agent, ex.usage, "execute", tenant)
             # an escalation's first execution is in the phase's total only: its agent is the
             # winner before escalating (the provisional one: serve runs no refinement)
             first = rec.phase_usage.get("execute", Usage()).cost_usd - ex.usage.cost_usd
+            first -= spec.usage.cost_usd if spec is not None else 0.0
             if first > 1e-15 and rec.provisional_winner and rec.provisional_winner != ex.agent:
                 self.spend.labels(rec.provisional_winner, "execute", tenant).inc(first)
         for phase, seconds in rec.phase_seconds.items():

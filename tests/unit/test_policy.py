@@ -189,7 +189,15 @@ TASKS = [
     else Task(id=f"A/{i}", kind="answer", prompt=f"question {i}", expected="PASS", bin=i % 5)
     for i in range(40)
 ] + [Task(id="A/none", prompt="nobody can plan this", entry_point="f", tests="pass")]
-POLICIES = ["sale", "sale:published", "sale:lean", "sale:lean_verify", "sale:verify", "sale:bare"]
+POLICIES = [
+    "sale",
+    "sale:published",
+    "sale:lean",
+    "sale:lean_verify",
+    "sale:verify",
+    "sale:bare",
+    "sale:fast",
+]
 
 
 def _config():
@@ -212,6 +220,7 @@ def _config():
             "policies": {  # beside the built-ins: verifying without a reserve, and no jury
                 "verify": {"auction": {"escalate_on_failed_check": True}},
                 "bare": {"auction": {"reserve_agent": "large", "jury": False}},
+                "fast": {"auction": {"escalate_on_failed_check": True, "speculate": True}},
             }
         },
     )
@@ -264,6 +273,17 @@ def test_the_replayed_decision_is_the_live_one_on_every_recorded_task(recorded, 
         assert bool(out.winner and row.cells[out.winner].passed) == bool(rec.passed), row.task_id
 
 
+@pytest.mark.parametrize("model", POLICIES)
+def test_the_replay_counts_every_execution_the_live_auction_paid_for(recorded, model):
+    """A speculating policy pays for its favourite's execution when the favourite loses; the
+    offline cost (``executed``) must see it, or the evaluation would flatter speculation."""
+    configs, rows, live = recorded
+    pol = Policy.from_config(configs[model].auction)
+    for row, rec in zip(rows, live[model], strict=True):
+        paid = (rec.execution is not None) + (rec.speculation is not None) + _escalated(rec)
+        assert len(simulate(row, pol).executed) == paid, (row.task_id, rec.notes)
+
+
 @pytest.mark.parametrize(
     ("method", "model"),
     [("sale_default", "sale:published"), ("sale_lean_verify", "sale:lean_verify")],
@@ -297,6 +317,9 @@ def test_the_recorded_tasks_exercise_every_decision(recorded):
     assert {r.winner for r in lean} >= {"large", "small", "mid"}  # the reserve answers some
     assert any(r.winner != "large" and reserve_rejected(r) for r in bare)  # called, no plan
     assert any(_escalated(r) for r in verify)  # to the reserve
+    fast = live["sale:fast"]
+    assert any(r.speculation is not None for r in fast)  # a favourite that lost, paid
+    assert any("speculative execution by small kept" in r.notes for r in fast)
     assert any(n.startswith("escalation to large failed") for n in notes("sale:lean_verify"))
     assert any(n.startswith("escalated from small to mid") for n in notes("sale:verify"))
     assert any("nobody dearer" in n for n in notes("sale:verify"))

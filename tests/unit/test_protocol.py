@@ -240,3 +240,93 @@ def test_reserve_and_jurors_must_name_agents_of_the_pool():
 
     with pytest.raises(ValidationError, match="not in the pool"):
         SaleConfig(auction=AuctionConfig(reserve_agent="gpt-9"))
+
+
+# --- speculation: the favourite executes while the jury decides ----------------------------------
+class Timeline(ScriptedAgent):
+    """A scripted agent that logs when its calls start and end, on a log shared by the pool."""
+
+    def __init__(self, name, log, *, judge_s=0.05, execute_s=0.0, **kw):
+        super().__init__(name, **kw)
+        self.log, self.judge_s, self.execute_s = log, judge_s, execute_s
+        self.cancelled = 0
+
+    async def judge(self, task, plans):
+        self.log.append(("judge", self.name))
+        await asyncio.sleep(self.judge_s)
+        self.log.append(("judged", self.name))
+        return await super().judge(task, plans)
+
+    async def execute(self, task, plan):
+        self.log.append(("execute", self.name))
+        try:
+            await asyncio.sleep(self.execute_s)
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+        return await super().execute(task, plan)
+
+
+def _timeline(scores, **kw):
+    log = []
+    return log, {n: Timeline(n, log, scores=scores, **kw) for n in PRICES}
+
+
+FAVOURS_SMALL = {"small": 5, "mid": 2, "large": 2}  # small is also the favourite on bids alone
+
+
+def test_with_speculation_the_favourite_executes_while_the_jury_sits_and_is_kept():
+    log, agents = _timeline(FAVOURS_SMALL)
+    rec = run(agents, cfg=_cfg(speculate=True))
+    assert rec.winner == "small" and rec.passed and rec.speculation is None
+    assert log.index(("execute", "small")) < log.index(("judged", "large"))  # before the verdicts
+    assert [a.executed for a in agents.values()] == [1, 0, 0]  # kept, not run twice
+    assert rec.phase_usage["execute"].cost_usd == pytest.approx(2e-6)
+    assert "speculative execution by small kept" in rec.notes
+
+
+def test_without_speculation_execution_waits_for_every_verdict():
+    log, agents = _timeline(FAVOURS_SMALL)
+    rec = run(agents)
+    assert rec.winner == "small"
+    assert log.index(("execute", "small")) > max(i for i, e in enumerate(log) if e[0] == "judged")
+
+
+def test_a_favourite_that_loses_has_its_execution_paid_and_recorded_not_used():
+    log, agents = _timeline({"small": 2, "mid": 5, "large": 4})  # the jury prefers mid
+    rec = run(agents, cfg=_cfg(speculate=True))
+    assert rec.winner == "mid" and rec.execution.agent == "mid"
+    assert rec.speculation is not None and rec.speculation.agent == "small"
+    assert [a.executed for a in agents.values()] == [1, 1, 0]
+    assert rec.phase_usage["execute"].cost_usd == pytest.approx(2 * 2e-6)  # both are paid
+    assert rec.cost_usd == pytest.approx(3e-6 + 2 * 2e-6)
+    assert any("speculative execution by small discarded" in n for n in rec.notes)
+
+
+@pytest.mark.parametrize(
+    "scores",
+    [FAVOURS_SMALL, {"small": 2, "mid": 5, "large": 4}, {"small": 1, "mid": 1, "large": 5}],
+)
+def test_speculation_never_changes_who_wins(scores):
+    plain = run(_timeline(scores)[1])
+    fast = run(_timeline(scores)[1], cfg=_cfg(speculate=True))
+    assert (fast.winner, fast.provisional_winner) == (plain.winner, plain.provisional_winner)
+    assert fast.execution.answer == plain.execution.answer
+
+
+def test_an_auction_cancelled_mid_jury_cancels_its_speculative_execution():
+    log, agents = _timeline(FAVOURS_SMALL, judge_s=10.0, execute_s=10.0)
+
+    async def main():
+        auction = asyncio.ensure_future(
+            run_auction(TASK, agents, PRICES, _cfg(speculate=True), evaluate=passes)
+        )
+        while ("execute", "small") not in log:
+            await asyncio.sleep(0.01)
+        auction.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await auction
+        await asyncio.sleep(0.01)
+
+    asyncio.run(main())
+    assert agents["small"].cancelled == 1
