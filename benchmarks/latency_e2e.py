@@ -86,7 +86,13 @@ async def _direct(svc, agent: str, task, evaluate) -> dict[str, Any]:
     ex = await svc.call(agent, "execute_direct", task)
     seconds = time.perf_counter() - t
     ok = None if ex.error else (await evaluate(task, ex.answer)).passed
-    return {"seconds": seconds, "passed": bool(ok), "cost_usd": ex.usage.cost_usd, "winner": agent}
+    return {
+        "seconds": seconds,
+        "passed": bool(ok),
+        "cost_usd": ex.usage.cost_usd,
+        "winner": agent,
+        "error": ex.error,
+    }
 
 
 async def _auction(svc, policy: str, task) -> dict[str, Any]:
@@ -156,7 +162,6 @@ async def main_async(args) -> dict[str, Any]:
     done = _done(out)
     tmp = Path(tempfile.mkdtemp(prefix="latency-"))
     cfg = _config(args.config, args.memory, tmp)
-    largest = max(cfg.pool.agents, key=lambda a: a.price_out_per_mtok or 0).name
     import ray
 
     # a private cluster (never one that `ray start` runs here), as `connect` starts when none is
@@ -164,6 +169,8 @@ async def main_async(args) -> dict[str, Any]:
     evaluate = make_evaluator(cfg)
     t0 = time.time()
     async with open_service(cfg) as svc:
+        prices = (await svc.describe())["prices"]  # name -> ($/Mtok in, out), as the service prices
+        largest = max(prices, key=lambda n: (prices[n][1], n))
         with (out / "rows.jsonl").open("a") as f:
             for i, task in enumerate(tasks):
                 order = sides[i % len(sides) :] + sides[: i % len(sides)]
