@@ -246,6 +246,14 @@ def test_two_replicas_and_a_batch_job_share_one_rate_limit_and_one_budget(
             res = asyncio.run(
                 run_batch(_tasks("shared", 30), str(tmp_path / "out"), cfg, progress=False)
             )
+            # on a slow box the job can end before the clients reach the limits: they go on
+            # until both limits have bitten (or a deadline far past a normal run's ~40 s)
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline and not (
+                429 in statuses
+                and asyncio.run(svc.stats())["agents"]["mid"]["refused"].get("budget", 0) > 0
+            ):
+                time.sleep(0.5)
             stop.set()
             for f in futs:
                 f.result()
