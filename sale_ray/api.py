@@ -19,7 +19,7 @@ import asyncio
 from collections.abc import Iterator
 from typing import Any
 
-from .config import SaleConfig, load_config
+from .config import SaleConfig, embedded_default, load_config
 from .service.handle import Service, ServiceNotFound, attach, open_pool, open_service
 from .tenants import TenantLimits
 from .types import AuctionRecord, Task
@@ -55,7 +55,7 @@ def up(
     """Start service ``name`` (default ``config.service.name``) or attach to it if it runs."""
     from .service.handle import up as _up
 
-    return asyncio.run(_up(config or SaleConfig(), name=name, detached=detached))
+    return asyncio.run(_up(config or embedded_default(), name=name, detached=detached))
 
 
 def submit(service: Service, task: Task, **kw: Any) -> AuctionRecord:

@@ -54,6 +54,7 @@ CACHE_SCHEMA = pa.schema(
         ("latency_s", pa.float64()),  # the live call's latency, kept for reference
         ("tokens", pa.string()),  # JSON [[token, logprob, {alt: logprob}], ...]
         ("created_at", pa.float64()),
+        ("cached_prompt_tokens", pa.int64()),  # prefix-cache tokens (null in older segments)
     ]
 )
 
@@ -152,6 +153,7 @@ class ResponseCache:
             latency_s=0.0,
             tokens=_decode_tokens(r["tokens"]),
             cached=True,
+            cached_prompt_tokens=r.get("cached_prompt_tokens") or 0,
         )
 
     def put(self, key: str, model_key: str, request: str, result: ChatResult) -> None:
@@ -167,6 +169,7 @@ class ResponseCache:
             "latency_s": result.latency_s,
             "tokens": _encode_tokens(result.tokens),
             "created_at": time.time(),
+            "cached_prompt_tokens": result.cached_prompt_tokens,
         }
         with self._lock:
             if key in self._entries:

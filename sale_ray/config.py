@@ -82,6 +82,13 @@ class AgentSpec(_Strict):
     price_out_per_mtok: float | None = Field(
         default=None, ge=0, description="$ per million completion tokens (local default: catalog)."
     )
+    price_cached_in_per_mtok: float | None = Field(
+        default=None,
+        ge=0,
+        description="$ per million prompt tokens the server's prefix cache served (reported as "
+        "`usage.prompt_tokens_details.cached_tokens` by llama.cpp, vLLM and OpenAI-style APIs, "
+        "which bill them at a discount). None = the prompt price (no discount).",
+    )
     max_concurrency: int = Field(default=2, ge=1, le=1024, description="Calls in flight at once.")
     n_ctx: int = Field(default=4096, ge=512, description="Context length of a local server.")
     threads: int | None = Field(default=None, ge=1, description="CPU threads of a local server.")
@@ -136,8 +143,79 @@ class Weights(_Strict):
         return self.w_jury.get(juror, self.w_jury_default)
 
 
+class AnswerTrust(_Strict):
+    """How far one agent's direct answer is trusted, by what its own check said (``bid: answer``).
+
+    Each figure is the probability that such an answer is correct, as outcome memory measured
+    it (``sale-ray eval`` fits them on the training split: passed / failed / unchecked answers
+    of this agent that the hidden tests then passed). The check is the answer's own run of the
+    prompt's examples for code; for answer tasks, its mean token entropy against
+    ``entropy_max``. An answer that could not be checked (no examples in the prompt, no
+    ``entropy_max``) is ``unchecked``.
+    """
+
+    passed: float = Field(default=0.9, ge=0, le=1, description="P(correct | its check passed).")
+    failed: float = Field(default=0.05, ge=0, le=1, description="P(correct | its check failed).")
+    unchecked: float = Field(
+        default=0.5, ge=0, le=1, description="P(correct | nothing to check it with)."
+    )
+    entropy_max: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="Answer tasks: a mean token entropy at or below this passes the check, above "
+        "fails it. None: answer tasks are unchecked.",
+    )
+    kinds: dict[Literal["code", "answer"], AnswerTrust] = Field(
+        default_factory=dict,
+        description="Figures for one task kind that replace these (an agent trusted on code "
+        "need not be on answers).",
+    )
+
+    def for_kind(self, kind: str) -> AnswerTrust:
+        """The figures for tasks of ``kind``: its own when fitted, else these."""
+        return self.kinds.get(kind, self)  # type: ignore[call-overload]
+
+
 class AuctionConfig(_Strict):
     """How an auction runs."""
+
+    bid: Literal["plan", "answer"] = Field(
+        default="plan",
+        description="What a bid is. `plan`: SALE as published (every agent writes a short plan, "
+        "the jury scores them, the winner executes its plan). `answer`: the bid is the agent's "
+        "direct answer, asked cheapest first (`answer_agents`); the first one whose value "
+        "(`answer_trust` for what its own check said) reaches `accept_value` wins and is not "
+        "redone, so dearer agents are asked only while the outcome is open (docs/economics.md). "
+        "With `answer` the plan settings (weights, jury, jurors, reserve, escalation, "
+        "speculation) and memory refinement do not apply.",
+    )
+    answer_agents: list[str] | None = Field(
+        default=None,
+        min_length=1,
+        description="`bid: answer`: the agents asked, cheapest first (None = every agent). The "
+        "dearest listed always answers when nobody before it was accepted.",
+    )
+    answer_trust: dict[str, AnswerTrust] = Field(
+        default_factory=dict,
+        description="`bid: answer`: per agent, P(correct) of its answer by check outcome (an "
+        "agent not listed gets the `AnswerTrust` defaults). Fitted by `sale-ray eval`.",
+    )
+    deadline_s: float | None = Field(
+        default=None,
+        gt=0,
+        description="`bid: answer`: seconds for the auction as a whole. No agent is asked once "
+        "it has passed, and each call gets only what is left (the first gets all of it, capped "
+        "by `execute_timeout_s`); the best answer so far stands. None = no deadline.",
+    )
+    accept_value: float = Field(
+        default=0.8,
+        ge=0,
+        le=1,
+        description="`bid: answer`: an answer whose trust reaches this wins at once. An agent "
+        "whose answer could not reach it on this task (e.g. nothing to check it with) is "
+        "skipped, unless it is the last one.",
+    )
 
     weights: Weights = Field(default_factory=Weights, description="Weights of C - V.")
     plan_max_tokens: int = Field(default=96, ge=8, le=1024, description="Cap on a bid's plan.")
@@ -377,6 +455,10 @@ class EvalConfig(_Strict):
 
 #: The auction settings a serve policy may change (the rest must match what the agents run).
 POLICY_FIELDS = (
+    "bid",
+    "answer_agents",
+    "answer_trust",
+    "accept_value",
     "weights",
     "jury",
     "reserve_agent",
@@ -519,10 +601,12 @@ class SaleConfig(_Strict):
         names = {a.name for a in self.pool.agents}
         a = self.auction
         named = ([a.reserve_agent] if a.reserve_agent else []) + list(a.jurors or [])
+        named += list(a.answer_agents or []) + list(a.answer_trust)
         unknown = sorted({n for n in named if n not in names})
         if unknown:
             raise ValueError(
-                f"auction.reserve_agent / auction.jurors name agents not in the pool: {unknown} "
+                "auction.reserve_agent / jurors / answer_agents / answer_trust name agents not "
+                f"in the pool: {unknown} "
                 f"(pool: {sorted(names)})"
             )
         return self
@@ -539,10 +623,28 @@ def default_pool() -> PoolSpec:
     )
 
 
+#: The recommended auction of the embedded pool, fitted by ``sale-ray eval`` (its header says on
+#: what); ``embedded_default`` reads it.
+RECOMMENDED = Path(__file__).with_name("recommended.yaml")
+
+
+def embedded_default() -> SaleConfig:
+    """What a user who changes nothing runs (``make demo``, ``sale-ray run`` / ``serve`` / ``up``
+    without ``--config``): the embedded pool with the recommended auction of
+    :data:`RECOMMENDED` (``bid: answer``). ``SaleConfig()`` keeps SALE as published
+    (``bid: plan``, shipped weights); so does ``auction: {bid: plan}`` in a config file."""
+    data = parse_yaml(RECOMMENDED.read_text(), str(RECOMMENDED)) or {}
+    try:
+        return SaleConfig.model_validate({"auction": data.get("auction", {})})
+    except ValidationError as e:
+        raise ConfigError(f"{RECOMMENDED}: {format_validation_error(e)}") from None
+
+
 def load_config(path: str | Path | None) -> SaleConfig:
-    """Read a YAML config; ``None`` gives the embedded default. Errors name the file and field."""
+    """Read a YAML config; ``None`` gives :func:`embedded_default`. Errors name the file and
+    field."""
     if path is None:
-        return SaleConfig()
+        return embedded_default()
     p = Path(path)
     try:
         text = p.read_text()

@@ -168,6 +168,11 @@ class _Teed:
     async def refine(self, task: Task, plan: str, pairs: Sequence[Any]) -> Any:
         return await self.inner.refine(task, plan, pairs)
 
+    async def execute_direct(self, task: Task) -> Execution:
+        # ``bid: answer``: a direct answer is a bid until it is accepted, so nothing streams;
+        # the stream sends the winner's answer from the record
+        return await self.inner.execute_direct(task)
+
     async def execute(self, task: Task, plan: str) -> Execution:
         self.queue.put_nowait(("start", {"winner": self.name, "auction_id": self.auction_id}))
         stream = self.inner.execute_stream(task, plan)

@@ -83,6 +83,11 @@ class Usage(_Frozen):
     cached_calls: int = Field(
         default=0, description="How many of the calls the response cache answered."
     )
+    cached_prompt_tokens: int = Field(
+        default=0,
+        description="Of prompt_tokens, those the model server's prefix cache served (priced at "
+        "the agent's price_cached_in_per_mtok).",
+    )
 
     @property
     def total_tokens(self) -> int:
@@ -101,6 +106,7 @@ class Usage(_Frozen):
             latency_s=self.latency_s + other.latency_s,
             calls=self.calls + other.calls,
             cached_calls=self.cached_calls + other.cached_calls,
+            cached_prompt_tokens=self.cached_prompt_tokens + other.cached_prompt_tokens,
         )
 
 

@@ -45,6 +45,8 @@ class Agent:
         self.spec = spec
         self.config = config
         self.price_in, self.price_out = resolve_prices(spec)
+        cached_in = spec.price_cached_in_per_mtok
+        self.price_cached_in = self.price_in if cached_in is None else cached_in
         self._client = client
         self._server: Any = None
         self._sem = asyncio.Semaphore(spec.max_concurrency)
@@ -115,10 +117,17 @@ class Agent:
 
     # --- accounting -------------------------------------------------------------------------
     def _usage(self, r: ChatResult) -> Usage:
-        cost = (r.prompt_tokens * self.price_in + r.completion_tokens * self.price_out) / 1e6
+        # prompt tokens served from the server's prefix cache are billed at their own price
+        cached = min(max(r.cached_prompt_tokens, 0), r.prompt_tokens)
+        cost = (
+            (r.prompt_tokens - cached) * self.price_in
+            + cached * self.price_cached_in
+            + r.completion_tokens * self.price_out
+        ) / 1e6
         return Usage(
             prompt_tokens=r.prompt_tokens,
             completion_tokens=r.completion_tokens,
+            cached_prompt_tokens=cached,
             cost_usd=cost,
             latency_s=r.latency_s,
             calls=1,
@@ -415,18 +424,7 @@ class Agent:
                 if d.finish_reason is None:
                     yield d.text
                 else:
-                    yield (
-                        d.finish_reason,
-                        self._usage(
-                            ChatResult(
-                                "",
-                                d.finish_reason,
-                                d.prompt_tokens,
-                                d.completion_tokens,
-                                d.latency_s,
-                            )
-                        ),
-                    )
+                    yield (d.finish_reason, self._usage(d.result()))
 
     async def execute_stream(self, task: Task, plan: str) -> AsyncIterator[str | Execution]:
         """:meth:`execute`, streamed: text deltas (``str``), then the :class:`Execution`.
@@ -471,11 +469,7 @@ class Agent:
                         parts.append(d.text)
                         yield d.text
                         continue
-                    usage = self._usage(
-                        ChatResult(
-                            "", d.finish_reason, d.prompt_tokens, d.completion_tokens, d.latency_s
-                        )
-                    )
+                    usage = self._usage(d.result())
                     error = None
                     if d.finish_reason == "length":
                         error = f"TruncatedOutput: answer cut at {max_tokens} tokens"

@@ -41,10 +41,22 @@ class ChatResult:
     latency_s: float
     tokens: list[TokenLogprob] = field(default_factory=list)
     cached: bool = False  # answered by the response cache, not the model
+    cached_prompt_tokens: int = 0  # of prompt_tokens, those the server's prefix cache served
 
     @property
     def truncated(self) -> bool:
         return self.finish_reason == "length"
+
+
+def prefix_cached(usage: Any) -> int:
+    """Prompt tokens the server answered from its prefix cache (OpenAI's
+    ``usage.prompt_tokens_details.cached_tokens``, which llama.cpp's server and vLLM report
+    too); 0 when the server does not say."""
+    details = getattr(usage, "prompt_tokens_details", None) if usage is not None else None
+    n = getattr(details, "cached_tokens", None) if details is not None else None
+    if n is None and isinstance(details, dict):
+        n = details.get("cached_tokens")
+    return int(n) if isinstance(n, int) and n > 0 else 0
 
 
 class ChatClient:
@@ -139,6 +151,7 @@ class ChatClient:
             completion_tokens=usage.completion_tokens if usage else len(toks),
             latency_s=latency,
             tokens=toks,
+            cached_prompt_tokens=prefix_cached(usage),
         )
 
     async def close(self) -> None:
@@ -175,6 +188,7 @@ class ChatClient:
         stream: Any = None
         finish: str | None = None
         prompt_tokens = completion_tokens = None
+        cached_tokens = 0
         deltas = 0
         try:
             async with asyncio.timeout_at(deadline):
@@ -197,6 +211,7 @@ class ChatClient:
                 if chunk.usage is not None:
                     prompt_tokens = chunk.usage.prompt_tokens
                     completion_tokens = chunk.usage.completion_tokens
+                    cached_tokens = prefix_cached(chunk.usage)
                 for ch in chunk.choices[:1]:
                     if ch.delta is not None and ch.delta.content:
                         deltas += 1
@@ -222,6 +237,7 @@ class ChatClient:
             raise TruncatedOutput(f"{self.model}: stream closed before a finish_reason")
         yield ChatDelta(
             finish_reason=finish,
+            cached_prompt_tokens=cached_tokens,
             prompt_tokens=prompt_tokens or 0,
             completion_tokens=completion_tokens if completion_tokens is not None else deltas,
             latency_s=time.perf_counter() - t0,
@@ -237,3 +253,15 @@ class ChatDelta:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     latency_s: float = 0.0
+    cached_prompt_tokens: int = 0
+
+    def result(self) -> ChatResult:
+        """The last delta's usage as a (textless) :class:`ChatResult`, for pricing."""
+        return ChatResult(
+            "",
+            self.finish_reason,
+            self.prompt_tokens,
+            self.completion_tokens,
+            self.latency_s,
+            cached_prompt_tokens=self.cached_prompt_tokens,
+        )

@@ -14,7 +14,11 @@ given only what is known at that point:
 * the final winner (step 7): :func:`pick_final`;
 * who runs if the winner's actor dies (step 8, a fault: live only): :func:`execution_order`;
 * escalation after the answer's own example check (lean_verify): :func:`escalates`,
-  :func:`escalation_target`, :func:`escalation_note`.
+  :func:`escalation_target`, :func:`escalation_note`;
+* ``bid: answer`` — the bid is the agent's direct answer: who is asked, in which order
+  (:func:`answer_ladder`), what an answer is worth (:func:`check_state`, :func:`answer_value`),
+  whether it wins at once (:func:`accepts`), and who wins when nobody did (:func:`pick_answer`);
+  :func:`replay_answers` replays them on recorded direct answers.
 
 The live auction (:mod:`.protocol`) calls them between its model calls; the evaluation replays
 them on recorded cells with :func:`replay` (every bid, every verdict and every agent's own
@@ -27,7 +31,7 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 
-from ..config import AuctionConfig, Weights
+from ..config import AnswerTrust, AuctionConfig, Weights
 from ..types import Bid, Execution, JuryVerdict, ScoredBid
 from . import scoring
 
@@ -43,6 +47,10 @@ class Policy:
     verify: bool = False  # a winner whose own example check fails escalates (to the reserve)
     jury: bool = True  # False: nobody judges, value is entropy only
     speculate: bool = False  # the favourite executes while the jury and refinement decide
+    bid: str = "plan"  # "answer": bids are direct answers, asked cheapest first
+    answer_agents: tuple[str, ...] | None = None  # the ladder (None: every agent)
+    answer_trust: Mapping[str, AnswerTrust] | None = None
+    accept_value: float = 0.8
 
     @classmethod
     def from_config(cls, auction: AuctionConfig) -> Policy:
@@ -55,7 +63,16 @@ class Policy:
             verify=auction.escalate_on_failed_check,
             jury=auction.jury,
             speculate=auction.speculate,
+            bid=auction.bid,
+            answer_agents=None if auction.answer_agents is None else tuple(auction.answer_agents),
+            answer_trust=dict(auction.answer_trust),
+            accept_value=auction.accept_value,
         )
+
+    def trust(self, agent: str, kind: str) -> AnswerTrust:
+        """How far ``agent``'s direct answer to a ``kind`` task is trusted (the defaults when
+        not fitted)."""
+        return ((self.answer_trust or {}).get(agent) or _UNFITTED).for_kind(kind)
 
     def asked(self) -> Policy:
         """The same decisions without the jurors whose weight is 0: they earn nothing (their
@@ -65,6 +82,9 @@ class Policy:
             return self
         keep = tuple(j for j in self.jurors if abs(self.weights.juror_weight(j)) > 1e-12)
         return replace(self, jurors=keep)
+
+
+_UNFITTED = AnswerTrust()
 
 
 @dataclass(frozen=True)
@@ -306,4 +326,115 @@ def _replay(
         reserve_planned=planned,
         escalated=True,
         reasons=(*out.reasons, escalation_note(first, target)),
+    )
+
+
+# --- bid: answer — the bid is the answer ----------------------------------------------------
+CHECK_STATES = ("passed", "failed", "unchecked")
+
+
+def checkable(policy: Policy, agent: str, kind: str, has_examples: bool) -> bool:
+    """Can ``agent``'s answer be checked on this task before anyone else is asked? Code: the
+    prompt shows examples to run; answers: the agent has a fitted entropy threshold."""
+    if kind == "code":
+        return has_examples
+    return policy.trust(agent, kind).entropy_max is not None
+
+
+def answer_ladder(
+    policy: Policy,
+    pool: Sequence[str],
+    prices: Mapping[str, float],
+    kind: str,
+    has_examples: bool,
+) -> list[str]:
+    """Who may be asked, cheapest first (ties: pool order): the policy's agents, less every
+    one but the last whose answer could not win at once on this task — its best case (its
+    check passes, or nothing to check it with) stays under ``accept_value`` — since asking it
+    would buy nothing the last agent does not give anyway."""
+    names = [n for n in (policy.answer_agents or pool) if n in prices]
+    names = sorted(names, key=lambda n: (prices[n], names.index(n)))
+    if not names:
+        return []
+
+    def could_win(n: str) -> bool:
+        best = "passed" if checkable(policy, n, kind, has_examples) else "unchecked"
+        return answer_value(policy, n, best, kind) >= policy.accept_value
+
+    return [n for n in names[:-1] if could_win(n)] + names[-1:]
+
+
+def check_state(policy: Policy, kind: str, execution: Execution, has_examples: bool) -> str:
+    """What the answer's own check said: ``passed`` / ``failed`` / ``unchecked``. A call that
+    failed or came back empty failed. Code: its run of the prompt's examples; a prompt without
+    examples only shows whether the code runs at all, so code that does not run failed and
+    code that runs is unchecked (running proves nothing more). Answers: the mean token entropy
+    against the agent's ``entropy_max``."""
+    if execution.error is not None or not execution.answer.strip():
+        return "failed"
+    if kind == "code":
+        checks = execution.self_checks_passed
+        if not checks:
+            return "unchecked"
+        if not checks[-1]:
+            return "failed"
+        return "passed" if has_examples else "unchecked"
+    limit = policy.trust(execution.agent, kind).entropy_max
+    if limit is None or execution.entropy is None:
+        return "unchecked"
+    return "passed" if execution.entropy <= limit else "failed"
+
+
+def answer_value(policy: Policy, agent: str, state: str, kind: str) -> float:
+    """V of an answer: the probability outcome memory gives an answer of ``agent`` whose check
+    said ``state``."""
+    return float(getattr(policy.trust(agent, kind), state))
+
+
+def accepts(policy: Policy, value: float) -> bool:
+    """An answer worth at least ``accept_value`` wins at once: nobody dearer is asked."""
+    return value >= policy.accept_value
+
+
+def pick_answer(
+    values: Mapping[str, float], prices: Mapping[str, float], errored: Collection[str] = ()
+) -> str | None:
+    """Nobody was accepted: the answer of highest value wins, ties to the dearer agent (the
+    one the user would have called). A call that errored has no answer to give: it wins only
+    when every call errored."""
+    usable = {n: v for n, v in values.items() if n not in errored} or values
+    if not usable:
+        return None
+    return max(usable, key=lambda n: (usable[n], prices[n]))
+
+
+def replay_answers(
+    policy: Policy,
+    kind: str,
+    has_examples: bool,
+    prices: Mapping[str, float],
+    answers: Mapping[str, Execution],
+) -> Outcome:
+    """Replay ``bid: answer`` on recorded direct answers (every agent's, in pool order): the
+    same ladder, values and stops as :func:`~.protocol.run_auction`. ``executed`` lists every
+    agent asked, in order; the winner's answer is its execution. Not replayed:
+    ``deadline_s`` (recorded answers keep no wall clock of the auction they would be in)."""
+    ladder = answer_ladder(policy, list(answers), prices, kind, has_examples)
+    values: dict[str, float] = {}
+    reason = "nobody accepted: highest value"
+    for n in ladder:
+        state = check_state(policy, kind, answers[n], has_examples)
+        values[n] = answer_value(policy, n, state, kind)
+        if accepts(policy, values[n]):
+            reason = f"{n}'s answer accepted at {values[n]:.2f}"
+            break
+    winner = next((n for n in values if accepts(policy, values[n])), None)
+    errored = [n for n in values if answers[n].error is not None]
+    winner = winner or pick_answer(values, prices, errored)
+    return Outcome(
+        provisional=winner,
+        winner=winner,
+        executed=tuple(values),
+        bidders=tuple(values),
+        reasons=(reason,),
     )

@@ -29,6 +29,7 @@ class AgentHandle(Protocol):
     async def bid(self, task: Task) -> Bid: ...
     async def judge(self, task: Task, plans: Sequence[tuple[str, str]]) -> JuryVerdict: ...
     async def execute(self, task: Task, plan: str) -> Execution: ...
+    async def execute_direct(self, task: Task) -> Execution: ...  # ``bid: answer`` only
 
 
 # (task, provisional winner, scored bids, eligible agents) -> refined bids and their verdicts
@@ -138,6 +139,9 @@ async def run_auction(
         "started_at": started,
     }
 
+    if pol.bid == "answer":
+        return await _answer_auction(task, agents, prices, cfg, pol, rec, evaluate)
+
     # 1. bids (a reserve agent does not bid: it plans only if it wins, see step 5)
     reserve = policy.reserve_of(pol, list(agents))
     bidders = {n: agents[n] for n in policy.bidders(pol, list(agents))}
@@ -244,15 +248,7 @@ async def run_auction(
         seconds["execute"] = time.perf_counter() - t
 
         # 9. evaluation
-        evaluation = Evaluation()
-        if execution is not None and execution.error is None and evaluate is not None:
-            t = time.perf_counter()
-            evaluation = await evaluate(task, execution.answer)
-            seconds["evaluate"] = time.perf_counter() - t
-        elif _verifiable(task):
-            evaluation = Evaluation(
-                passed=False, detail=(execution.error if execution else error) or ""
-            )
+        evaluation = await _evaluate(task, execution, evaluate, seconds, error)
 
         # the favourite lost: its execution ran on beside the winner's, and is paid (settled
         # last, so it delays nobody's answer more than it must)
@@ -340,6 +336,100 @@ async def _escalate(
     except Exception as e:  # noqa: BLE001 - keep the first answer, say why
         return bid, None, policy.escalation_note(winner, target, _describe(e))
     return bid, second, policy.escalation_note(winner, target)
+
+
+async def _answer_auction(
+    task: Task,
+    agents: Mapping[str, AgentHandle],
+    prices: Mapping[str, float],
+    cfg: AuctionConfig,
+    pol: policy.Policy,
+    rec: dict[str, Any],
+    evaluate: Evaluator | None,
+) -> AuctionRecord:
+    """``bid: answer``: each bid is the agent's direct answer, asked cheapest first; the first
+    answer worth ``accept_value`` wins and stands as the execution (it is not redone), so a
+    dearer agent is paid only while the outcome is open. No jury, no refinement, no plan."""
+    from ..evaluators.code import prompt_examples
+
+    has_examples = task.kind == "code" and prompt_examples(task) is not None
+    ladder = policy.answer_ladder(pol, list(agents), prices, task.kind, has_examples)
+    answers: dict[str, Execution] = {}
+    values: dict[str, float] = {}
+    bids: list[ScoredBid] = []
+    notes: list[str] = []
+    t = time.perf_counter()
+    for name in ladder:
+        limit = cfg.execute_timeout_s
+        if cfg.deadline_s is not None:  # the auction as a whole: the first call gets it all
+            left = cfg.deadline_s - (time.perf_counter() - t)
+            if answers and left <= 0:
+                notes.append(f"deadline of {cfg.deadline_s:g}s passed: {name} not asked")
+                break
+            limit = min(limit, max(left, 0.0) if answers else cfg.deadline_s)
+        try:
+            ex = await asyncio.wait_for(agents[name].execute_direct(task), limit)
+        except TimeoutError:
+            ex = Execution(agent=name, error=f"timeout after {limit:g}s")
+        except Exception as e:  # noqa: BLE001 - a dead or failing agent is a failed answer
+            ex = Execution(agent=name, error=_describe(e))
+        state = policy.check_state(pol, task.kind, ex, has_examples)
+        answers[name], values[name] = ex, policy.answer_value(pol, name, state, task.kind)
+        bid = Bid(
+            agent=name,
+            plan=ex.answer,
+            entropy=ex.entropy,
+            usage=ex.usage,
+            rejected=ex.error,
+        )
+        score = None if ex.error else -values[name]  # lower wins, as C - V does
+        bids.append(ScoredBid(bid=bid, cost=ex.usage.cost_usd, value=values[name], score=score))
+        if policy.accepts(pol, values[name]):
+            break
+    winner = next((n for n in values if policy.accepts(pol, values[n])), None)
+    errored = [n for n, a in answers.items() if a.error is not None]
+    winner = winner or policy.pick_answer(values, prices, errored)
+    seconds = {"execute": time.perf_counter() - t}
+    execution = answers[winner] if winner is not None else None
+    # every answer but the winner's was a bid that lost; the winner's is the execution
+    usage = {
+        "bid": _sum([a.usage for n, a in answers.items() if n != winner]),
+        "execute": execution.usage if execution is not None else Usage(),
+    }
+    evaluation = await _evaluate(task, execution, evaluate, seconds)
+    notes = [f"{n}: answer worth {v:.2f}" for n, v in values.items()] + notes
+    return AuctionRecord(
+        **rec,
+        bids=bids,
+        provisional_winner=winner,
+        winner=winner if execution is not None else None,
+        execution=execution,
+        evaluation=evaluation,
+        phase_usage=usage,
+        phase_seconds=seconds,
+        error="no agent answered" if execution is None else None,
+        failure="retriable" if execution is None else None,  # nobody was asked: rerun
+        notes=notes,
+    )
+
+
+async def _evaluate(
+    task: Task,
+    execution: Execution | None,
+    evaluate: Evaluator | None,
+    seconds: dict[str, float],
+    error: str | None = None,
+) -> Evaluation:
+    """SALE step 9: the task's verifier on the answer (its seconds into ``seconds``); an
+    answer that never came fails a verifiable task, with why."""
+    if execution is not None and execution.error is None and evaluate is not None:
+        t = time.perf_counter()
+        evaluation = await evaluate(task, execution.answer)
+        seconds["evaluate"] = time.perf_counter() - t
+        return evaluation
+    if _verifiable(task):
+        return Evaluation(passed=False, detail=(execution.error if execution else error) or "")
+    return Evaluation()
 
 
 def _verifiable(task: Task) -> bool:

@@ -20,7 +20,7 @@ from fastapi import FastAPI, Request, Response
 from ray import serve
 from ray.serve import Application
 
-from ..config import SaleConfig, ServeConfig, load_config
+from ..config import SaleConfig, ServeConfig, embedded_default, load_config
 
 log = logging.getLogger(__name__)
 PROXY_TIMEOUT_MARGIN_S = 10.0  # Serve's own 408 is a backstop behind the app's deadline
@@ -88,7 +88,7 @@ def app_builder(args: dict[str, Any]) -> Application:
     config = load_config(Path(args["config"]).expanduser()) if args.get("config") else None
     if args.get("sale_ray") is not None:
         config = SaleConfig.model_validate(args["sale_ray"])
-    return build_app(config or SaleConfig())
+    return build_app(config or embedded_default())
 
 
 def running_port() -> int | None:

@@ -46,6 +46,7 @@ from .wire import (
     Delta,
     ModelCard,
     ModelList,
+    PromptTokensDetails,
     SaleInfo,
     SaleOptions,
     TaskRequest,
@@ -93,6 +94,7 @@ def _wire_usage(u: Usage) -> WireUsage:
         prompt_tokens=u.prompt_tokens,
         completion_tokens=u.completion_tokens,
         total_tokens=u.total_tokens,
+        prompt_tokens_details=PromptTokensDetails(cached_tokens=u.cached_prompt_tokens),
     )
 
 

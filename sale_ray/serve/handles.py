@@ -25,6 +25,7 @@ class ServeAgent(Protocol):
     async def bid(self, task: Task) -> Bid: ...
     async def judge(self, task: Task, plans: Sequence[tuple[str, str]]) -> JuryVerdict: ...
     async def execute(self, task: Task, plan: str) -> Execution: ...
+    async def execute_direct(self, task: Task) -> Execution: ...
     async def refine(self, task: Task, plan: str, pairs: Sequence[Any]) -> Bid: ...
     async def complete(
         self, messages: list[dict[str, str]], params: dict[str, Any]
@@ -50,6 +51,9 @@ class InProcessAgent:
 
     async def execute(self, task: Task, plan: str) -> Execution:
         return await self.agent.execute(task, plan)
+
+    async def execute_direct(self, task: Task) -> Execution:
+        return await self.agent.execute_direct(task)
 
     async def refine(self, task: Task, plan: str, pairs: Sequence[Any]) -> Bid:
         return await self.agent.refine(task, plan, pairs)

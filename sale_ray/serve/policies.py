@@ -1,12 +1,13 @@
 """Auction policies chosen by model name, the way routers expose their thresholds.
 
-``model: sale`` runs the deployment's own ``auction:`` settings. ``sale:<policy>`` runs the
+``model: sale`` runs the deployment's own ``auction:`` settings (the embedded default: the
+recommended configuration, ``bid: answer``, see ``config.embedded_default``). ``sale:<policy>`` runs the
 same pool and the same agents with other policy settings (``config.POLICY_FIELDS``: weights,
 jury, reserve agent and score, jurors, escalation) — nothing an agent itself reads, so one
 pool serves every policy. Built in:
 
-* ``published`` — SALE as published: every agent bids and judges, the shipped default weights,
-  no reserve, no escalation.
+* ``published`` — SALE as published: every agent bids a plan and judges, the shipped default
+  weights, no reserve, no escalation.
 * ``lean`` — the dearest agent does not bid: it is the reserve, and plans and executes only when
   no cheaper bid scores C − V at or below ``reserve_score``; only the cheaper agents judge.
   Weights and ``reserve_score`` are the deployment's (fitted ones if its config is fitted).
@@ -55,6 +56,7 @@ def builtin(prices: Mapping[str, float]) -> dict[str, ServePolicy]:
         "published": ServePolicy(
             description="SALE as published: every agent bids and judges, shipped weights.",
             auction={
+                "bid": "plan",
                 "weights": Weights().model_dump(),
                 "jury": True,
                 "reserve_agent": None,
@@ -67,6 +69,7 @@ def builtin(prices: Mapping[str, float]) -> dict[str, ServePolicy]:
     if len(prices) > 1:
         reserve = _dearest(prices)
         lean = {
+            "bid": "plan",
             "reserve_agent": reserve,
             "jurors": [n for n in prices if n != reserve],
             "escalate_on_failed_check": False,

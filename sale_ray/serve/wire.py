@@ -166,10 +166,15 @@ class SaleInfo(_Wire):
     error: str | None = None
 
 
+class PromptTokensDetails(_Wire):
+    cached_tokens: int = 0  # served from the model servers' prefix caches
+
+
 class WireUsage(_Wire):
     prompt_tokens: int = 0
     completion_tokens: int = 0
     total_tokens: int = 0
+    prompt_tokens_details: PromptTokensDetails = PromptTokensDetails()
 
 
 class AssistantMessage(_Wire):

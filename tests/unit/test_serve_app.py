@@ -170,6 +170,58 @@ def test_a_streamed_auction_runs_the_policy_its_model_names(client):
     assert last.model_extra["sale"]["policy"] == "sale:lean"
 
 
+def test_an_answer_bid_policy_answers_with_the_first_trusted_answer_and_asks_nobody_dearer(
+    upstream,
+):
+    trusted = {"bid": "answer", "answer_trust": {"cheap": {"unchecked": 0.9}}}
+    app = _serve(_config(upstream.base_url, policies={"answers": {"auction": trusted}}))
+    try:
+        c = openai.OpenAI(base_url=app.url + "/v1", api_key=KEY, max_retries=0)
+        dear_calls = upstream.calls["dear-m"]
+        done = c.chat.completions.create(model="sale:answers", messages=_user("2+2? [id:a1]"))
+        # a direct answer asks for logprobs (its entropy is its check on answer tasks): the
+        # scripted upstream answers those with its "Plan of <model>" text
+        assert done.choices[0].message.content.startswith("Plan of cheap-m")
+        assert done.model_extra["sale"]["winner"] == "cheap"
+        chunks = list(
+            c.chat.completions.create(
+                model="sale:answers", messages=_user("stream it [id:a2]"), stream=True
+            )
+        )
+        text = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
+        assert text.startswith("Plan of cheap-m")
+        assert upstream.calls["dear-m"] == dear_calls  # cheap was trusted: dear never asked
+        # the deployment's own `sale` trusts nobody unchecked: the dearest answers alone
+        done = c.chat.completions.create(model="sale", messages=_user("2+2? [id:a3]"))
+        assert done.model_extra["sale"]["winner"] == "dear"
+    finally:
+        app.stop()
+
+
+def test_in_answer_mode_the_whole_conversation_reaches_every_direct_answer(upstream):
+    from sale_ray.serve.conversation import render
+    from sale_ray.serve.wire import ChatCompletionRequest
+
+    app = _serve(_config(upstream.base_url, policies={"answers": {"auction": {"bid": "answer"}}}))
+    try:
+        c = openai.OpenAI(base_url=app.url + "/v1", api_key=KEY, max_retries=0)
+        tag = "conv-answer-7c1d"
+        messages = [
+            {"role": "system", "content": f"Rules {tag}: answer briefly."},
+            {"role": "user", "content": "My name is Ada. Remember it."},
+            {"role": "assistant", "content": "OK, Ada."},
+            {"role": "user", "content": "What is my name? Answer with one word."},
+        ]
+        c.chat.completions.create(model="sale:answers", messages=messages)
+        task = render(ChatCompletionRequest(model="sale", messages=messages).messages)
+        asked = upstream.prompts("bid", tag)  # direct answers ask for logprobs
+        assert len(asked) == 1  # nobody trusted unchecked: the dearest answers alone
+        assert f"TASK:\n{task}" in asked[0]
+        assert all(m["content"] in asked[0] for m in messages)
+    finally:
+        app.stop()
+
+
 def test_a_task_returns_its_result_verdict_and_full_record(server):
     r = httpx.post(
         f"{server.url}/v1/tasks",
