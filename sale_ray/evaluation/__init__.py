@@ -12,6 +12,9 @@ exactly what production runs. docs/evaluation.md tells the protocol.
     measurement.py    the matrix on Ray: built part by part, saved per task, resumed
     baselines.py      the routers SALE is compared with, one interface, one registry (ROUTERS)
     weights.py        the weight fit (MILP, HiGHS) and its replay through the live policy
+    recommend.py      the recommended configuration (bid: answer): trust, ladder and threshold
+                      fitted on the training split, its ablations, recommended.yaml
+    intervals.py      bootstrap 95 % intervals, paired by task against largest_direct
     live.py           SALE with memory: real auctions on the held-out stream
     comparison.py     a method against the references: largest agent, oracle, the targets
     signals.py        which signals predict a pass: AUCs over the matrix

@@ -18,9 +18,12 @@ matrix, so they see exactly the same bids, verdicts and executions:
   :mod:`.weights` on the training split; ``sale_default`` — the same with the shipped weights.
   Every SALE router reads its decision from :func:`.weights.simulate`, the live auction's
   decision functions (:mod:`sale_ray.auction.policy`) replayed on the row.
-* ``sale`` — SALE with memory. Memory changes plans (refinement), so it needs live model calls:
-  the evaluation runs it and hands its decisions in (``live``); without them it *is*
-  ``sale_no_memory``, and every decision says so in its note.
+* ``sale_published`` — SALE as published, with memory. Memory changes plans (refinement), so it
+  needs live model calls: the evaluation runs it and hands its decisions in (``live``); without
+  them it *is* ``sale_no_memory``, and every decision says so in its note.
+* ``sale`` — the configuration the product recommends (:mod:`.recommend`): ``bid: answer`` with
+  the ladder, trust and threshold fitted on the training split's direct calls — what the embedded
+  default runs.
 * ``oracle`` — the cheapest agent that passes (the cheapest agent when none does): the limit of
   any router on this pool.
 
@@ -46,10 +49,11 @@ import numpy as np
 from ..auction.policy import Outcome
 from ..config import EvalConfig, Weights
 from .matrix import Decision, TaskRow, single_agent, spend
+from .recommend import answer_decision, fit_recommended
 from .row import direct_view
 from .weights import agent_loss, reference_cost, simulate
 
-NO_MEMORY_NOTE = "memory not available: sale == sale_no_memory"
+NO_MEMORY_NOTE = "memory not available: sale_published == sale_no_memory"
 
 
 class Router(Protocol):
@@ -317,6 +321,19 @@ class SaleWithMemory(SaleRouter):
         return d.model_copy(update={"note": (d.note + "; " if d.note else "") + NO_MEMORY_NOTE})
 
 
+class SaleRecommended(_Fixed):
+    """The recommended configuration (:mod:`.recommend`) on the rows' direct calls: the fitter
+    chooses ladder and threshold on the training split, the held-out rows are replayed with the
+    live decision functions."""
+
+    def fit(self, train: Sequence[TaskRow]) -> None:
+        self.fitted = fit_recommended([direct_view(r) for r in train], self.ctx.eval.cost_lambda)
+        self.policy = self.fitted.policy()
+
+    def route(self, row: TaskRow) -> Decision:
+        return answer_decision(self.name, direct_view(row), self.policy)
+
+
 class Direct:
     """A router's own logic over direct calls: fitted on, and routing, :func:`direct_view`
     rows (each agent's one call with the task alone; no plan, no bid, no jury)."""
@@ -345,7 +362,8 @@ ROUTERS: dict[str, RouterFactory] = {
     "knn": KNNRouter,
     "sale_no_memory": SaleRouter,
     "sale_default": lambda n, c: SaleRouter(n, c, fitted=False),
-    "sale": SaleWithMemory,
+    "sale_published": SaleWithMemory,
+    "sale": SaleRecommended,
     "sale_lean": SaleLean,
     "sale_lean_nojury": lambda n, c: SaleLean(n, c, jury=False),
     "sale_lean_verify": lambda n, c: SaleLean(n, c, verify=True),
@@ -364,6 +382,7 @@ DIRECT_METHODS = (
     "cascade_direct",
     "knn_direct",
     "oracle_direct",
+    "sale",
 )
 """The methods read from direct cells; every other one needs plan-conditioned cells."""
 
@@ -374,7 +393,7 @@ REQUIRED_METHODS = (
     "cascade",
     "knn",
     "sale_no_memory",
-    "sale",
+    "sale_published",
     "oracle",
     *DIRECT_METHODS,
 )

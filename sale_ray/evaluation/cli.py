@@ -97,10 +97,10 @@ def format_table(summary: dict[str, Any]) -> str:
             per = s.get("per_length", {})
             parts = [f"{k} {v['pass_at_1']:.3f} ({v['tasks']})" for k, v in per.items()]
             lines.append(f"  {m:<16} " + ", ".join(parts))
-    for m in ("sale", "sale_lean"):
+    for m in ("sale", "sale_published", "sale_lean"):
         if m in stats:
             lines += [f"{m}: {x}" for x in target_lines(stats, m)]
-    if summary.get("_run", {}).get("sale_note") and "sale" in stats:
+    if summary.get("_run", {}).get("sale_note") and "sale_published" in stats:
         lines.append(f"note: {summary['_run']['sale_note']}")
     return "\n".join(lines)
 

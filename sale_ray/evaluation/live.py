@@ -127,5 +127,5 @@ async def sale_with_memory(
             auction_id=f"eval:{t.id}",
         )
         await refiner.remember(t, rec)
-        out[t.id] = decision_from_record("sale", rec, r.order)
+        out[t.id] = decision_from_record("sale_published", rec, r.order)
     return out, WARM_NOTE

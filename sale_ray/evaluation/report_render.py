@@ -23,7 +23,7 @@ METHOD_ORDER = (
     "knn",
     "sale_default",
     "sale_no_memory",
-    "sale",
+    "sale_published",
     "sale_lean",
     "sale_lean_nojury",
     "sale_lean_verify",
@@ -33,10 +33,12 @@ METHOD_ORDER = (
     "cascade_direct",
     "knn_direct",
     "oracle_direct",
+    "sale",
 )
 SALE_METHODS = (
     "sale_default",
     "sale_no_memory",
+    "sale_published",
     "sale",
     "sale_lean",
     "sale_lean_nojury",
@@ -143,6 +145,7 @@ def build_blocks(data: ReportData, plot_dir: Path | None) -> list[Block]:
     cmp_rows = []
     for m in (
         "sale",
+        "sale_published",
         "sale_no_memory",
         "sale_default",
         "sale_lean",
@@ -184,7 +187,7 @@ def build_blocks(data: ReportData, plot_dir: Path | None) -> list[Block]:
                 cmp_rows,
             ),
         ]
-    for m in ("sale", "sale_no_memory", "sale_lean", "sale_lean_verify"):
+    for m in ("sale", "sale_published", "sale_no_memory", "sale_lean", "sale_lean_verify"):
         lines = target_lines(stats, m)
         if lines:
             b += [("h", 3, f"Targets: {m}"), ("p", "; ".join(lines) + ".")]

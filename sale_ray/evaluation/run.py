@@ -45,6 +45,7 @@ from .baselines import (
     make_router,
 )
 from .comparison import compare_to_oracle, cost_ratios
+from .intervals import method_intervals
 from .live import memory_available, sale_with_memory
 from .matrix import (
     Decision,
@@ -54,6 +55,8 @@ from .matrix import (
     matrix_table,
 )
 from .measurement import build_matrix, load_matrix, make_eval_evaluator, same_pool, save_matrix
+from .recommend import ablate, fit_recommended, write_recommended
+from .row import direct_view
 from .weights import FEATURES, FitResult, fit_with, write_weights
 
 PLAN_METHODS = (
@@ -62,7 +65,7 @@ PLAN_METHODS = (
     "sale_lean",
     "sale_lean_nojury",
     "sale_lean_verify",
-    "sale",
+    "sale_published",
     "oracle",
 )
 DEFAULT_METHODS = (*PLAN_METHODS, *DIRECT_METHODS)
@@ -179,15 +182,18 @@ def analyse(
         raise UserError(
             f"need training and held-out tasks (got {len(train)} / {len(test)}); raise --limit"
         )
+    extras: dict[str, Any] = {}
+    if "sale" in methods:  # the recommended configuration: its fit and its ablations
+        extras["_recommend"] = ablate([direct_view(r) for r in rows], config.eval.cost_lambda)
     if not matrix_parts(methods)[0]:
         ctx = RouterContext(eval=config.eval, default_weights=config.auction.weights)
-        return route_all(rows, methods, ctx), {}
+        return route_all(rows, methods, ctx), extras
     res = fit(train, config)
     ctx = RouterContext(
         eval=config.eval, weights=res.weights, default_weights=config.auction.weights, live=live
     )
     decisions = route_all(rows, methods, ctx)
-    extras: dict[str, Any] = {
+    extras |= {
         "_fit": {
             "weights": res.weights.model_dump(),
             "status": res.status,
@@ -235,6 +241,9 @@ def summarize(
     stats = analytics.method_stats(table, lengths)
     for m, ratios in cost_ratios(stats).items():
         stats[m].update(ratios)
+    reference = "largest_direct" if "largest_direct" in stats else "largest"
+    for m, ci in method_intervals(table, reference).items():
+        stats[m].update(ci)
     out: dict[str, Any] = {m: stats[m] for m in stats}
     sale = {m: compare_to_oracle(stats, m) for m in stats if m.startswith("sale")}
     out["_sale"] = sale
@@ -268,13 +277,13 @@ async def _live(
     done = same_pool(
         load_matrix(out / "matrix.parquet"), sorted(a.name for a in config.pool.agents)
     )
-    need_live = "sale" in methods and memory_available()[0]
+    need_live = "sale_published" in methods and memory_available()[0]
     have = {r.task_id: r for r in done}
     complete = all(
         t.id in have and (not plan or have[t.id].cells) and (not direct or have[t.id].direct)
         for t in tasks
     )
-    why = memory_available()[1] if "sale" in methods else "not requested"
+    why = memory_available()[1] if "sale_published" in methods else "not requested"
     parts = {"plan": plan, "direct": direct}
     if complete and not need_live:  # all in the matrix file already
         rows = await build_matrix(
@@ -311,6 +320,26 @@ async def _live(
             )
             live, why = await sale_with_memory(tasks, rows, pool, cfg, evaluate)
         return rows, live, why
+
+
+def run_info(
+    rows: Sequence[TaskRow], config: SaleConfig, dataset: str, methods: Sequence[str]
+) -> dict[str, Any]:
+    """The ``_run`` section of ``summary.json``: what ran on which tasks and pool."""
+    plan, direct = matrix_parts(methods)
+    return {
+        "dataset": dataset,
+        "tasks": len(rows),
+        "seed": config.eval.seed,
+        "train_tasks": sum(r.split == "train" for r in rows),
+        "test_tasks": sum(r.split == "test" for r in rows),
+        "test_ids": [r.task_id for r in rows if r.split == "test"],
+        "pool": {a: rows[0].prices[a] for a in rows[0].by_price()},
+        "largest_agent": rows[0].by_price()[-1],
+        "methods": list(methods),
+        "matrix_parts": {"plan": plan, "direct": direct},
+        "cost_lambda": config.eval.cost_lambda,
+    }
 
 
 def run_eval(
@@ -362,23 +391,20 @@ def run_eval(
             provenance={"train_tasks": [r.task_id for r in rows if r.split == "train"]},
         )
         write_lean_policy(rows, config, out / "lean_verify.yaml")
+    if "sale" in methods:
+        train = [direct_view(r) for r in rows if r.split == "train"]
+        write_recommended(
+            fit_recommended(train, config.eval.cost_lambda),
+            config,
+            out / "recommended.yaml",
+            {"dataset": dataset, "train_tasks": len(train), "seed": config.eval.seed},
+        )
     largest = rows[0].by_price()[-1]
     pq.write_table(decisions_table(decisions, largest), out / "decisions.parquet")
-    run = {
-        "dataset": dataset,
-        "tasks": len(rows),
-        "seed": config.eval.seed,
-        "train_tasks": sum(r.split == "train" for r in rows),
-        "test_tasks": sum(r.split == "test" for r in rows),
-        "test_ids": [r.task_id for r in rows if r.split == "test"],
-        "pool": {a: rows[0].prices[a] for a in rows[0].by_price()},
-        "largest_agent": largest,
-        "methods": list(methods),
-        "matrix_parts": {"plan": plan, "direct": direct},
-        "cost_lambda": config.eval.cost_lambda,
+    run = run_info(rows, config, dataset, methods) | {
         "seconds": time.time() - t0,
         "sale_memory": live is not None,
-        "sale_note": why if live is not None else f"sale == sale_no_memory: {why}",
+        "sale_note": why if live is not None else f"sale_published == sale_no_memory: {why}",
     }
     summary = summarize(rows, decisions, extras, run, {t.id: t.length for t in tasks})
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
@@ -394,6 +420,7 @@ __all__ = [
     "analyse",
     "expand_methods",
     "run_eval",
+    "run_info",
     "split_tasks",
     "summarize",
 ]

@@ -63,7 +63,7 @@ def test_run_eval_writes_every_method_and_resumes(ray_cluster, tmp_path):
     for m in REQUIRED_METHODS:
         assert {"pass_at_1", "cost_usd", "largest_share", "tasks"} <= set(on_disk[m]), m
     # SALE with memory runs live (refinement from the training split's auctions)
-    assert on_disk["sale"]["tasks"] == on_disk["sale_no_memory"]["tasks"]
+    assert on_disk["sale_published"]["tasks"] == on_disk["sale_no_memory"]["tasks"]
     assert "memory" in on_disk["_run"]["sale_note"]
     n_test = on_disk["_run"]["test_tasks"]
     assert pq.read_table(out / "decisions.parquet").num_rows == n_test * len(
@@ -90,6 +90,11 @@ def test_run_eval_writes_every_method_and_resumes(ray_cluster, tmp_path):
     lean = load_config(out / "lean_verify.yaml").auction
     assert lean.reserve_agent == on_disk["_run"]["largest_agent"]
     assert lean.escalate_on_failed_check
+    # and so is the recommended configuration, the method `sale`
+    rec = load_config(out / "recommended.yaml").auction
+    assert rec.bid == "answer" and rec.answer_agents[-1] == on_disk["_run"]["largest_agent"]
+    assert on_disk["_recommend"]["fit"]["chosen"].startswith("ladder")
+    assert on_disk["sale"]["pass_at_1_diff_ci"][0] <= on_disk["sale"]["pass_at_1_diff_ci"][1]
     assert (out / "report" / "report.md").is_file() and (out / "report" / "report.html").is_file()
 
     again = run_eval(tasks, _config(tmp_path), out, evaluate=scripted_evaluate, progress=False)

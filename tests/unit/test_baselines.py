@@ -201,16 +201,16 @@ def test_sale_without_fitted_weights_uses_the_shipped_defaults_and_skips_rejecte
     assert d.agent == "mid"
 
 
-def test_sale_is_sale_no_memory_marked_as_such_until_live_decisions_exist():
+def test_sale_published_is_sale_no_memory_marked_as_such_until_live_decisions_exist():
     r = row(0, {"large"})
     w = Weights()
     plain = route("sale_no_memory", r, weights=w)
-    marked = route("sale", r, weights=w)
+    marked = route("sale_published", r, weights=w)
     assert marked.agent == plain.agent and marked.total_cost == plain.total_cost
     assert NO_MEMORY_NOTE in marked.note
     live = Decision(method="x", task_id="t0", agent="small", executed=["small"], passed=True)
-    replay = route("sale", r, weights=w, live={"t0": live})
-    assert (replay.method, replay.agent, replay.passed) == ("sale", "small", True)
+    replay = route("sale_published", r, weights=w, live={"t0": live})
+    assert (replay.method, replay.agent, replay.passed) == ("sale_published", "small", True)
 
 
 @pytest.mark.parametrize("name", sorted(ROUTERS))

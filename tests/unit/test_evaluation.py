@@ -316,7 +316,15 @@ def test_methods_groups_expand_and_direct_only_analysis_fits_nothing():
     rows = [r.model_copy(update={"cells": {}}) for r in synthetic_matrix(40, seed=5)]
     cfg = SaleConfig(eval=EvalConfig(embedder="hashing"))
     decisions, extras = analyse(rows, cfg, DIRECT_METHODS)
-    assert extras == {}  # no SALE weights, ablations or sweep without plan-conditioned cells
+    # no SALE weights, ablations or sweep without plan-conditioned cells: only the recommended
+    # configuration's fit (it reads direct calls)
+    assert set(extras) == {"_recommend"}
+    assert set(extras["_recommend"]["ablations"]) == {
+        "recommended",
+        "every_agent",
+        "no_check",
+        "unfitted_trust",
+    }
     assert {d.method for d in decisions} == set(DIRECT_METHODS)
     s = summarize(rows, decisions, extras, {})
     assert "_fit" not in s and s["_run"]["cache_hit_share"]["bid"] is None
@@ -387,7 +395,7 @@ def test_sale_with_memory_refines_on_held_out_tasks_and_counts_every_phase():
     refined = [d for d in live.values() if d.tokens["refine"] > 0]
     assert refined  # cheaper agents found contrastive pairs in the warmed memory
     for d in live.values():
-        assert d.method == "sale" and d.tokens["bid"] > 0 and d.agent in PRICES
+        assert d.method == "sale_published" and d.tokens["bid"] > 0 and d.agent in PRICES
 
 
 def test_reasoning_gym_tasks_have_level_bins_and_their_own_verifier():
