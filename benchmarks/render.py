@@ -15,7 +15,7 @@ Sections and their files:
 * ``serve_overhead``, ``service_path``, ``memory_retrieval``, ``snapshot_throughput``:
   ``bench_<name>*.json``;
 * ``eval_humaneval`` / ``eval_reasoning_gym``: the evaluation's ``summary.json`` copied to
-  ``eval_summary.json`` / ``eval_summary_reasoning_gym.json`` (every method present is shown,
+  ``eval_summary_humaneval_plan.json`` / ``eval_summary_reasoning_gym_plan.json`` (every method present is shown,
   and a "× largest_direct" column when ``largest_direct`` is); for HumanEval the methods of a
   separate direct-baselines run, ``eval_summary_direct_humaneval.json``, are merged in when it
   was scored on the same held-out task ids;
@@ -439,7 +439,8 @@ LABELS = {
     "knn": "knn (MiniLM neighbours)",
     "sale_default": "sale_default (shipped weights)",
     "sale_no_memory": "sale_no_memory (fitted weights)",
-    "sale": "**sale** (fitted weights + memory, live)",
+    "sale_published": "sale_published (fitted weights + memory, live: SALE as published)",
+    "sale": "**sale** (the recommended configuration: bid = direct answer)",
     "sale_lean": "sale_lean (reserve, cheap jury)",
     "sale_lean_nojury": "sale_lean_nojury",
     "sale_lean_verify": "sale_lean_verify (reserve, cheap jury, escalate on failed examples)",
@@ -723,7 +724,234 @@ def render_agent_loop() -> str | None:
     return "\n\n".join([_file_line("agent_loop.json"), head, table, curve, png])
 
 
+def _iv(ci: list | None, nd: int = 3) -> str:
+    return f"[{ci[0]:.{nd}f}, {ci[1]:.{nd}f}]" if ci else "–"
+
+
+def _yes(x: bool | None) -> str:
+    return "–" if x is None else ("**met**" if x else "missed")
+
+
+def render_economics() -> str | None:
+    """Per domain: the held-out table with paired intervals, the targets, the ablations; the
+    transfer between domains; the overhead-vs-length curve (``economics.json``)."""
+    d = _load("economics.json")
+    if d is None:
+        return None
+    parts = [_file_line("economics.json")]
+    for dom, v in d["domains"].items():
+        head = [
+            "method",
+            "pass@1",
+            "95 % CI",
+            "− largest_direct (paired CI)",
+            "cost $",
+            "× largest_direct (CI)",
+            "largest share",
+            "overhead",
+        ]
+        rows = []
+        for m, x in v["methods"].items():
+            rows.append(
+                [
+                    LABELS.get(m, m),
+                    f"{x['pass_at_1']:.3f} ({x.get('passed', '?')}/{x['tasks']})",
+                    _iv(x.get("pass_at_1_ci")),
+                    _iv(x.get("pass_at_1_diff_ci")),
+                    f"{x['cost_usd']:.6f}",
+                    f"{_num(x.get('cost_vs_largest_direct'), 2)} {_iv(x.get('cost_ratio_ci'), 2)}",
+                    _pct(x.get("largest_share")),
+                    _num(x.get("auction_overhead"), 2),
+                ]
+            )
+        t = v["targets"]
+        targets = _table(
+            ["target", "figure", "verdict"],
+            [
+                [
+                    "pass@1 − largest_direct: lower end of the paired 95 % CI ≥ −0.03",
+                    _iv(t["pass_at_1_diff_ci"]),
+                    _yes(t["pass_diff_lower_at_least_-0.03"]),
+                ],
+                [
+                    "cost ≤ 0.60 × largest_direct",
+                    f"{_num(t['cost_ratio'], 3)} {_iv(t.get('cost_ratio_ci'), 2)}",
+                    _yes(t["cost_at_most_0.60"]),
+                ],
+                [
+                    "not dominated by cascade_direct / knn_direct",
+                    ", ".join(t["dominated_by"]) or "none",
+                    _yes(not t["dominated_by"]),
+                ],
+                [
+                    "≥ 50 % of the direct oracle's pass@1 gain",
+                    _pct(t["oracle_gain_captured"]),
+                    _yes(t["oracle_gain_at_least_50pc"]),
+                ],
+                [
+                    "≥ 60 % of the direct oracle's saving",
+                    _pct(t["oracle_saving_captured"]),
+                    _yes(t["oracle_saving_at_least_60pc"]),
+                ],
+                [
+                    "auction tokens ≤ 25 % of execution tokens on the long bins",
+                    "no long bin"
+                    if t.get("long_bin_overhead") is None
+                    else _pct(t["long_bin_overhead"]),
+                    _yes(t.get("long_bin_overhead_at_most_25pc")),
+                ],
+            ],
+        )
+        rec = v["recommend"]
+        abl = _table(
+            [
+                "configuration",
+                "what is taken away",
+                "chosen on the training split",
+                "pass@1",
+                "cost $",
+                "answers / task",
+            ],
+            [
+                [
+                    k,
+                    a["what"],
+                    a["chosen"],
+                    f"{a['pass_at_1']:.3f}",
+                    f"{a['cost_usd']:.6f}",
+                    f"{a['asked_per_task']:.2f}",
+                ]
+                for k, a in rec["ablations"].items()
+            ],
+        )
+        parts += [
+            f"### {dom}: {v['held_out']} held-out of {v['tasks']} tasks",
+            _table(head, rows),
+            f"Targets for `sale` on {dom} (goals, not assertions):",
+            targets,
+            f"The recommended configuration fitted here: {rec['fit']['chosen']}. Ablations "
+            "(each refitted on the training split without the mechanism, scored held-out):",
+            abl,
+        ]
+    emb = {k: v["embedded_default"] for k, v in d["domains"].items() if "embedded_default" in v}
+    if emb:
+        parts.append(
+            "### The embedded default (`sale_ray/recommended.yaml`, fitted on every shipped "
+            "domain's training split, trust per task kind) on each domain's held-out tasks"
+        )
+        parts.append(
+            _table(
+                [
+                    "domain",
+                    "tasks",
+                    "pass@1",
+                    "largest_direct pass@1",
+                    "− largest_direct (paired CI)",
+                    "× largest_direct (CI)",
+                ],
+                [
+                    [
+                        k,
+                        str(x["tasks"]),
+                        f"{x['pass_at_1']:.3f}",
+                        f"{x['largest_direct_pass_at_1']:.3f}",
+                        _iv(x.get("pass_at_1_diff_ci")),
+                        f"{_num(x['cost_vs_largest_direct'], 2)} {_iv(x.get('cost_ratio_ci'), 2)}",
+                    ]
+                    for k, x in emb.items()
+                ],
+            )
+        )
+    if d.get("transfer"):
+        parts.append("### Transfer: fitted on one domain, run unchanged on the other")
+        parts.append(
+            _table(
+                [
+                    "fitted on → run on",
+                    "chosen",
+                    "tasks",
+                    "pass@1",
+                    "largest_direct pass@1",
+                    "− largest_direct (paired CI)",
+                    "× largest_direct (CI)",
+                ],
+                [
+                    [
+                        k,
+                        x["chosen"],
+                        str(x["tasks"]),
+                        f"{x['pass_at_1']:.3f}",
+                        f"{x['largest_direct_pass_at_1']:.3f}",
+                        _iv(x.get("pass_at_1_diff_ci")),
+                        f"{_num(x['cost_vs_largest_direct'], 2)} {_iv(x.get('cost_ratio_ci'), 2)}",
+                    ]
+                    for k, x in d["transfer"].items()
+                ],
+            )
+        )
+    pvd = d.get("plan_vs_direct")
+    if pvd:
+        parts.append(
+            f"### Execute by the plan, or directly? ({pvd['tasks']} held-out HumanEval tasks)"
+        )
+        rows = []
+        for agent, a in pvd["agents"].items():
+            for b, x in a["per_bin"].items():
+                rows.append(
+                    [
+                        agent,
+                        b,
+                        str(x["tasks"]),
+                        f"{x['plan_pass_at_1']:.3f}",
+                        _num(x["direct_pass_at_1"], 3),
+                        f"{x['plan_cost_usd']:.6f}",
+                        _num(x["direct_cost_usd"], 6),
+                    ]
+                )
+            rows.append(
+                [
+                    f"**{agent}**",
+                    "all",
+                    str(pvd["tasks"]),
+                    f"{a['plan_pass_at_1']:.3f}",
+                    f"{a['direct_pass_at_1']:.3f}",
+                    f"{a['plan_tokens']} tok",
+                    f"{a['direct_tokens']} tok",
+                ]
+            )
+        parts.append(
+            _table(
+                [
+                    "agent",
+                    "bin",
+                    "tasks",
+                    "pass@1, plan then execute",
+                    "pass@1, direct",
+                    "cost $, plan",
+                    "cost $, direct",
+                ],
+                rows,
+            )
+        )
+        parts.append(
+            "Planning first never raised an agent's pass@1 in any bin and cost ~3× the tokens, "
+            "so the recommended configuration executes directly: no bin is left where the "
+            "policy would choose the plan (a plan could still pick the winner; here the "
+            "answer's own check does that for free)."
+            if all(
+                x["plan_pass_at_1"] <= (x["direct_pass_at_1"] or 0)
+                for a in pvd["agents"].values()
+                for x in a["per_bin"].values()
+            )
+            else "In some bins planning first raised pass@1: see the rows."
+        )
+    if d.get("plot"):
+        parts.append(f"![auction overhead against execution length]({d['plot']})")
+    return "\n\n".join(parts)
+
+
 SECTIONS: dict[str, Callable[[], str | None]] = {
+    "economics": render_economics,
     "agent_loop": render_agent_loop,
     "jury_injection": render_jury_injection,
     "memory_poisoning": render_memory_poisoning,
@@ -733,9 +961,9 @@ SECTIONS: dict[str, Callable[[], str | None]] = {
     "memory_retrieval": render_retrieval,
     "snapshot_throughput": render_snapshot,
     "eval_humaneval": lambda: render_eval(
-        "eval_summary.json", "eval_summary_direct_humaneval.json"
+        "eval_summary_humaneval_plan.json", "eval_summary_direct_humaneval.json"
     ),
-    "eval_reasoning_gym": lambda: render_eval("eval_summary_reasoning_gym.json"),
+    "eval_reasoning_gym": lambda: render_eval("eval_summary_reasoning_gym_plan.json"),
     "memory_learning": render_memory_learning,
     "demo": render_demo,
 }
