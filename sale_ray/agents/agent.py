@@ -377,6 +377,25 @@ class Agent:
             entropy=entropy,
         )
 
+    async def write_tests(self, task: Task, n: int = 5, max_tokens: int = 256) -> Execution:
+        """Write ``n`` assert lines for a code task from its prompt alone (a check that needs
+        no examples in the prompt, :mod:`~sale_ray.evaluators.self_tests`). The reply is the
+        execution's ``answer``; parse it with ``parse_asserts``. A reply cut at ``max_tokens``
+        is kept: its complete lines are still tests."""
+        if task.kind != "code":
+            return Execution(agent=self.name, error="UserError: tests are written for code tasks")
+        ep = task.entry_point or "solution"
+        user = prompts.render("write_tests", prompt=task.prompt.strip("\n"), n=n, entry_point=ep)
+        try:
+            r = await self._chat(
+                [self._system(), {"role": "user", "content": user}],
+                max_tokens=max_tokens,
+                timeout_s=self.config.auction.execute_timeout_s * _EXEC_TIMEOUT_MARGIN,
+            )
+        except ModelError as e:
+            return Execution(agent=self.name, error=f"{type(e).__name__}: {e}")
+        return Execution(agent=self.name, answer=r.text, turns=1, usage=self._usage(r))
+
     # --- online endpoint (sale_ray.serve): passthrough and streamed execution -----------------
     async def complete(
         self, messages: list[dict[str, str]], params: dict[str, Any]

@@ -66,7 +66,7 @@ def _entropy_limit(points: Sequence[tuple[float, bool]]) -> float | None:
     return best[1]
 
 
-def _agent_trust(a: str, rows: Sequence[TaskRow]) -> AnswerTrust:
+def _agent_trust(a: str, rows: Sequence[TaskRow], examples: bool | None) -> AnswerTrust:
     """One agent's figures from ``rows`` (see :func:`fit_trust`)."""
     limit = _entropy_limit(
         [
@@ -82,7 +82,8 @@ def _agent_trust(a: str, rows: Sequence[TaskRow]) -> AnswerTrust:
     )
     counts: dict[str, list[bool]] = {s: [] for s in policy.CHECK_STATES}
     for r in rows:
-        state = policy.check_state(probe, r.kind, _answers(r)[a], has_examples(r))
+        shown = has_examples(r) if examples is None else examples
+        state = policy.check_state(probe, r.kind, _answers(r)[a], shown)
         counts[state].append(r.cells[a].passed)
     overall = float(np.mean([r.cells[a].passed for r in rows])) if rows else 0.5
     figures = {
@@ -91,27 +92,32 @@ def _agent_trust(a: str, rows: Sequence[TaskRow]) -> AnswerTrust:
     return AnswerTrust(**{s: round(f, 4) for s, f in figures.items()}, entropy_max=limit)
 
 
-def fit_trust(train: Sequence[TaskRow]) -> dict[str, AnswerTrust]:
+def fit_trust(train: Sequence[TaskRow], examples: bool | None = None) -> dict[str, AnswerTrust]:
     """Per agent, P(passed) of its answers by check state, from the training rows' outcomes;
     when the rows mix task kinds, figures per kind as well (``AnswerTrust.kinds``): a check
-    means something else on code than on answers, and an agent may be good at only one."""
+    means something else on code than on answers, and an agent may be good at only one.
+    ``examples``: as in :func:`answer_decision`."""
     agents = sorted({a for r in train for a in r.cells})
     kinds = sorted({r.kind for r in train})
     out: dict[str, AnswerTrust] = {}
     for a in agents:
         rows = [r for r in train if a in r.cells]
-        base = _agent_trust(a, rows)
+        base = _agent_trust(a, rows, examples)
         if len(kinds) > 1:
-            per = {k: _agent_trust(a, [r for r in rows if r.kind == k]) for k in kinds}
+            per = {k: _agent_trust(a, [r for r in rows if r.kind == k], examples) for k in kinds}
             base = base.model_copy(update={"kinds": per})
         out[a] = base
     return out
 
 
-def answer_decision(method: str, row: TaskRow, pol: policy.Policy) -> Decision:
+def answer_decision(
+    method: str, row: TaskRow, pol: policy.Policy, examples: bool | None = None
+) -> Decision:
     """``bid: answer`` replayed on a direct-view row, priced: every answer asked but the
-    winner's is a lost bid, the winner's answer is the execution."""
-    out = policy.replay_answers(pol, row.kind, has_examples(row), row.prices, _answers(row))
+    winner's is a lost bid, the winner's answer is the execution. ``examples`` overrides
+    whether the recorded check read the prompt's examples (default: :func:`has_examples`)."""
+    shown = has_examples(row) if examples is None else examples
+    out = policy.replay_answers(pol, row.kind, shown, row.prices, _answers(row))
     cells = row.cells
     lost = [cells[a].run_usage for a in out.executed if a != out.winner]
     won = [cells[out.winner].run_usage] if out.winner else []
@@ -205,14 +211,16 @@ def fit_recommended(
     *,
     use_check: bool = True,
     ladders: Sequence[tuple[str, ...]] | None = None,
+    examples: bool | None = None,
 ) -> Fit:
     """Choose ladder and threshold on the training rows (direct views); see the module doc.
 
     For ablations: ``use_check=False`` fits without the answers' own checks (memory alone),
-    ``ladders`` restricts the ladders tried."""
+    ``ladders`` restricts the ladders tried; ``examples`` as in :func:`answer_decision` (a
+    replay of another check)."""
     if not train:
         raise ValueError("no training rows to fit the recommended configuration on")
-    trust = fit_trust(train)
+    trust = fit_trust(train, examples)
     if not use_check:
         trust = blind(trust)
     order = train[0].by_price()
@@ -226,7 +234,7 @@ def fit_recommended(
     ]
     for ladder, tau in itertools.product(ladders or every, thresholds):
         pol = Fit(trust, Candidate(ladder, tau, 0, 0, 0)).policy()
-        ds = [answer_decision("fit", r, pol) for r in train]
+        ds = [answer_decision("fit", r, pol, examples) for r in train]
         passed = float(np.mean([d.passed for d in ds]))
         cost = float(np.mean([d.total_cost for d in ds]))
         loss = (1 - passed) + cost_lambda * cost / ref

@@ -34,16 +34,20 @@ def extract_code(answer: str, entry_point: str | None = None) -> str:
     else the longest Python block. Without fences the answer is code as it stands — leading
     indentation is kept, because a HumanEval-style completion is a bare, indented function body.
     """
-    blocks = [
-        (tag.lower(), body) for tag, body in _FENCE.findall(answer) if tag.lower() in _PYTHON_TAGS
-    ]
+    blocks = python_blocks(answer)
     if not blocks:
         return answer.strip("\n").rstrip() + "\n"
     if entry_point:
-        for _, body in blocks:
+        for body in blocks:
             if _defines(body, entry_point):
                 return body.rstrip() + "\n"
-    return max((b for _, b in blocks), key=len).rstrip() + "\n"
+    return max(blocks, key=len).rstrip() + "\n"
+
+
+def python_blocks(answer: str) -> list[str]:
+    """The bodies of the Python-fenced blocks in ``answer`` (untagged fences count; an
+    unclosed last fence runs to the end), in order."""
+    return [body for tag, body in _FENCE.findall(answer) if tag.lower() in _PYTHON_TAGS]
 
 
 def _defines(code: str, entry_point: str) -> bool:

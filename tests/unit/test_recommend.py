@@ -154,3 +154,28 @@ def test_on_mixed_task_kinds_each_kind_gets_its_own_figures():
     assert set(mid.kinds) == {"code", "answer"}
     assert mid.kinds["answer"].unchecked < 0.2 < mid.kinds["code"].passed  # never right on answers
     assert mid.for_kind("answer") == mid.kinds["answer"] and mid.for_kind("other") == mid
+
+
+def test_a_replayed_check_can_say_it_tested_behaviour_on_prompts_without_examples():
+    """``examples=True``: a check of another kind (tests the agent wrote) read as one that
+    tests behaviour, where the prompt itself shows nothing to run."""
+    rows = []
+    for i in range(12):
+        mid_ok = i % 3 != 0
+        passing = {"large"} | ({"mid"} if mid_ok else set())
+        rows.append(row(i, passing, {"small": None, "mid": None, "large": None}))
+        # the recorded check now says what mid's own tests said
+        cells = dict(rows[-1].cells)
+        ex = cells["mid"].execution.model_copy(update={"self_checks_passed": [mid_ok]})
+        cells["mid"] = cells["mid"].model_copy(update={"execution": ex})
+        rows[-1] = rows[-1].model_copy(update={"cells": cells})
+    plain = fit_trust(rows)
+    # read as "the code runs": a passing check is only unchecked, "passed" never seen
+    assert plain["mid"].passed == pytest.approx(8 / 12, abs=1e-4)
+    assert plain["mid"].unchecked > 0.85
+    told = fit_trust(rows, examples=True)
+    assert told["mid"].passed > 0.85 and told["mid"].failed < 0.25
+    fit = fit_recommended(rows, cost_lambda=0.1, examples=True)
+    out = [answer_decision("x", r, fit.policy(), examples=True) for r in rows]
+    assert all(d.passed for d in out)
+    assert sum(d.agent == "mid" for d in out) == 8  # mid's tested answers are kept
