@@ -950,8 +950,104 @@ def render_economics() -> str | None:
     return "\n\n".join(parts)
 
 
+SELF_TESTS = ("self_tests.json", "self_tests_writer_1.5b.json")
+
+
+def render_self_tests() -> str | None:
+    docs = [(n, d) for n in SELF_TESTS if (d := _load(n)) is not None]
+    if not docs:
+        return None
+    parts = []
+    for name, d in docs:
+        ho = d["held_out"]
+        parts.append(
+            f"#### Writer `{d['writer']}`: `{d['command']}`\n\n"
+            + _file_line(name)
+            + f"\n\n{d['tasks']} tasks, {d['tasks_with_tests']} with usable tests "
+            f"({d['tests_per_task']:.1f} per task). The writer's own tests are wrong often: "
+            f"HumanEval's reference solution passes {_pct(d['reference_test_accuracy'], 0)} of "
+            f"them and all of a task's in {_pct(d['reference_passes_all'], 0)} of tasks. "
+            f"Writing them costs {_num(d['writer_cost_vs_largest_direct'], 2)}x the largest "
+            f"agent's direct calls on the same tasks. Rates per answering agent on the "
+            f"{ho['tasks']} held-out tasks (strict: every test passes; lenient: at least half; "
+            "the example check reads the original prompts, where they show examples):"
+        )
+        rows = []
+        for a, r in ho["agents"].items():
+            st, half, ex = r["self_tests"], r["self_tests_half"], r["example_check"]
+            rows.append(
+                [
+                    f"`{a}`",
+                    f"{st['hidden_passed']}/{st['checked']}",
+                    _pct(st["false_alarm"], 0),
+                    _pct(st["miss"], 0),
+                    _pct(half["false_alarm"], 0),
+                    _pct(half["miss"], 0),
+                    _num(r["self_tests_auc"], 2),
+                    _pct(ex["false_alarm"], 0),
+                    _pct(ex["miss"], 0),
+                ]
+            )
+        parts.append(
+            _table(
+                [
+                    "answers of",
+                    "hidden tests passed",
+                    "false alarm (strict)",
+                    "miss (strict)",
+                    "false alarm (lenient)",
+                    "miss (lenient)",
+                    "AUC (share of tests passed)",
+                    "example check: false alarm",
+                    "example check: miss",
+                ],
+                rows,
+            )
+        )
+        rp = d["replay"]
+        ref = rp["largest_direct"]
+        lines = [
+            ["largest agent called directly", "–", _num(ref["pass_at_1"], 3), "1.00", "1", "–"]
+        ]
+        for arm, what in (
+            ("runs_only", "no examples, no tests: only whether the code runs"),
+            ("self_tests", "the writer's tests, strict"),
+            ("self_tests_half", "the writer's tests, lenient"),
+        ):
+            r = rp[arm]
+            lines.append(
+                [
+                    what,
+                    r["chosen"],
+                    _num(r["pass_at_1"], 3),
+                    _num(r["cost_vs_largest_direct"], 2),
+                    _num(r["asked_per_task"], 2),
+                    _num(r.get("train_loss"), 3),
+                ]
+            )
+        parts.append(
+            f"What the check buys: the answer auction refitted on the training split with each "
+            f"check in place of the examples, on the {rp['held_out_tasks']} held-out tasks, the "
+            "tests' price counted on every task:\n\n"
+            + _table(
+                [
+                    "check",
+                    "fitted ladder",
+                    "pass@1",
+                    "cost / largest direct",
+                    "answers asked",
+                    "training loss",
+                ],
+                lines,
+            )
+            + f"\n\nBy training loss the fitter would pick **{rp.get('fitter_picks', '?')}**."
+        )
+    return "\n\n".join(parts)
+
+
 SECTIONS: dict[str, Callable[[], str | None]] = {
     "economics": render_economics,
+    "self_tests": render_self_tests,
     "agent_loop": render_agent_loop,
     "jury_injection": render_jury_injection,
     "memory_poisoning": render_memory_poisoning,

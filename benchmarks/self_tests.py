@@ -150,13 +150,20 @@ def replay(rows: list[TaskRow], records: list[dict], largest: str) -> dict:
         cost = sum(d.total_cost for d in ds)
         if tests:  # the tests are written before the first answer is checked
             cost += sum(writer[d.task_id] for d in ds)
+        # the loss the fitter minimises, on the training split, the tests' price included
+        ref = sum(r.cells[largest].run_usage.cost_usd for r in train) / len(train)
+        extra = sum(writer[r.task_id] for r in train) / len(train) if tests else 0.0
+        loss = (1 - fit.chosen.pass_at_1) + COST_LAMBDA * (fit.chosen.cost_usd + extra) / ref
         out[name] = {
             "chosen": fit.chosen.describe(),
+            "train_loss": round(loss, 4),
             "pass_at_1": round(sum(d.passed for d in ds) / len(ds), 4),
             "cost_usd": cost,
             "cost_vs_largest_direct": round(cost / ref_cost, 4) if ref_cost else None,
             "asked_per_task": round(sum(len(d.executed) for d in ds) / len(ds), 3),
         }
+    arms = [k for k in CHECKS if k in out]
+    out["fitter_picks"] = min(arms, key=lambda k: out[k]["train_loss"])
     return out
 
 
@@ -269,6 +276,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args(argv)
     doc = asyncio.run(measure(args.writer, args.limit))
+    if args.out != OUT:
+        doc["command"] += f" --out {args.out}"
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(doc, indent=1) + "\n")
     brief = {k: v for k, v in doc.items() if k != "records"}
