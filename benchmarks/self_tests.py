@@ -40,8 +40,7 @@ from sale_ray.evaluation.measurement import load_matrix  # noqa: E402
 from sale_ray.evaluation.recommend import answer_decision, fit_recommended, has_examples  # noqa: E402
 from sale_ray.evaluation.row import TaskRow, direct_view  # noqa: E402
 from sale_ray.evaluation.signals import auc  # noqa: E402
-from sale_ray.evaluators.code import build_program, extract_code  # noqa: E402
-from sale_ray.evaluators.sandbox import run_python  # noqa: E402
+from sale_ray.evaluators.code import extract_code, run_self_check  # noqa: E402
 from sale_ray.evaluators.self_tests import (  # noqa: E402
     parse_asserts,
     run_self_tests,
@@ -199,10 +198,8 @@ async def measure(writer_model: str, limit: int) -> dict:
                 ex = cell.execution
                 code = extract_code(ex.answer, task.entry_point) if ex and ex.answer else ""
                 ok, n = await asyncio.to_thread(run_self_tests, task, code, asserts)
-                runs = (
-                    bool(code.strip())
-                    and (await asyncio.to_thread(run_python, build_program(task, code))).ok
-                )
+                # the live check of a prompt without examples: does the code run at all
+                runs, _ = await asyncio.to_thread(run_self_check, stripped, code)
                 example = None
                 if ex is not None and has_examples(row) and ex.self_checks_passed:
                     example = bool(ex.self_checks_passed[-1])

@@ -693,6 +693,17 @@ def parse_yaml(text: str, source: str = "<string>", *, documents: bool = False) 
         raise ConfigError(f"{source}: not valid YAML: {e}") from None
 
 
+def write_config_file(path: str | Path, data: Any, header: list[str]) -> Path:
+    """Write ``data`` as a YAML config file under ``header`` (comment lines saying what wrote it
+    and from what), creating the folder: what the evaluation's fitters hand to ``--config``."""
+    import yaml
+
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text("\n".join(header) + "\n" + yaml.safe_dump(data, sort_keys=False))
+    return p
+
+
 def format_validation_error(e: ValidationError) -> str:
     """One line per problem: ``field.path: message`` (input values are not echoed)."""
     parts = []

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from ..auction import policy
-from ..config import AnswerTrust, AuctionConfig
+from ..config import AnswerTrust, AuctionConfig, write_config_file
 from ..types import Execution, Task
 from .matrix import Decision, TaskRow, spend
 
@@ -282,10 +282,6 @@ def ablate(rows: Sequence[TaskRow], cost_lambda: float) -> dict[str, Any]:
 def write_recommended(fit: Fit, base: Any, path: Any, provenance: Mapping[str, Any]) -> Any:
     """The recommended configuration as a whole config file (``base`` with its auction
     section replaced): ``sale-ray run --config`` and the service read it."""
-    from pathlib import Path
-
-    import yaml
-
     data = base.model_dump(mode="json")
     data["auction"] = recommended_auction(fit, base.auction)
     head = [
@@ -293,10 +289,7 @@ def write_recommended(fit: Fit, base: Any, path: Any, provenance: Mapping[str, A
         f"# chosen: bid: answer, {fit.chosen.describe()} (training loss {fit.chosen.loss:.4f})",
         f"# provenance: {dict(provenance)}",
     ]
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_text("\n".join(head) + "\n" + yaml.safe_dump(data, sort_keys=False))
-    return p
+    return write_config_file(path, data, head)
 
 
 def recommended_auction(fit: Fit, base: AuctionConfig | Mapping[str, Any] | None = None) -> dict:

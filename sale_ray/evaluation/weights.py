@@ -56,7 +56,7 @@ import numpy as np
 from ..auction import policy as decide  # "policy" names a parameter here
 from ..auction import scoring
 from ..auction.policy import Policy  # re-exported: callers build policies from here too
-from ..config import EvalConfig, SaleConfig, Weights
+from ..config import EvalConfig, SaleConfig, Weights, write_config_file
 from .matrix import TaskRow
 
 Objective = Literal["bins", "tasks", "mean"]
@@ -421,8 +421,6 @@ def write_weights(
     With ``base`` the whole config is written with its weights replaced; without, a minimal
     file holding only ``auction.weights`` (every other setting keeps its default).
     """
-    import yaml
-
     pol = result.policy
     auction: dict[str, Any] = {"weights": result.weights.model_dump()}
     if pol.reserve is not None:  # a lean policy: the live auction's knobs of the same rule
@@ -447,7 +445,4 @@ def write_weights(
         f"# settings: {result.settings | (provenance or {})}",
         f"# training: {result.train}",
     ]
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_text("\n".join(head) + "\n" + yaml.safe_dump(data, sort_keys=False))
-    return p
+    return write_config_file(path, data, head)
