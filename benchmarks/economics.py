@@ -34,7 +34,12 @@ from sale_ray.config import load_config  # noqa: E402
 from sale_ray.evaluation.intervals import method_intervals  # noqa: E402
 from sale_ray.evaluation.matrix import decisions_table  # noqa: E402
 from sale_ray.evaluation.measurement import load_matrix  # noqa: E402
-from sale_ray.evaluation.recommend import answer_decision, fit_recommended  # noqa: E402
+from sale_ray.evaluation.neighbours import Neighbours  # noqa: E402
+from sale_ray.evaluation.recommend import (  # noqa: E402
+    answer_decision,
+    fit_recommended,
+    memory_for,
+)
 from sale_ray.evaluation.row import direct_view  # noqa: E402
 from sale_ray.evaluation.run import analyse, expand_methods, run_info, summarize  # noqa: E402
 from sale_ray.problem_sets import task_length  # noqa: E402
@@ -90,12 +95,15 @@ def verdicts(s: dict) -> dict:
     }
 
 
-def held_out(method: str, rows: list, pol) -> dict:
+def held_out(method: str, rows: list, pol, near: Neighbours) -> dict:
     """``pol`` (a ``bid: answer`` policy) replayed on ``rows``' held-out tasks, against the
-    largest agent called directly on the same tasks (paired intervals)."""
-    test = [direct_view(r) for r in rows if r.split == "test"]
+    largest agent called directly on the same tasks (paired intervals). With outcome memory,
+    a held-out task's memory is ``rows``' training tasks as ``pol`` judged them."""
+    view = [direct_view(r) for r in rows]
+    test = [r for r in view if r.split == "test"]
+    train = [r for r in view if r.split == "train"]
     largest = test[0].by_price()[-1]
-    ds = [answer_decision(method, r, pol) for r in test]
+    ds = [answer_decision(method, r, pol, None, memory_for(r, pol, train, near)) for r in test]
     base = [
         {
             "method": "largest_direct",
@@ -118,28 +126,39 @@ def held_out(method: str, rows: list, pol) -> dict:
     }
 
 
-def transfer(source: list, target: list, cost_lambda: float) -> dict:
-    """Fit on ``source``'s training split, run on ``target``'s held-out tasks unchanged."""
-    fit = fit_recommended([direct_view(r) for r in source if r.split == "train"], cost_lambda)
-    return {"chosen": fit.chosen.describe(), **held_out("sale_transferred", target, fit.policy())}
+def _fit(rows: list, cost_lambda: float, near: Neighbours):
+    return fit_recommended(
+        [direct_view(r) for r in rows if r.split == "train"], cost_lambda, neighbours=near
+    )
 
 
-def embedded(rows: list) -> dict:
+def transfer(source: list, target: list, cost_lambda: float, near: Neighbours) -> dict:
+    """Fit on ``source``'s training split, run on ``target``'s held-out tasks unchanged (its
+    memory, when the configuration reads one: ``target``'s training tasks)."""
+    fit = _fit(source, cost_lambda, near)
+    return {
+        "chosen": fit.chosen.describe(),
+        **held_out("sale_transferred", target, fit.policy(), near),
+    }
+
+
+def embedded(rows: list, near: Neighbours) -> dict:
     """The embedded default (``sale_ray/recommended.yaml``, fitted on every shipped domain's
     training split) replayed on this domain's held-out tasks."""
     from sale_ray.auction.policy import Policy
     from sale_ray.config import embedded_default
 
-    return held_out("embedded_default", rows, Policy.from_config(embedded_default().auction))
+    pol = Policy.from_config(embedded_default().auction)
+    return held_out("embedded_default", rows, pol, near)
 
 
-def overhead_curve(rows: list, cost_lambda: float) -> list[dict]:
+def overhead_curve(rows: list, cost_lambda: float, near: Neighbours) -> list[dict]:
     """Per bin: the winner's mean execution tokens and the recommended auction's overhead."""
     test = [direct_view(r) for r in rows if r.split == "test"]
-    fit = fit_recommended([direct_view(r) for r in rows if r.split == "train"], cost_lambda)
+    fit = _fit(rows, cost_lambda, near)
     by_bin: dict = {}
     for r in test:
-        d = answer_decision("sale", r, fit.policy())
+        d = fit.decide("sale", r)
         b = by_bin.setdefault(r.bin, {"bid": 0, "execute": 0, "tasks": 0})
         b["bid"] += d.tokens["bid"]
         b["execute"] += d.tokens["execute"]
@@ -251,6 +270,7 @@ def main() -> int:
     args = ap.parse_args()
     out: dict = {"domains": {}, "transfer": {}, "overhead": {}}
     rows_by: dict = {}
+    near = Neighbours(embedder=load_config(CONFIG).eval.embedder)  # every domain's rows
     for d in DOMAINS:
         if not _matrix(d).exists():
             continue
@@ -282,8 +302,8 @@ def main() -> int:
             "targets": verdicts(s),
             "recommend": s["_recommend"],
         }
-        out["overhead"][d] = overhead_curve(rows, s["_run"]["cost_lambda"])
-        out["domains"][d]["embedded_default"] = embedded(rows)
+        out["overhead"][d] = overhead_curve(rows, s["_run"]["cost_lambda"], near)
+        out["domains"][d]["embedded_default"] = embedded(rows, near)
         long = [p for p in out["overhead"][d] if task_length(d, p["bin"]) == "long"]
         bid = sum((p["overhead"] or 0) * p["execution_tokens"] * p["tasks"] for p in long)
         ex = sum(p["execution_tokens"] * p["tasks"] for p in long)
@@ -295,7 +315,7 @@ def main() -> int:
     for a in rows_by:
         for b in rows_by:
             if a != b:
-                out["transfer"][f"{a}->{b}"] = transfer(rows_by[a], rows_by[b], lam)
+                out["transfer"][f"{a}->{b}"] = transfer(rows_by[a], rows_by[b], lam, near)
     out["plan_vs_direct"] = plan_vs_direct()
     png = plot(out["overhead"], RESULTS / "economics_overhead.png")
     out["plot"] = str(png.relative_to(ROOT)) if png else None

@@ -18,6 +18,7 @@ import yaml
 
 from sale_ray.config import POLICY_FIELDS, EvalConfig
 from sale_ray.evaluation.measurement import load_matrix
+from sale_ray.evaluation.neighbours import Neighbours
 from sale_ray.evaluation.recommend import fit_recommended, recommended_auction
 from sale_ray.evaluation.row import direct_view
 
@@ -27,12 +28,14 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("matrices", nargs="+", help="matrix.parquet files of `sale-ray eval` runs")
     ap.add_argument("--out", default="sale_ray/recommended.yaml")
     ap.add_argument("--cost-lambda", type=float, default=EvalConfig().cost_lambda)
+    ap.add_argument("--embedder", default=EvalConfig().embedder, help="task-text embedder")
     args = ap.parse_args(argv)
     train = []
     for m in args.matrices:
         rows = load_matrix(Path(m))
         train += [direct_view(r) for r in rows if r.split == "train"]
-    fit = fit_recommended(train, args.cost_lambda)
+    near = Neighbours(train, args.embedder)  # outcome memory is a candidate mechanism
+    fit = fit_recommended(train, args.cost_lambda, neighbours=near)
     auction = recommended_auction(fit)
     policy = {k: auction[k] for k in POLICY_FIELDS if k.startswith(("bid", "answer", "accept"))}
     head = [

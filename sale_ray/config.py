@@ -166,6 +166,14 @@ class AnswerTrust(_Strict):
         description="Answer tasks: a mean token entropy at or below this passes the check, above "
         "fails it. None: answer tasks are unchecked.",
     )
+    overall: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="P(correct) of this agent's answers whatever the check said: the base rate "
+        "that outcome memory of similar tasks (`answer_memory_k`) moves an answer's value away "
+        "from. None: memory does not move it.",
+    )
     kinds: dict[Literal["code", "answer"], AnswerTrust] = Field(
         default_factory=dict,
         description="Figures for one task kind that replace these (an agent trusted on code "
@@ -207,6 +215,16 @@ class AuctionConfig(_Strict):
         description="`bid: answer`: seconds for the auction as a whole. No agent is asked once "
         "it has passed, and each call gets only what is left (the first gets all of it, capped "
         "by `execute_timeout_s`); the best answer so far stands. None = no deadline.",
+    )
+    answer_memory_k: int = Field(
+        default=0,
+        ge=0,
+        le=64,
+        description="`bid: answer`: how many of the most similar past auctions in memory value "
+        "an answer, by how each agent's answers did on them (docs/economics.md, 'Outcome "
+        "memory'). 0 = off: an answer is worth its agent's `answer_trust` figure alone. Needs "
+        "`memory.enabled` and auctions with a verifier to learn from; with an auction's "
+        "verifier, every asked answer is judged so memory records each agent's outcome.",
     )
     accept_value: float = Field(
         default=0.8,
@@ -459,6 +477,7 @@ POLICY_FIELDS = (
     "answer_agents",
     "answer_trust",
     "accept_value",
+    "answer_memory_k",
     "weights",
     "jury",
     "reserve_agent",

@@ -147,6 +147,11 @@ class ScoredBid(_Frozen):
     cost: float | None = None
     value: float | None = None
     score: float | None = Field(default=None, description="C - V; lower wins. None if rejected.")
+    passed: bool | None = Field(
+        default=None,
+        description="`bid: answer` with outcome memory: the task's verifier on this answer, "
+        "winner or not (what memory records of each agent). None: not judged.",
+    )
 
 
 class Turn(_Frozen):

@@ -18,6 +18,7 @@ given only what is known at that point:
 * ``bid: answer`` — the bid is the agent's direct answer: who is asked, in which order
   (:func:`answer_ladder`), what an answer is worth (:func:`check_state`, :func:`answer_value`),
   whether it wins at once (:func:`accepts`), and who wins when nobody did (:func:`pick_answer`);
+  outcome memory of the most similar past tasks moves that value (:func:`memory_evidence`);
   :func:`replay_answers` replays them on recorded direct answers.
 
 The live auction (:mod:`.protocol`) calls them between its model calls; the evaluation replays
@@ -28,7 +29,8 @@ arithmetic itself is :mod:`.scoring`.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+import math
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from ..config import AnswerTrust, AuctionConfig, Weights
@@ -51,6 +53,7 @@ class Policy:
     answer_agents: tuple[str, ...] | None = None  # the ladder (None: every agent)
     answer_trust: Mapping[str, AnswerTrust] | None = None
     accept_value: float = 0.8
+    memory_k: int = 0  # bid: answer: past auctions whose outcomes move an answer's value
 
     @classmethod
     def from_config(cls, auction: AuctionConfig) -> Policy:
@@ -67,6 +70,7 @@ class Policy:
             answer_agents=None if auction.answer_agents is None else tuple(auction.answer_agents),
             answer_trust=dict(auction.answer_trust),
             accept_value=auction.accept_value,
+            memory_k=auction.answer_memory_k,
         )
 
     def trust(self, agent: str, kind: str) -> AnswerTrust:
@@ -341,17 +345,43 @@ def checkable(policy: Policy, agent: str, kind: str, has_examples: bool) -> bool
     return policy.trust(agent, kind).entropy_max is not None
 
 
+#: agent -> (its answers that passed, its answers judged) on the most similar past tasks
+Evidence = Mapping[str, tuple[int, int]]
+
+#: pseudo-answers at the agent's overall rate behind the memory's local rate, so that one
+#: similar task that went well does not read as certainty
+MEMORY_PRIOR = 2.0
+
+
+def memory_evidence(outcomes: Iterable[Mapping[str, bool]]) -> dict[str, tuple[int, int]]:
+    """What outcome memory says of each agent, from the past tasks given (the most similar
+    first, each ``agent -> whether its answer passed``; an agent not judged there is absent)."""
+    out: dict[str, tuple[int, int]] = {}
+    for task in outcomes:
+        for agent, ok in task.items():
+            s, n = out.get(agent, (0, 0))
+            out[agent] = (s + bool(ok), n + 1)
+    return out
+
+
+def _logit(p: float) -> float:
+    p = min(max(p, 0.01), 0.99)  # a figure of 0 or 1 must still be movable by evidence
+    return math.log(p / (1 - p))
+
+
 def answer_ladder(
     policy: Policy,
     pool: Sequence[str],
     prices: Mapping[str, float],
     kind: str,
     has_examples: bool,
+    evidence: Evidence | None = None,
 ) -> list[str]:
     """Who may be asked, cheapest first (ties: pool order): the policy's agents, less every
     one but the last whose answer could not win at once on this task — its best case (its
     check passes, or nothing to check it with) stays under ``accept_value`` — since asking it
-    would buy nothing the last agent does not give anyway."""
+    would buy nothing the last agent does not give anyway. ``evidence``: as in
+    :func:`answer_value`."""
     names = [n for n in (policy.answer_agents or pool) if n in prices]
     names = sorted(names, key=lambda n: (prices[n], names.index(n)))
     if not names:
@@ -359,7 +389,7 @@ def answer_ladder(
 
     def could_win(n: str) -> bool:
         best = "passed" if checkable(policy, n, kind, has_examples) else "unchecked"
-        return answer_value(policy, n, best, kind) >= policy.accept_value
+        return answer_value(policy, n, best, kind, evidence) >= policy.accept_value
 
     return [n for n in names[:-1] if could_win(n)] + names[-1:]
 
@@ -385,10 +415,25 @@ def check_state(policy: Policy, kind: str, execution: Execution, has_examples: b
     return "passed" if execution.entropy <= limit else "failed"
 
 
-def answer_value(policy: Policy, agent: str, state: str, kind: str) -> float:
+def answer_value(
+    policy: Policy, agent: str, state: str, kind: str, evidence: Evidence | None = None
+) -> float:
     """V of an answer: the probability outcome memory gives an answer of ``agent`` whose check
-    said ``state``."""
-    return float(getattr(policy.trust(agent, kind), state))
+    said ``state``.
+
+    With ``policy.memory_k`` and ``evidence`` (:func:`memory_evidence` of the ``memory_k``
+    most similar past tasks), the figure is moved by how the agent did there: its local rate
+    (shrunk towards its ``overall`` rate by :data:`MEMORY_PRIOR` pseudo-answers) against that
+    overall rate, added in log-odds — the check and the neighbourhood taken as independent
+    evidence. No evidence for the agent, or no ``overall`` fitted: the figure alone."""
+    trust = policy.trust(agent, kind)
+    figure = float(getattr(trust, state))
+    passed, judged = (evidence or {}).get(agent, (0, 0))
+    if not policy.memory_k or not judged or trust.overall is None:
+        return figure
+    base = trust.overall
+    local = (passed + MEMORY_PRIOR * base) / (judged + MEMORY_PRIOR)
+    return 1 / (1 + math.exp(-(_logit(figure) + _logit(local) - _logit(base))))
 
 
 def accepts(policy: Policy, value: float) -> bool:
@@ -414,17 +459,19 @@ def replay_answers(
     has_examples: bool,
     prices: Mapping[str, float],
     answers: Mapping[str, Execution],
+    evidence: Evidence | None = None,
 ) -> Outcome:
     """Replay ``bid: answer`` on recorded direct answers (every agent's, in pool order): the
     same ladder, values and stops as :func:`~.protocol.run_auction`. ``executed`` lists every
-    agent asked, in order; the winner's answer is its execution. Not replayed:
-    ``deadline_s`` (recorded answers keep no wall clock of the auction they would be in)."""
-    ladder = answer_ladder(policy, list(answers), prices, kind, has_examples)
+    agent asked, in order; the winner's answer is its execution. ``evidence``: what memory
+    held of the most similar past tasks (:func:`answer_value`). Not replayed: ``deadline_s``
+    (recorded answers keep no wall clock of the auction they would be in)."""
+    ladder = answer_ladder(policy, list(answers), prices, kind, has_examples, evidence)
     values: dict[str, float] = {}
     reason = "nobody accepted: highest value"
     for n in ladder:
         state = check_state(policy, kind, answers[n], has_examples)
-        values[n] = answer_value(policy, n, state, kind)
+        values[n] = answer_value(policy, n, state, kind, evidence)
         if accepts(policy, values[n]):
             reason = f"{n}'s answer accepted at {values[n]:.2f}"
             break

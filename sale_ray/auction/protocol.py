@@ -140,7 +140,7 @@ async def run_auction(
     }
 
     if pol.bid == "answer":
-        return await _answer_auction(task, agents, prices, cfg, pol, rec, evaluate)
+        return await _answer_auction(task, agents, prices, cfg, pol, rec, evaluate, refine)
 
     # 1. bids (a reserve agent does not bid: it plans only if it wins, see step 5)
     reserve = policy.reserve_of(pol, list(agents))
@@ -346,18 +346,23 @@ async def _answer_auction(
     pol: policy.Policy,
     rec: dict[str, Any],
     evaluate: Evaluator | None,
+    refine: Refiner | None = None,
 ) -> AuctionRecord:
     """``bid: answer``: each bid is the agent's direct answer, asked cheapest first; the first
     answer worth ``accept_value`` wins and stands as the execution (it is not redone), so a
-    dearer agent is paid only while the outcome is open. No jury, no refinement, no plan."""
+    dearer agent is paid only while the outcome is open. No jury, no refinement, no plan.
+    With ``answer_memory_k``, outcome memory of similar past auctions (``refine.recall``)
+    moves each answer's value, and the verifier judges every answer so memory learns each
+    agent's outcome."""
     from ..evaluators.code import prompt_examples
 
     has_examples = task.kind == "code" and prompt_examples(task) is not None
-    ladder = policy.answer_ladder(pol, list(agents), prices, task.kind, has_examples)
+    notes: list[str] = []
+    evidence = await _recall(task, pol, refine, notes)
+    ladder = policy.answer_ladder(pol, list(agents), prices, task.kind, has_examples, evidence)
     answers: dict[str, Execution] = {}
     values: dict[str, float] = {}
     bids: list[ScoredBid] = []
-    notes: list[str] = []
     t = time.perf_counter()
     for name in ladder:
         limit = cfg.execute_timeout_s
@@ -374,7 +379,8 @@ async def _answer_auction(
         except Exception as e:  # noqa: BLE001 - a dead or failing agent is a failed answer
             ex = Execution(agent=name, error=_describe(e))
         state = policy.check_state(pol, task.kind, ex, has_examples)
-        answers[name], values[name] = ex, policy.answer_value(pol, name, state, task.kind)
+        value = policy.answer_value(pol, name, state, task.kind, evidence)
+        answers[name], values[name] = ex, value
         bid = Bid(
             agent=name,
             plan=ex.answer,
@@ -397,6 +403,8 @@ async def _answer_auction(
         "execute": execution.usage if execution is not None else Usage(),
     }
     evaluation = await _evaluate(task, execution, evaluate, seconds)
+    if pol.memory_k and evaluate is not None:  # memory learns every agent's outcome
+        bids = await _judge_all(task, bids, winner, evaluation, evaluate, seconds)
     notes = [f"{n}: answer worth {v:.2f}" for n, v in values.items()] + notes
     return AuctionRecord(
         **rec,
@@ -411,6 +419,44 @@ async def _answer_auction(
         failure="retriable" if execution is None else None,  # nobody was asked: rerun
         notes=notes,
     )
+
+
+async def _recall(
+    task: Task, pol: policy.Policy, refine: Refiner | None, notes: list[str]
+) -> policy.Evidence | None:
+    """Outcome memory for ``bid: answer``: what the ``memory_k`` most similar past auctions
+    say of each agent. Memory off, absent, or failing: None (the trust figures alone), with a
+    note when it failed — a memory fault must not fail the auction."""
+    recall = getattr(refine, "recall", None)
+    if not pol.memory_k or recall is None:
+        return None
+    try:
+        return policy.memory_evidence(await recall(task, pol.memory_k))
+    except Exception as e:  # noqa: BLE001 - without memory the auction still decides
+        notes.append(f"outcome memory unavailable: {_describe(e)}")
+        return None
+
+
+async def _judge_all(
+    task: Task,
+    bids: list[ScoredBid],
+    winner: str | None,
+    evaluation: Evaluation,
+    evaluate: Evaluator,
+    seconds: dict[str, float],
+) -> list[ScoredBid]:
+    """Every answer's verdict on its bid (the winner's is ``evaluation``), so memory records
+    how each agent did; a verifier that fails on a lost answer leaves it unjudged."""
+    t = time.perf_counter()
+    lost = [b for b in bids if b.bid.agent != winner and b.bid.rejected is None]
+    got = await asyncio.gather(*(evaluate(task, b.bid.plan) for b in lost), return_exceptions=True)
+    verdict = {
+        b.bid.agent: r.passed for b, r in zip(lost, got, strict=True) if isinstance(r, Evaluation)
+    }
+    if winner is not None:
+        verdict[winner] = evaluation.passed
+    seconds["evaluate"] = seconds.get("evaluate", 0.0) + time.perf_counter() - t
+    return [b.model_copy(update={"passed": verdict.get(b.bid.agent)}) for b in bids]
 
 
 async def _evaluate(

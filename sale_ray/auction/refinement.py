@@ -22,6 +22,7 @@ from .protocol import collect_verdicts
 
 class ContrastMemory(Protocol):
     async def acontrast(self, task_text: str, agents: Sequence[str]) -> dict[str, list[Any]]: ...
+    async def asearch(self, texts: Sequence[str], k: int | None = None) -> list[list[Any]]: ...
     async def awrite(self, entries: Sequence[Any]) -> int: ...
 
 
@@ -78,6 +79,14 @@ class MemoryRefiner:
             )
             verdicts = await collect_verdicts(task, jury, bids, cfg.jury_timeout_s)
         return bids, verdicts
+
+    async def recall(self, task: Task, k: int) -> list[dict[str, bool]]:
+        """Outcome memory (``bid: answer``, ``answer_memory_k``): how each agent's judged
+        answers did on the ``k`` most similar past auctions, most similar first."""
+        from ..memory.entry import bid_outcomes
+
+        hits = (await self.memory.asearch([task.prompt], k))[0]
+        return [o for o in (bid_outcomes(h.entry) for h in hits) if o]
 
     async def remember(self, task: Task, record: AuctionRecord) -> None:
         """Store a finished auction (idempotent by auction id: a retry never duplicates)."""

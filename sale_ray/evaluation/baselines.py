@@ -49,7 +49,8 @@ import numpy as np
 from ..auction.policy import Outcome
 from ..config import EvalConfig, Weights
 from .matrix import Decision, TaskRow, single_agent, spend
-from .recommend import answer_decision, fit_recommended
+from .neighbours import Neighbours
+from .recommend import fit_recommended
 from .row import direct_view
 from .weights import agent_loss, reference_cost, simulate
 
@@ -323,15 +324,16 @@ class SaleWithMemory(SaleRouter):
 
 class SaleRecommended(_Fixed):
     """The recommended configuration (:mod:`.recommend`) on the rows' direct calls: the fitter
-    chooses ladder and threshold on the training split, the held-out rows are replayed with the
-    live decision functions."""
+    chooses ladder, threshold and memory size on the training split, the held-out rows are
+    replayed with the live decision functions (their memory: the training tasks)."""
 
     def fit(self, train: Sequence[TaskRow]) -> None:
-        self.fitted = fit_recommended([direct_view(r) for r in train], self.ctx.eval.cost_lambda)
-        self.policy = self.fitted.policy()
+        view = [direct_view(r) for r in train]
+        near = Neighbours(view, self.ctx.eval.embedder)
+        self.fitted = fit_recommended(view, self.ctx.eval.cost_lambda, neighbours=near)
 
     def route(self, row: TaskRow) -> Decision:
-        return answer_decision(self.name, direct_view(row), self.policy)
+        return self.fitted.decide(self.name, direct_view(row))
 
 
 class Direct:

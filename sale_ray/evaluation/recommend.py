@@ -6,10 +6,16 @@ On the training split's direct calls it fits ``bid: answer`` (:mod:`sale_ray.auc
   tests, by what the answer's own check said (``passed`` / ``failed`` / ``unchecked``), shrunk
   towards the agent's overall pass rate (``PRIOR_WEIGHT`` pseudo-answers) so a state seen twice
   does not read as certainty; an unseen state is the agent's overall rate;
+* **outcome memory of similar tasks** (``answer_memory_k``) — how each agent's answers did on
+  the k most similar training tasks moves its answer's value (:func:`policy.answer_value`);
+  what memory holds of a training task is what the live auction would have recorded there:
+  the outcome of every agent the same configuration asked (k = 0, memory off, is always a
+  candidate; a held-out task's memory is the training tasks);
 * **a check that fits the task** — code: the answer's run of the prompt's examples; answers: a
   per-agent mean-token-entropy threshold (the one that best predicts its training outcomes);
 * **which mechanism** — every ladder (each subset of the cheaper agents, the dearest always
-  last) × every acceptance threshold that changes a decision, scored by the training loss
+  last) × every acceptance threshold that changes a decision × every memory k, scored by the
+  training loss
   ``mean (1 - passed) + cost_lambda * cost / mean cost of the dearest agent called directly`` (the
   loss SALE's weights are fitted on), ties to the shorter ladder and then the higher threshold.
 
@@ -22,7 +28,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -31,8 +37,15 @@ from ..auction import policy
 from ..config import AnswerTrust, AuctionConfig, write_config_file
 from ..types import Execution, Task
 from .matrix import Decision, TaskRow, spend
+from .neighbours import Neighbours
 
 PRIOR_WEIGHT = 2.0  # pseudo-answers at the agent's overall rate behind every per-state figure
+MEMORY_KS = (3, 5, 8, 12)  # memory sizes tried besides 0 (off): the kNN router's grid
+# with memory an answer's value is continuous: thresholds on a grid besides the trust figures
+MEMORY_THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(1, 20))
+
+#: what memory holds of one past task: agent -> whether its answer passed
+Outcomes = dict[str, bool]
 
 
 def has_examples(row: TaskRow) -> bool:
@@ -89,7 +102,9 @@ def _agent_trust(a: str, rows: Sequence[TaskRow], examples: bool | None) -> Answ
     figures = {
         s: (sum(v) + PRIOR_WEIGHT * overall) / (len(v) + PRIOR_WEIGHT) for s, v in counts.items()
     }
-    return AnswerTrust(**{s: round(f, 4) for s, f in figures.items()}, entropy_max=limit)
+    return AnswerTrust(
+        **{s: round(f, 4) for s, f in figures.items()}, entropy_max=limit, overall=round(overall, 4)
+    )
 
 
 def fit_trust(train: Sequence[TaskRow], examples: bool | None = None) -> dict[str, AnswerTrust]:
@@ -110,14 +125,26 @@ def fit_trust(train: Sequence[TaskRow], examples: bool | None = None) -> dict[st
     return out
 
 
+def outcomes(row: TaskRow, asked: Sequence[str] | None = None) -> Outcomes:
+    """What memory holds of ``row`` once its auction was judged: each asked agent's outcome
+    (``asked``: default every agent in the row)."""
+    return {a: row.cells[a].passed for a in (row.cells if asked is None else asked)}
+
+
 def answer_decision(
-    method: str, row: TaskRow, pol: policy.Policy, examples: bool | None = None
+    method: str,
+    row: TaskRow,
+    pol: policy.Policy,
+    examples: bool | None = None,
+    memory: Sequence[Outcomes] | None = None,
 ) -> Decision:
     """``bid: answer`` replayed on a direct-view row, priced: every answer asked but the
     winner's is a lost bid, the winner's answer is the execution. ``examples`` overrides
-    whether the recorded check read the prompt's examples (default: :func:`has_examples`)."""
+    whether the recorded check read the prompt's examples (default: :func:`has_examples`);
+    ``memory``: the outcomes of past tasks, most similar first (``pol.memory_k`` are read)."""
     shown = has_examples(row) if examples is None else examples
-    out = policy.replay_answers(pol, row.kind, shown, row.prices, _answers(row))
+    evidence = policy.memory_evidence((memory or [])[: pol.memory_k]) if pol.memory_k else None
+    out = policy.replay_answers(pol, row.kind, shown, row.prices, _answers(row), evidence)
     cells = row.cells
     lost = [cells[a].run_usage for a in out.executed if a != out.winner]
     won = [cells[out.winner].run_usage] if out.winner else []
@@ -146,18 +173,24 @@ class Candidate:
     loss: float
     pass_at_1: float
     cost_usd: float
+    memory_k: int = 0
 
     def describe(self) -> str:
-        return f"ladder {' -> '.join(self.ladder)}, accept at {self.accept_value:.4g}"
+        memory = f", memory k={self.memory_k}" if self.memory_k else ""
+        return f"ladder {' -> '.join(self.ladder)}, accept at {self.accept_value:.4g}{memory}"
 
 
 @dataclass
 class Fit:
-    """What the fitter chose, and everything it weighed."""
+    """What the fitter chose, and everything it weighed; with memory, the training rows and
+    their neighbourhoods that a held-out task's memory is read from (:meth:`memory`)."""
 
     trust: dict[str, AnswerTrust]
     chosen: Candidate
     candidates: list[Candidate] = field(default_factory=list)
+    train: Sequence[TaskRow] = ()
+    neighbours: Neighbours | None = None
+    examples: bool | None = None
 
     def policy(self) -> policy.Policy:
         return policy.Policy(
@@ -166,24 +199,44 @@ class Fit:
             answer_agents=self.chosen.ladder,
             answer_trust=self.trust,
             accept_value=self.chosen.accept_value,
+            memory_k=self.chosen.memory_k,
         )
 
-    def summary(self) -> dict[str, Any]:
+    def memory(self, row: TaskRow) -> list[Outcomes] | None:
+        """What memory holds for ``row`` under the chosen configuration (:func:`memory_for`,
+        the training tasks)."""
+        return memory_for(row, self.policy(), self.train, self.neighbours, self.examples)
+
+    def decide(self, method: str, row: TaskRow) -> Decision:
+        """The chosen configuration on ``row``, with the memory it would have."""
+        return answer_decision(method, row, self.policy(), self.examples, self.memory(row))
+
+    def summary(self, top: int = 20) -> dict[str, Any]:
+        """The choice, the trust figures, the ``top`` candidates by training loss and the best
+        one of each memory size (how much memory bought on the training split)."""
+        ranked = sorted(self.candidates, key=lambda c: c.loss)
+        best: dict[int, Candidate] = {}
+        for c in ranked:
+            best.setdefault(c.memory_k, c)
         return {
             "mechanism": "bid: answer",
             "chosen": self.chosen.describe(),
             "trust": {a: t.model_dump() for a, t in self.trust.items()},
-            "candidates": [
-                {
-                    "ladder": list(c.ladder),
-                    "accept_value": c.accept_value,
-                    "train_loss": round(c.loss, 6),
-                    "train_pass_at_1": round(c.pass_at_1, 4),
-                    "train_cost_usd": c.cost_usd,
-                }
-                for c in sorted(self.candidates, key=lambda c: c.loss)
-            ],
+            "candidates_tried": len(ranked),
+            "candidates": [_candidate(c) for c in ranked[:top]],
+            "best_by_memory_k": {str(k): _candidate(c) for k, c in sorted(best.items())},
         }
+
+
+def _candidate(c: Candidate) -> dict[str, Any]:
+    return {
+        "ladder": list(c.ladder),
+        "accept_value": c.accept_value,
+        "memory_k": c.memory_k,
+        "train_loss": round(c.loss, 6),
+        "train_pass_at_1": round(c.pass_at_1, 4),
+        "train_cost_usd": c.cost_usd,
+    }
 
 
 def blind(trust: Mapping[str, AnswerTrust]) -> dict[str, AnswerTrust]:
@@ -205,6 +258,33 @@ def _figures(t: AnswerTrust) -> set[float]:
     return out
 
 
+def _asked(
+    pol: policy.Policy, past: Sequence[TaskRow], examples: bool | None
+) -> dict[str, list[str]]:
+    """Per past task: the agents ``pol`` (memory off) asks there — whose outcomes the live
+    auction, judging every answer it got, leaves in memory."""
+    plain = replace(pol, memory_k=0)
+    return {r.task_id: answer_decision("memory", r, plain, examples).executed for r in past}
+
+
+def memory_for(
+    row: TaskRow,
+    pol: policy.Policy,
+    past: Sequence[TaskRow],
+    neighbours: Neighbours | None,
+    examples: bool | None = None,
+) -> list[Outcomes] | None:
+    """What memory holds for ``row`` when ``past`` ran before it under ``pol``: the
+    ``pol.memory_k`` most similar past tasks, each with the outcomes of the agents ``pol``
+    asked there (as if memory were off then: a replay does not chain memories). None:
+    memory off."""
+    if not pol.memory_k or neighbours is None:
+        return None
+    near = neighbours.of(row, past)[: pol.memory_k]
+    asked = _asked(pol, near, examples)
+    return [outcomes(p, asked[p.task_id]) for p in near]
+
+
 def fit_recommended(
     train: Sequence[TaskRow],
     cost_lambda: float,
@@ -212,12 +292,17 @@ def fit_recommended(
     use_check: bool = True,
     ladders: Sequence[tuple[str, ...]] | None = None,
     examples: bool | None = None,
+    neighbours: Neighbours | None = None,
+    memory_ks: Sequence[int] = MEMORY_KS,
 ) -> Fit:
-    """Choose ladder and threshold on the training rows (direct views); see the module doc.
+    """Choose ladder, threshold and memory size on the training rows (direct views); see the
+    module doc.
 
-    For ablations: ``use_check=False`` fits without the answers' own checks (memory alone),
-    ``ladders`` restricts the ladders tried; ``examples`` as in :func:`answer_decision` (a
-    replay of another check)."""
+    ``neighbours`` (embedding every training row) turns outcome memory on as a candidate:
+    each training task's memory is the other training tasks, leave one out. For ablations:
+    ``use_check=False`` fits without the answers' own checks (memory alone), ``ladders``
+    restricts the ladders tried, ``neighbours=None`` leaves memory out; ``examples`` as in
+    :func:`answer_decision` (a replay of another check)."""
     if not train:
         raise ValueError("no training rows to fit the recommended configuration on")
     trust = fit_trust(train, examples)
@@ -232,43 +317,66 @@ def fit_recommended(
     every = [
         (*c, dearest) for n in range(len(cheaper) + 1) for c in itertools.combinations(cheaper, n)
     ]
-    for ladder, tau in itertools.product(ladders or every, thresholds):
-        pol = Fit(trust, Candidate(ladder, tau, 0, 0, 0)).policy()
-        ds = [answer_decision("fit", r, pol, examples) for r in train]
-        passed = float(np.mean([d.passed for d in ds]))
-        cost = float(np.mean([d.total_cost for d in ds]))
-        loss = (1 - passed) + cost_lambda * cost / ref
-        candidates.append(Candidate(ladder, tau, loss, passed, cost))
-    # ties: the shorter ladder, then the stricter threshold (trust less on equal evidence)
-    chosen = min(candidates, key=lambda c: (round(c.loss, 12), len(c.ladder), -c.accept_value))
-    return Fit(trust, chosen, candidates)
+    blank = Fit(trust, Candidate((dearest,), 1.0, 0, 0, 0))
+    near = {r.task_id: neighbours.of(r, train) for r in train} if neighbours else {}
+    ks = [0, *memory_ks] if neighbours else [0]
+    for ladder, k in itertools.product(ladders or every, ks):
+        for tau in sorted({*thresholds, *(MEMORY_THRESHOLDS if k else ())}):
+            c = Candidate(ladder, tau, 0, 0, 0, k)
+            pol = replace(blank, chosen=c).policy()
+            memory: dict[str, list[Outcomes]] = {}
+            if k:  # each training task's memory: the others, as this configuration judged them
+                asked = _asked(pol, train, examples)
+                memory = {
+                    t: [outcomes(p, asked[p.task_id]) for p in ps[:k]] for t, ps in near.items()
+                }
+            ds = [answer_decision("fit", r, pol, examples, memory.get(r.task_id)) for r in train]
+            passed = float(np.mean([d.passed for d in ds]))
+            cost = float(np.mean([d.total_cost for d in ds]))
+            loss = (1 - passed) + cost_lambda * cost / ref
+            candidates.append(Candidate(ladder, tau, loss, passed, cost, k))
+    # ties: no memory, the shorter ladder, then the stricter threshold (trust less on equal
+    # evidence)
+    chosen = min(
+        candidates,
+        key=lambda c: (round(c.loss, 12), c.memory_k, len(c.ladder), -c.accept_value),
+    )
+    return Fit(trust, chosen, candidates, train, neighbours, examples)
 
 
 ABLATIONS = {
     "every_agent": "every agent on the ladder (no agent skipped by its training record)",
     "no_check": "the answers' own checks ignored: outcome memory alone values an answer",
+    "no_memory": "no outcome memory of similar tasks (answer_memory_k 0): an answer is worth "
+    "its agent's figure for what its check said",
     "unfitted_trust": "default trust figures (no outcome memory): passed 0.9, failed 0.05, "
     "unchecked 0.5, every agent, accept at 0.8",
 }
 
 
-def ablate(rows: Sequence[TaskRow], cost_lambda: float) -> dict[str, Any]:
+def ablate(
+    rows: Sequence[TaskRow], cost_lambda: float, neighbours: Neighbours | None = None
+) -> dict[str, Any]:
     """The recommended fit and, per mechanism taken away (refitted without it), its held-out
-    pass@1 and cost: the ``_recommend`` section of ``summary.json`` (direct-view rows)."""
+    pass@1 and cost: the ``_recommend`` section of ``summary.json`` (direct-view rows;
+    ``neighbours`` embeds them all, or None to fit without outcome memory)."""
     train = [r for r in rows if r.split == "train"]
     test = [r for r in rows if r.split == "test"]
-    fit = fit_recommended(train, cost_lambda)
+    near = {"neighbours": neighbours}
+    fit = fit_recommended(train, cost_lambda, **near)
     everyone = (tuple(train[0].by_price()),)
     fits = {
         "recommended": fit,
-        "every_agent": fit_recommended(train, cost_lambda, ladders=everyone),
-        "no_check": fit_recommended(train, cost_lambda, use_check=False),
+        "every_agent": fit_recommended(train, cost_lambda, ladders=everyone, **near),
+        "no_check": fit_recommended(train, cost_lambda, use_check=False, **near),
     }
+    if neighbours is not None:
+        fits["no_memory"] = fit_recommended(train, cost_lambda)
     default = {a: AnswerTrust() for a in train[0].cells}
     unfitted = Fit(default, Candidate(everyone[0], AuctionConfig().accept_value, 0, 0, 0))
     out: dict[str, Any] = {"fit": fit.summary(), "ablations": {}}
     for name, f in {**fits, "unfitted_trust": unfitted}.items():
-        ds = [answer_decision(name, r, f.policy()) for r in test]
+        ds = [f.decide(name, r) for r in test]
         out["ablations"][name] = {
             "what": ABLATIONS.get(name, "the recommended configuration"),
             "chosen": f.chosen.describe(),
@@ -301,6 +409,7 @@ def recommended_auction(fit: Fit, base: AuctionConfig | Mapping[str, Any] | None
         answer_agents=list(fit.chosen.ladder),
         answer_trust={a: t.model_dump(mode="json") for a, t in fit.trust.items()},
         accept_value=fit.chosen.accept_value,
+        answer_memory_k=fit.chosen.memory_k,
     )
     return cfg
 
@@ -315,6 +424,8 @@ __all__ = [
     "fit_recommended",
     "fit_trust",
     "has_examples",
+    "memory_for",
+    "outcomes",
     "recommended_auction",
     "write_recommended",
 ]

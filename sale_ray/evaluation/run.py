@@ -55,6 +55,7 @@ from .matrix import (
     matrix_table,
 )
 from .measurement import build_matrix, load_matrix, make_eval_evaluator, same_pool, save_matrix
+from .neighbours import Neighbours
 from .recommend import ablate, fit_recommended, write_recommended
 from .row import direct_view
 from .weights import FEATURES, FitResult, fit_with, write_weights
@@ -184,7 +185,10 @@ def analyse(
         )
     extras: dict[str, Any] = {}
     if "sale" in methods:  # the recommended configuration: its fit and its ablations
-        extras["_recommend"] = ablate([direct_view(r) for r in rows], config.eval.cost_lambda)
+        view = [direct_view(r) for r in rows]
+        extras["_recommend"] = ablate(
+            view, config.eval.cost_lambda, Neighbours(view, config.eval.embedder)
+        )
     if not matrix_parts(methods)[0]:
         ctx = RouterContext(eval=config.eval, default_weights=config.auction.weights)
         return route_all(rows, methods, ctx), extras
@@ -393,8 +397,9 @@ def run_eval(
         write_lean_policy(rows, config, out / "lean_verify.yaml")
     if "sale" in methods:
         train = [direct_view(r) for r in rows if r.split == "train"]
+        near = Neighbours(train, config.eval.embedder)
         write_recommended(
-            fit_recommended(train, config.eval.cost_lambda),
+            fit_recommended(train, config.eval.cost_lambda, neighbours=near),
             config,
             out / "recommended.yaml",
             {"dataset": dataset, "train_tasks": len(train), "seed": config.eval.seed},

@@ -24,7 +24,11 @@ class _Strict(BaseModel):
 class MemoryConfig(_Strict):
     """The shared auction memory: sharding, retrieval, bounds and snapshot cadence."""
 
-    enabled: bool = Field(default=True, description="Use the memory for refinement at all.")
+    enabled: bool = Field(
+        default=True,
+        description="Use the memory at all: refinement (`bid: plan`) and outcome memory "
+        "(`bid: answer` with `auction.answer_memory_k`).",
+    )
     shards: int = Field(default=4, ge=1, le=256, description="Number of MemoryShard actors.")
     k: int = Field(default=8, ge=1, le=256, description="Past tasks retrieved per query.")
     max_pairs: int = Field(

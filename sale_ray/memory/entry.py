@@ -29,6 +29,11 @@ class MemoryBid(_Frozen):
     plan: str
     refined: bool = False
     won: bool = Field(default=False, description="This exact bid won the auction.")
+    passed: bool | None = Field(
+        default=None,
+        description="The verifier on this bid's answer: the winner's outcome, or with "
+        "`bid: answer` and outcome memory every judged answer's. None: not judged.",
+    )
 
 
 class MemoryEntry(_Frozen):
@@ -59,7 +64,13 @@ class ContrastPair(_Frozen):
 
 # --- Arrow form ---------------------------------------------------------------------------------
 BID_TYPE = pa.struct(
-    [("agent", pa.string()), ("plan", pa.string()), ("refined", pa.bool_()), ("won", pa.bool_())]
+    [
+        ("agent", pa.string()),
+        ("plan", pa.string()),
+        ("refined", pa.bool_()),
+        ("won", pa.bool_()),
+        ("passed", pa.bool_()),  # added later: older segments cast to it with nulls
+    ]
 )
 ENTRY_SCHEMA = pa.schema(
     [
@@ -126,10 +137,28 @@ def entry_from_record(record: AuctionRecord, task_text: str) -> MemoryEntry:
         winner=record.winner,
         passed=record.evaluation.passed,
         bids=[
-            MemoryBid(agent=sb.bid.agent, plan=sb.bid.plan, refined=sb.bid.refined, won=i == won)
+            MemoryBid(
+                agent=sb.bid.agent,
+                plan=sb.bid.plan,
+                refined=sb.bid.refined,
+                won=i == won,
+                passed=sb.passed if sb.passed is not None or i != won else record.passed,
+            )
             for i, sb in enumerate(valid)
         ],
     )
+
+
+def bid_outcomes(entry: MemoryEntry) -> dict[str, bool]:
+    """How each agent's judged answer did in one past auction (``agent -> passed``; an
+    agent with no judged bid there is absent): what outcome memory reads. An entry written
+    before bids carried their own outcome gives its winner's."""
+    out: dict[str, bool] = {}
+    for b in entry.bids:  # an agent may have bid twice (refined): its judged bid counts
+        ok = b.passed if b.passed is not None or not b.won else entry.passed
+        if ok is not None:
+            out[b.agent] = ok
+    return out
 
 
 # --- contrastive pairs ------------------------------------------------------------------------

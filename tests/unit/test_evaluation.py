@@ -323,6 +323,7 @@ def test_methods_groups_expand_and_direct_only_analysis_fits_nothing():
         "recommended",
         "every_agent",
         "no_check",
+        "no_memory",
         "unfitted_trust",
     }
     assert {d.method for d in decisions} == set(DIRECT_METHODS)

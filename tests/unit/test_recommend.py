@@ -16,10 +16,12 @@ from sale_ray.evaluation.baselines import RouterContext, make_router
 from sale_ray.evaluation.direct import DirectCell
 from sale_ray.evaluation.intervals import method_intervals
 from sale_ray.evaluation.matrix import TaskRow
+from sale_ray.evaluation.neighbours import Neighbours
 from sale_ray.evaluation.recommend import (
     answer_decision,
     fit_recommended,
     fit_trust,
+    memory_for,
     write_recommended,
 )
 from sale_ray.evaluation.row import direct_view
@@ -99,15 +101,18 @@ def test_a_task_without_examples_goes_to_the_agent_trusted_unchecked():
 def test_the_written_config_runs_the_decisions_the_evaluation_reports(tmp_path):
     rows = synthetic_matrix(40, seed=3)
     train = [direct_view(r) for r in rows if r.split == "train"]
-    fit = fit_recommended(train, cost_lambda=0.1)
+    near = Neighbours(train, "hashing")
+    fit = fit_recommended(train, cost_lambda=0.1, neighbours=near)
     pool = PoolSpec(agents=[AgentSpec(name=n, model=n, backend="scripted") for n in PRICES])
     base = SaleConfig(pool=pool)
     path = write_recommended(fit, base, tmp_path / "recommended.yaml", {"seed": 3})
     live = Policy.from_config(load_config(path).auction)
+    assert live.memory_k == fit.chosen.memory_k
     router = make_router("sale", RouterContext(eval=EvalConfig(embedder="hashing")))
     router.fit([r for r in rows if r.split == "train"])
     for r in (r for r in rows if r.split == "test"):
-        ours = answer_decision("sale", direct_view(r), live)
+        v = direct_view(r)
+        ours = answer_decision("sale", v, live, None, memory_for(v, live, train, near))
         assert ours == router.route(r)
 
 
