@@ -214,7 +214,7 @@ class Fit:
     def summary(self, top: int = 20) -> dict[str, Any]:
         """The choice, the trust figures, the ``top`` candidates by training loss and the best
         one of each memory size (how much memory bought on the training split)."""
-        ranked = sorted(self.candidates, key=lambda c: c.loss)
+        ranked = sorted(self.candidates, key=_preference)
         best: dict[int, Candidate] = {}
         for c in ranked:
             best.setdefault(c.memory_k, c)
@@ -226,6 +226,12 @@ class Fit:
             "candidates": [_candidate(c) for c in ranked[:top]],
             "best_by_memory_k": {str(k): _candidate(c) for k, c in sorted(best.items())},
         }
+
+
+def _preference(c: Candidate) -> tuple:
+    """The fitter's order: training loss, then (ties) no memory, the shorter ladder and the
+    stricter threshold (trust less on equal evidence)."""
+    return (round(c.loss, 12), c.memory_k, len(c.ladder), -c.accept_value)
 
 
 def _candidate(c: Candidate) -> dict[str, Any]:
@@ -320,27 +326,26 @@ def fit_recommended(
     blank = Fit(trust, Candidate((dearest,), 1.0, 0, 0, 0))
     near = {r.task_id: neighbours.of(r, train) for r in train} if neighbours else {}
     ks = [0, *memory_ks] if neighbours else [0]
-    for ladder, k in itertools.product(ladders or every, ks):
-        for tau in sorted({*thresholds, *(MEMORY_THRESHOLDS if k else ())}):
-            c = Candidate(ladder, tau, 0, 0, 0, k)
-            pol = replace(blank, chosen=c).policy()
-            memory: dict[str, list[Outcomes]] = {}
-            if k:  # each training task's memory: the others, as this configuration judged them
-                asked = _asked(pol, train, examples)
-                memory = {
-                    t: [outcomes(p, asked[p.task_id]) for p in ps[:k]] for t, ps in near.items()
-                }
-            ds = [answer_decision("fit", r, pol, examples, memory.get(r.task_id)) for r in train]
-            passed = float(np.mean([d.passed for d in ds]))
-            cost = float(np.mean([d.total_cost for d in ds]))
-            loss = (1 - passed) + cost_lambda * cost / ref
-            candidates.append(Candidate(ladder, tau, loss, passed, cost, k))
-    # ties: no memory, the shorter ladder, then the stricter threshold (trust less on equal
-    # evidence)
-    chosen = min(
-        candidates,
-        key=lambda c: (round(c.loss, 12), c.memory_k, len(c.ladder), -c.accept_value),
-    )
+    for ladder in ladders or every:
+        for tau in sorted({*thresholds, *(MEMORY_THRESHOLDS if neighbours else ())}):
+            base = replace(blank, chosen=Candidate(ladder, tau, 0, 0, 0)).policy()
+            asked = _asked(base, train, examples) if neighbours else {}  # shared by every k
+            for k in (k for k in ks if k or tau in thresholds):  # memory thresholds: k > 0
+                pol = replace(base, memory_k=k)
+                # each training task's memory: the others, as this configuration judged them
+                memory = (
+                    {t: [outcomes(p, asked[p.task_id]) for p in ps[:k]] for t, ps in near.items()}
+                    if k
+                    else {}
+                )
+                ds = [
+                    answer_decision("fit", r, pol, examples, memory.get(r.task_id)) for r in train
+                ]
+                passed = float(np.mean([d.passed for d in ds]))
+                cost = float(np.mean([d.total_cost for d in ds]))
+                loss = (1 - passed) + cost_lambda * cost / ref
+                candidates.append(Candidate(ladder, tau, loss, passed, cost, k))
+    chosen = min(candidates, key=_preference)
     return Fit(trust, chosen, candidates, train, neighbours, examples)
 
 
