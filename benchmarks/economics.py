@@ -50,17 +50,37 @@ DOMAINS = ("humaneval", "reasoning_gym")
 TARGETS = {"pass_diff_lo": -0.03, "cost_ratio": 0.60, "oracle_gain": 0.5, "oracle_saving": 0.6}
 
 
-def _matrix(domain: str) -> Path:
+#: what economics.json keeps of each method's summary
+METHOD_FIGURES = (
+    "pass_at_1",
+    "passed",
+    "tasks",
+    "pass_at_1_ci",
+    "pass_at_1_diff_ci",
+    "cost_usd",
+    "cost_vs_largest_direct",
+    "cost_ratio_ci",
+    "largest_share",
+    "auction_overhead",
+)
+
+
+def method_figures(methods: dict) -> dict:
+    """Each method's :data:`METHOD_FIGURES` (``methods``: a summary without its ``_`` keys)."""
+    return {m: {k: v.get(k) for k in METHOD_FIGURES} for m, v in methods.items()}
+
+
+def matrix_path(domain: str) -> Path:
     return RESULTS / f"eval-{domain}" / "matrix.parquet"
 
 
 def domain_summary(domain: str) -> tuple[dict, list]:
-    rows = load_matrix(_matrix(domain))
+    rows = load_matrix(matrix_path(domain))
     cfg = load_config(CONFIG)
     methods = expand_methods(["direct"])
     decisions, extras = analyse(rows, cfg, methods)
     run = run_info(rows, cfg, domain, methods) | {
-        "replayed_from": str(_matrix(domain).relative_to(ROOT))
+        "replayed_from": str(matrix_path(domain).relative_to(ROOT))
     }
     return summarize(rows, decisions, extras, run), rows
 
@@ -126,16 +146,19 @@ def held_out(method: str, rows: list, pol, near: Neighbours) -> dict:
     }
 
 
-def _fit(rows: list, cost_lambda: float, near: Neighbours):
+def fit_training(rows: list, cost_lambda: float, near: Neighbours):
     return fit_recommended(
-        [direct_view(r) for r in rows if r.split == "train"], cost_lambda, neighbours=near
+        [direct_view(r) for r in rows if r.split == "train"],
+        cost_lambda,
+        neighbours=near,
+        memory_folds=load_config(CONFIG).eval.memory_folds,
     )
 
 
 def transfer(source: list, target: list, cost_lambda: float, near: Neighbours) -> dict:
     """Fit on ``source``'s training split, run on ``target``'s held-out tasks unchanged (its
     memory, when the configuration reads one: ``target``'s training tasks)."""
-    fit = _fit(source, cost_lambda, near)
+    fit = fit_training(source, cost_lambda, near)
     return {
         "chosen": fit.chosen.describe(),
         **held_out("sale_transferred", target, fit.policy(), near),
@@ -155,7 +178,7 @@ def embedded(rows: list, near: Neighbours) -> dict:
 def overhead_curve(rows: list, cost_lambda: float, near: Neighbours) -> list[dict]:
     """Per bin: the winner's mean execution tokens and the recommended auction's overhead."""
     test = [direct_view(r) for r in rows if r.split == "test"]
-    fit = _fit(rows, cost_lambda, near)
+    fit = fit_training(rows, cost_lambda, near)
     by_bin: dict = {}
     for r in test:
         d = fit.decide("sale", r)
@@ -272,7 +295,7 @@ def main() -> int:
     rows_by: dict = {}
     near = Neighbours(embedder=load_config(CONFIG).eval.embedder)  # every domain's rows
     for d in DOMAINS:
-        if not _matrix(d).exists():
+        if not matrix_path(d).exists():
             continue
         s, rows = domain_summary(d)
         rows_by[d] = rows
@@ -281,24 +304,7 @@ def main() -> int:
         out["domains"][d] = {
             "tasks": s["_run"]["tasks"],
             "held_out": s["_run"]["test_tasks"],
-            "methods": {
-                m: {
-                    k: v.get(k)
-                    for k in (
-                        "pass_at_1",
-                        "passed",
-                        "tasks",
-                        "pass_at_1_ci",
-                        "pass_at_1_diff_ci",
-                        "cost_usd",
-                        "cost_vs_largest_direct",
-                        "cost_ratio_ci",
-                        "largest_share",
-                        "auction_overhead",
-                    )
-                }
-                for m, v in methods.items()
-            },
+            "methods": method_figures(methods),
             "targets": verdicts(s),
             "recommend": s["_recommend"],
         }

@@ -19,6 +19,8 @@ Sections and their files:
   and a "× largest_direct" column when ``largest_direct`` is); for HumanEval the methods of a
   separate direct-baselines run, ``eval_summary_direct_humaneval.json``, are merged in when it
   was scored on the same held-out task ids;
+* ``economics`` / ``unseen``: ``economics.json`` / ``unseen.json`` (``benchmarks/economics.py``,
+  ``benchmarks/unseen.py``);
 * ``memory_learning``: ``memory_learning.json``; ``demo``: ``demo_summary.json`` (the
   ``summary.json`` of ``make demo``).
 
@@ -732,6 +734,135 @@ def _yes(x: bool | None) -> str:
     return "–" if x is None else ("**met**" if x else "missed")
 
 
+METHOD_HEAD = [
+    "method",
+    "pass@1",
+    "95 % CI",
+    "− largest_direct (paired CI)",
+    "cost $",
+    "× largest_direct (CI)",
+    "largest share",
+]
+
+
+def _method_table(methods: dict, overhead: bool = True) -> str:
+    """One row per method: pass@1 with its interval, the paired difference against the
+    largest agent called directly, cost and its ratio, largest share (and auction overhead)."""
+    rows = []
+    for m, x in methods.items():
+        row = [
+            LABELS.get(m, m),
+            f"{x['pass_at_1']:.3f} ({x.get('passed', '?')}/{x['tasks']})",
+            _iv(x.get("pass_at_1_ci")),
+            _iv(x.get("pass_at_1_diff_ci")),
+            f"{x['cost_usd']:.6f}",
+            f"{_num(x.get('cost_vs_largest_direct'), 2)} {_iv(x.get('cost_ratio_ci'), 2)}",
+            _pct(x.get("largest_share")),
+        ]
+        rows.append(row + ([_num(x.get("auction_overhead"), 2)] if overhead else []))
+    return _table(METHOD_HEAD + (["overhead"] if overhead else []), rows)
+
+
+def _targets_table(t: dict) -> str:
+    """The issue's targets for ``sale``, each with its figure and verdict."""
+    rows = [
+        [
+            "pass@1 − largest_direct: lower end of the paired 95 % CI ≥ −0.03",
+            _iv(t["pass_at_1_diff_ci"]),
+            _yes(t["pass_diff_lower_at_least_-0.03"]),
+        ],
+        [
+            "cost ≤ 0.60 × largest_direct",
+            f"{_num(t['cost_ratio'], 3)} {_iv(t.get('cost_ratio_ci'), 2)}",
+            _yes(t["cost_at_most_0.60"]),
+        ],
+        [
+            "not dominated by cascade_direct / knn_direct",
+            ", ".join(t["dominated_by"]) or "none",
+            _yes(not t["dominated_by"]),
+        ],
+        [
+            "≥ 50 % of the direct oracle's pass@1 gain",
+            _pct(t["oracle_gain_captured"]),
+            _yes(t["oracle_gain_at_least_50pc"]),
+        ],
+        [
+            "≥ 60 % of the direct oracle's saving",
+            _pct(t["oracle_saving_captured"]),
+            _yes(t["oracle_saving_at_least_60pc"]),
+        ],
+    ]
+    if "long_bin_overhead" in t:
+        rows.append(
+            [
+                "auction tokens ≤ 25 % of execution tokens on the long bins",
+                "no long bin"
+                if t.get("long_bin_overhead") is None
+                else _pct(t["long_bin_overhead"]),
+                _yes(t.get("long_bin_overhead_at_most_25pc")),
+            ]
+        )
+    return _table(["target", "figure", "verdict"], rows)
+
+
+def _ablation_table(ablations: dict) -> str:
+    head = [
+        "configuration",
+        "what is taken away",
+        "chosen on the training split",
+        "pass@1",
+        "cost $",
+        "answers / task",
+    ]
+    return _table(
+        head,
+        [
+            [
+                k,
+                a["what"],
+                a["chosen"],
+                f"{a['pass_at_1']:.3f}",
+                f"{a['cost_usd']:.6f}",
+                f"{a['asked_per_task']:.2f}",
+            ]
+            for k, a in ablations.items()
+        ],
+    )
+
+
+def _runs_table(first: str, runs: dict, chosen: bool = False) -> str:
+    """One row per replayed configuration (``economics.held_out``'s figures)."""
+    head = [first, *(["chosen"] if chosen else []), "tasks", "pass@1", "largest_direct pass@1"]
+    head += ["− largest_direct (paired CI)", "× largest_direct (CI)"]
+    return _table(
+        head,
+        [
+            [
+                k,
+                *([x["chosen"]] if chosen else []),
+                str(x["tasks"]),
+                f"{x['pass_at_1']:.3f}",
+                f"{x['largest_direct_pass_at_1']:.3f}",
+                _iv(x.get("pass_at_1_diff_ci")),
+                f"{_num(x['cost_vs_largest_direct'], 2)} {_iv(x.get('cost_ratio_ci'), 2)}",
+            ]
+            for k, x in runs.items()
+        ],
+    )
+
+
+def _cv_line(cv: dict | None) -> str:
+    """What the cross-validation of the whole fit said about outcome memory."""
+    if not cv:
+        return "."
+    verdict = "allowed" if cv["memory_pays"] else "kept off"
+    return (
+        f"; memory {verdict} by {cv['folds']}-fold cross-validation of the fit on the training "
+        f"split (loss {cv['loss_with_memory']:.4f} with memory, {cv['loss_without_memory']:.4f} "
+        "without)."
+    )
+
+
 def render_economics() -> str | None:
     """Per domain: the held-out table with paired intervals, the targets, the ablations; the
     transfer between domains; the overhead-vs-length curve (``economics.json``)."""
@@ -740,98 +871,17 @@ def render_economics() -> str | None:
         return None
     parts = [_file_line("economics.json")]
     for dom, v in d["domains"].items():
-        head = [
-            "method",
-            "pass@1",
-            "95 % CI",
-            "− largest_direct (paired CI)",
-            "cost $",
-            "× largest_direct (CI)",
-            "largest share",
-            "overhead",
-        ]
-        rows = []
-        for m, x in v["methods"].items():
-            rows.append(
-                [
-                    LABELS.get(m, m),
-                    f"{x['pass_at_1']:.3f} ({x.get('passed', '?')}/{x['tasks']})",
-                    _iv(x.get("pass_at_1_ci")),
-                    _iv(x.get("pass_at_1_diff_ci")),
-                    f"{x['cost_usd']:.6f}",
-                    f"{_num(x.get('cost_vs_largest_direct'), 2)} {_iv(x.get('cost_ratio_ci'), 2)}",
-                    _pct(x.get("largest_share")),
-                    _num(x.get("auction_overhead"), 2),
-                ]
-            )
-        t = v["targets"]
-        targets = _table(
-            ["target", "figure", "verdict"],
-            [
-                [
-                    "pass@1 − largest_direct: lower end of the paired 95 % CI ≥ −0.03",
-                    _iv(t["pass_at_1_diff_ci"]),
-                    _yes(t["pass_diff_lower_at_least_-0.03"]),
-                ],
-                [
-                    "cost ≤ 0.60 × largest_direct",
-                    f"{_num(t['cost_ratio'], 3)} {_iv(t.get('cost_ratio_ci'), 2)}",
-                    _yes(t["cost_at_most_0.60"]),
-                ],
-                [
-                    "not dominated by cascade_direct / knn_direct",
-                    ", ".join(t["dominated_by"]) or "none",
-                    _yes(not t["dominated_by"]),
-                ],
-                [
-                    "≥ 50 % of the direct oracle's pass@1 gain",
-                    _pct(t["oracle_gain_captured"]),
-                    _yes(t["oracle_gain_at_least_50pc"]),
-                ],
-                [
-                    "≥ 60 % of the direct oracle's saving",
-                    _pct(t["oracle_saving_captured"]),
-                    _yes(t["oracle_saving_at_least_60pc"]),
-                ],
-                [
-                    "auction tokens ≤ 25 % of execution tokens on the long bins",
-                    "no long bin"
-                    if t.get("long_bin_overhead") is None
-                    else _pct(t["long_bin_overhead"]),
-                    _yes(t.get("long_bin_overhead_at_most_25pc")),
-                ],
-            ],
-        )
         rec = v["recommend"]
-        abl = _table(
-            [
-                "configuration",
-                "what is taken away",
-                "chosen on the training split",
-                "pass@1",
-                "cost $",
-                "answers / task",
-            ],
-            [
-                [
-                    k,
-                    a["what"],
-                    a["chosen"],
-                    f"{a['pass_at_1']:.3f}",
-                    f"{a['cost_usd']:.6f}",
-                    f"{a['asked_per_task']:.2f}",
-                ]
-                for k, a in rec["ablations"].items()
-            ],
-        )
         parts += [
             f"### {dom}: {v['held_out']} held-out of {v['tasks']} tasks",
-            _table(head, rows),
+            _method_table(v["methods"]),
             f"Targets for `sale` on {dom} (goals, not assertions):",
-            targets,
-            f"The recommended configuration fitted here: {rec['fit']['chosen']}. Ablations "
-            "(each refitted on the training split without the mechanism, scored held-out):",
-            abl,
+            _targets_table(v["targets"]),
+            f"The recommended configuration fitted here: {rec['fit']['chosen']}"
+            + _cv_line(rec["fit"].get("memory_cv"))
+            + " Ablations (each refitted on the training split without the mechanism, scored "
+            "held-out):",
+            _ablation_table(rec["ablations"]),
         ]
     emb = {k: v["embedded_default"] for k, v in d["domains"].items() if "embedded_default" in v}
     if emb:
@@ -839,56 +889,10 @@ def render_economics() -> str | None:
             "### The embedded default (`sale_ray/recommended.yaml`, fitted on every shipped "
             "domain's training split, trust per task kind) on each domain's held-out tasks"
         )
-        parts.append(
-            _table(
-                [
-                    "domain",
-                    "tasks",
-                    "pass@1",
-                    "largest_direct pass@1",
-                    "− largest_direct (paired CI)",
-                    "× largest_direct (CI)",
-                ],
-                [
-                    [
-                        k,
-                        str(x["tasks"]),
-                        f"{x['pass_at_1']:.3f}",
-                        f"{x['largest_direct_pass_at_1']:.3f}",
-                        _iv(x.get("pass_at_1_diff_ci")),
-                        f"{_num(x['cost_vs_largest_direct'], 2)} {_iv(x.get('cost_ratio_ci'), 2)}",
-                    ]
-                    for k, x in emb.items()
-                ],
-            )
-        )
+        parts.append(_runs_table("domain", emb))
     if d.get("transfer"):
         parts.append("### Transfer: fitted on one domain, run unchanged on the other")
-        parts.append(
-            _table(
-                [
-                    "fitted on → run on",
-                    "chosen",
-                    "tasks",
-                    "pass@1",
-                    "largest_direct pass@1",
-                    "− largest_direct (paired CI)",
-                    "× largest_direct (CI)",
-                ],
-                [
-                    [
-                        k,
-                        x["chosen"],
-                        str(x["tasks"]),
-                        f"{x['pass_at_1']:.3f}",
-                        f"{x['largest_direct_pass_at_1']:.3f}",
-                        _iv(x.get("pass_at_1_diff_ci")),
-                        f"{_num(x['cost_vs_largest_direct'], 2)} {_iv(x.get('cost_ratio_ci'), 2)}",
-                    ]
-                    for k, x in d["transfer"].items()
-                ],
-            )
-        )
+        parts.append(_runs_table("fitted on → run on", d["transfer"], chosen=True))
     pvd = d.get("plan_vs_direct")
     if pvd:
         parts.append(
@@ -947,6 +951,32 @@ def render_economics() -> str | None:
         )
     if d.get("plot"):
         parts.append(f"![auction overhead against execution length]({d['plot']})")
+    return "\n\n".join(parts)
+
+
+def render_unseen() -> str | None:
+    """Per domain: every router fitted on the shipped training split, scored on the tasks past
+    the shipped matrix (``unseen.json``)."""
+    d = _load("unseen.json")
+    if d is None:
+        return None
+    parts = [_file_line("unseen.json")]
+    for dom, v in d["domains"].items():
+        extra = {"embedded default": v["embedded_default"]}
+        extra["sale, memory of all 80 shipped tasks"] = v["memory_of_all_shipped"]
+        extra |= {f"fitted on {k.split('->')[0]}": x for k, x in v["transfer"].items()}
+        parts += [
+            f"### {dom}: {v['tasks']} unseen tasks ({v['first']} … {v['last']})",
+            _method_table(v["methods"], overhead=False),
+            f"Targets for `sale` on the unseen {dom} tasks:",
+            _targets_table(v["targets"]),
+            f"`sale` here is the configuration fitted on the shipped training split: {v['chosen']}"
+            + _cv_line(v.get("memory_cv"))
+            + " Its ablations, refitted there without each mechanism:",
+            _ablation_table(v["ablations"]),
+            "Other configurations on the same unseen tasks:",
+            _runs_table("configuration", extra),
+        ]
     return "\n\n".join(parts)
 
 
@@ -1047,6 +1077,7 @@ def render_self_tests() -> str | None:
 
 SECTIONS: dict[str, Callable[[], str | None]] = {
     "economics": render_economics,
+    "unseen": render_unseen,
     "self_tests": render_self_tests,
     "agent_loop": render_agent_loop,
     "jury_injection": render_jury_injection,

@@ -29,13 +29,19 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--out", default="sale_ray/recommended.yaml")
     ap.add_argument("--cost-lambda", type=float, default=EvalConfig().cost_lambda)
     ap.add_argument("--embedder", default=EvalConfig().embedder, help="task-text embedder")
+    ap.add_argument(
+        "--memory-folds",
+        type=int,
+        default=EvalConfig().memory_folds,
+        help="cross-validation folds that decide whether memory is read (eval.memory_folds)",
+    )
     args = ap.parse_args(argv)
     train = []
     for m in args.matrices:
         rows = load_matrix(Path(m))
         train += [direct_view(r) for r in rows if r.split == "train"]
     near = Neighbours(train, args.embedder)  # outcome memory is a candidate mechanism
-    fit = fit_recommended(train, args.cost_lambda, neighbours=near)
+    fit = fit_recommended(train, args.cost_lambda, neighbours=near, memory_folds=args.memory_folds)
     auction = recommended_auction(fit)
     policy = {k: auction[k] for k in POLICY_FIELDS if k.startswith(("bid", "answer", "accept"))}
     head = [
@@ -44,6 +50,7 @@ def main(argv: list[str] | None = None) -> Path:
         + ", ".join(args.matrices),
         f"# chosen: bid: answer, {fit.chosen.describe()}; training pass@1 "
         f"{fit.chosen.pass_at_1:.3f}, loss {fit.chosen.loss:.4f} (cost_lambda {args.cost_lambda})",
+        f"# outcome memory, cross-validated on the training tasks: {fit.memory_cv}",
     ]
     out = Path(args.out)
     out.write_text("\n".join(head) + "\n" + yaml.safe_dump({"auction": policy}, sort_keys=False))

@@ -453,6 +453,14 @@ class EvalConfig(_Strict):
         description="Loss = fail + cost_lambda * execution cost / largest agent's mean cost: "
         "what every fitted router (SALE weights, kNN) minimises on the training split.",
     )
+    memory_folds: int = Field(
+        default=5,
+        ge=0,
+        description="Cross-validation folds (of the training split) that decide whether the "
+        "recommended configuration may read outcome memory: the whole fit, with memory among "
+        "its candidates and without, is scored on tasks it did not see (0 or 1: the lowest "
+        "training loss decides).",
+    )
     knn_k: int = Field(default=0, ge=0, description="kNN neighbours (0 = choose by leave-one-out).")
     embedder: str = Field(default="minilm", description="Task-text embedder of the kNN router.")
     objective: Literal["bins", "tasks", "mean"] = Field(

@@ -330,7 +330,10 @@ class SaleRecommended(_Fixed):
     def fit(self, train: Sequence[TaskRow]) -> None:
         view = [direct_view(r) for r in train]
         near = Neighbours(view, self.ctx.eval.embedder)
-        self.fitted = fit_recommended(view, self.ctx.eval.cost_lambda, neighbours=near)
+        ev = self.ctx.eval
+        self.fitted = fit_recommended(
+            view, ev.cost_lambda, neighbours=near, memory_folds=ev.memory_folds
+        )
 
     def route(self, row: TaskRow) -> Decision:
         return self.fitted.decide(self.name, direct_view(row))

@@ -17,7 +17,13 @@ On the training split's direct calls it fits ``bid: answer`` (:mod:`sale_ray.auc
   last) × every acceptance threshold that changes a decision × every memory k, scored by the
   training loss
   ``mean (1 - passed) + cost_lambda * cost / mean cost of the dearest agent called directly`` (the
-  loss SALE's weights are fitted on), ties to the shorter ladder and then the higher threshold.
+  loss SALE's weights are fitted on), ties to the shorter ladder and then the higher threshold;
+* **memory only where it generalises** — whether the choice may read memory at all is decided
+  by cross-validation of the whole fit on the training split (:func:`memory_cv`): with ~700
+  candidates and a few dozen training tasks, the lowest training loss picks memory for gains
+  of one task's cost, which is selection, not evidence; on each fold the fit is rerun on the
+  other folds with memory among the candidates and without, and memory is allowed only when
+  it wins on the folds it did not see.
 
 The result is a plain ``auction:`` section (:func:`recommended_auction`) that ``sale-ray run
 --config``, the service and ``model: sale`` online read; ``sale-ray eval`` writes it as
@@ -26,7 +32,9 @@ The result is a plain ``auction:`` section (:func:`recommended_auction`) that ``
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -40,6 +48,7 @@ from .matrix import Decision, TaskRow, spend
 from .neighbours import Neighbours
 
 PRIOR_WEIGHT = 2.0  # pseudo-answers at the agent's overall rate behind every per-state figure
+MEMORY_FOLDS = 5  # cross-validation folds that decide whether the fit may read memory
 MEMORY_KS = (3, 5, 8, 12)  # memory sizes tried besides 0 (off): the kNN router's grid
 # with memory an answer's value is continuous: thresholds on a grid besides the trust figures
 MEMORY_THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(1, 20))
@@ -191,6 +200,8 @@ class Fit:
     train: Sequence[TaskRow] = ()
     neighbours: Neighbours | None = None
     examples: bool | None = None
+    #: what :func:`memory_cv` found, when it decided whether memory may be read
+    memory_cv: dict[str, Any] | None = None
 
     def policy(self) -> policy.Policy:
         return policy.Policy(
@@ -223,6 +234,7 @@ class Fit:
             "chosen": self.chosen.describe(),
             "trust": {a: t.model_dump() for a, t in self.trust.items()},
             "candidates_tried": len(ranked),
+            "memory_cv": self.memory_cv,
             "candidates": [_candidate(c) for c in ranked[:top]],
             "best_by_memory_k": {str(k): _candidate(c) for k, c in sorted(best.items())},
         }
@@ -291,6 +303,54 @@ def memory_for(
     return [outcomes(p, asked[p.task_id]) for p in near]
 
 
+def _folds(rows: Sequence[TaskRow], k: int) -> list[list[TaskRow]]:
+    """``rows`` in ``k`` folds by a hash of the task id (a task's fold never depends on which
+    other tasks are there, nor on their order); empty folds left out."""
+    out: list[list[TaskRow]] = [[] for _ in range(k)]
+    for r in rows:
+        out[zlib.crc32(r.task_id.encode()) % k].append(r)
+    return [f for f in out if f]
+
+
+def memory_cv(
+    train: Sequence[TaskRow], cost_lambda: float, folds: int, neighbours: Neighbours, **fit: Any
+) -> dict[str, Any] | None:
+    """Does reading outcome memory pay on tasks the fit did not see? The whole fit (ladder,
+    threshold and memory size chosen by training loss), with memory among the candidates and
+    without, is rerun on each fold's complement and scored on the fold with the loss it
+    minimises (``fit``: the other arguments of :func:`fit_recommended`). None when there are
+    not two folds."""
+    parts = _folds(train, folds)
+    if len(parts) < 2:
+        return None
+    dearest = train[0].by_price()[-1]
+    ref = float(np.mean([r.cells[dearest].run_usage.cost_usd for r in train])) or 1.0
+    loss: dict[bool, list[float]] = {True: [], False: []}
+    for part in parts:
+        seen = {r.task_id for r in part}
+        rest = [r for r in train if r.task_id not in seen]
+        for mem in (True, False):
+            f = fit_recommended(
+                rest, cost_lambda, neighbours=neighbours if mem else None, memory_folds=0, **fit
+            )
+            loss[mem] += [
+                (1 - d.passed) + cost_lambda * d.total_cost / ref
+                for d in (f.decide("cv", r) for r in part)
+            ]
+    with_, without = float(np.mean(loss[True])), float(np.mean(loss[False]))
+    return {
+        "folds": len(parts),
+        "loss_with_memory": round(with_, 6),
+        "loss_without_memory": round(without, 6),
+        "memory_pays": with_ < without - 1e-12,
+    }
+
+
+#: fits made in this process, by what they were fitted on (see :func:`fit_recommended`)
+_FITS: dict[tuple, Fit] = {}
+_FITS_KEPT = 32
+
+
 def fit_recommended(
     train: Sequence[TaskRow],
     cost_lambda: float,
@@ -300,6 +360,7 @@ def fit_recommended(
     examples: bool | None = None,
     neighbours: Neighbours | None = None,
     memory_ks: Sequence[int] = MEMORY_KS,
+    memory_folds: int = MEMORY_FOLDS,
 ) -> Fit:
     """Choose ladder, threshold and memory size on the training rows (direct views); see the
     module doc.
@@ -308,7 +369,46 @@ def fit_recommended(
     each training task's memory is the other training tasks, leave one out. For ablations:
     ``use_check=False`` fits without the answers' own checks (memory alone), ``ladders``
     restricts the ladders tried, ``neighbours=None`` leaves memory out; ``examples`` as in
-    :func:`answer_decision` (a replay of another check)."""
+    :func:`answer_decision` (a replay of another check); ``memory_folds``: the folds of
+    :func:`memory_cv`, which decides whether the choice may read memory (below 2: the lowest
+    training loss decides, memory or not).
+
+    The fit is deterministic and, cross-validated, costs a dozen fits; one evaluation asks for
+    the same one several times (the method, its ablations, the written config), so the last
+    few are remembered by the rows' content and the arguments."""
+    digest = hashlib.sha256()
+    for r in train:
+        digest.update(r.model_dump_json().encode())
+    key = (
+        digest.hexdigest(),
+        cost_lambda,
+        use_check,
+        tuple(map(tuple, ladders)) if ladders else None,
+        examples,
+        neighbours.embedder if neighbours is not None else None,
+        tuple(memory_ks),
+        memory_folds,
+    )
+    if key not in _FITS:
+        if len(_FITS) >= _FITS_KEPT:
+            _FITS.pop(next(iter(_FITS)))
+        _FITS[key] = _fit(
+            train, cost_lambda, use_check, ladders, examples, neighbours, memory_ks, memory_folds
+        )
+    return _FITS[key]
+
+
+def _fit(
+    train: Sequence[TaskRow],
+    cost_lambda: float,
+    use_check: bool,
+    ladders: Sequence[tuple[str, ...]] | None,
+    examples: bool | None,
+    neighbours: Neighbours | None,
+    memory_ks: Sequence[int],
+    memory_folds: int,
+) -> Fit:
+    """:func:`fit_recommended`, uncached."""
     if not train:
         raise ValueError("no training rows to fit the recommended configuration on")
     trust = fit_trust(train, examples)
@@ -345,8 +445,13 @@ def fit_recommended(
                 cost = float(np.mean([d.total_cost for d in ds]))
                 loss = (1 - passed) + cost_lambda * cost / ref
                 candidates.append(Candidate(ladder, tau, loss, passed, cost, k))
-    chosen = min(candidates, key=_preference)
-    return Fit(trust, chosen, candidates, train, neighbours, examples)
+    cv = None
+    if neighbours is not None and memory_folds >= 2:
+        opts = {"use_check": use_check, "ladders": ladders, "examples": examples}
+        cv = memory_cv(train, cost_lambda, memory_folds, neighbours, memory_ks=memory_ks, **opts)
+    allowed = [c for c in candidates if not c.memory_k] if cv and not cv["memory_pays"] else []
+    chosen = min(allowed or candidates, key=_preference)
+    return Fit(trust, chosen, candidates, train, neighbours, examples, cv)
 
 
 ABLATIONS = {
@@ -354,20 +459,25 @@ ABLATIONS = {
     "no_check": "the answers' own checks ignored: outcome memory alone values an answer",
     "no_memory": "no outcome memory of similar tasks (answer_memory_k 0): an answer is worth "
     "its agent's figure for what its check said",
+    "memory_by_loss": "memory read whenever it lowers the training loss (memory_folds 0: no "
+    "cross-validation)",
     "unfitted_trust": "default trust figures (no outcome memory): passed 0.9, failed 0.05, "
     "unchecked 0.5, every agent, accept at 0.8",
 }
 
 
 def ablate(
-    rows: Sequence[TaskRow], cost_lambda: float, neighbours: Neighbours | None = None
+    rows: Sequence[TaskRow],
+    cost_lambda: float,
+    neighbours: Neighbours | None = None,
+    memory_folds: int = MEMORY_FOLDS,
 ) -> dict[str, Any]:
     """The recommended fit and, per mechanism taken away (refitted without it), its held-out
     pass@1 and cost: the ``_recommend`` section of ``summary.json`` (direct-view rows;
     ``neighbours`` embeds them all, or None to fit without outcome memory)."""
     train = [r for r in rows if r.split == "train"]
     test = [r for r in rows if r.split == "test"]
-    near = {"neighbours": neighbours}
+    near: dict[str, Any] = {"neighbours": neighbours, "memory_folds": memory_folds}
     fit = fit_recommended(train, cost_lambda, **near)
     everyone = (tuple(train[0].by_price()),)
     fits = {
@@ -377,6 +487,9 @@ def ablate(
     }
     if neighbours is not None:
         fits["no_memory"] = fit_recommended(train, cost_lambda)
+        fits["memory_by_loss"] = fit_recommended(
+            train, cost_lambda, neighbours=neighbours, memory_folds=0
+        )
     default = {a: AnswerTrust() for a in train[0].cells}
     unfitted = Fit(default, Candidate(everyone[0], AuctionConfig().accept_value, 0, 0, 0))
     out: dict[str, Any] = {"fit": fit.summary(), "ablations": {}}
@@ -430,6 +543,7 @@ __all__ = [
     "fit_trust",
     "has_examples",
     "memory_for",
+    "memory_cv",
     "outcomes",
     "recommended_auction",
     "write_recommended",

@@ -187,7 +187,10 @@ def analyse(
     if "sale" in methods:  # the recommended configuration: its fit and its ablations
         view = [direct_view(r) for r in rows]
         extras["_recommend"] = ablate(
-            view, config.eval.cost_lambda, Neighbours(view, config.eval.embedder)
+            view,
+            config.eval.cost_lambda,
+            Neighbours(view, config.eval.embedder),
+            config.eval.memory_folds,
         )
     if not matrix_parts(methods)[0]:
         ctx = RouterContext(eval=config.eval, default_weights=config.auction.weights)
@@ -399,7 +402,12 @@ def run_eval(
         train = [direct_view(r) for r in rows if r.split == "train"]
         near = Neighbours(train, config.eval.embedder)
         write_recommended(
-            fit_recommended(train, config.eval.cost_lambda, neighbours=near),
+            fit_recommended(
+                train,
+                config.eval.cost_lambda,
+                neighbours=near,
+                memory_folds=config.eval.memory_folds,
+            ),
             config,
             out / "recommended.yaml",
             {"dataset": dataset, "train_tasks": len(train), "seed": config.eval.seed},

@@ -324,6 +324,7 @@ def test_methods_groups_expand_and_direct_only_analysis_fits_nothing():
         "every_agent",
         "no_check",
         "no_memory",
+        "memory_by_loss",
         "unfitted_trust",
     }
     assert {d.method for d in decisions} == set(DIRECT_METHODS)

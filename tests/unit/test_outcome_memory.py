@@ -9,6 +9,7 @@ import pytest
 from sale_ray.auction import policy
 from sale_ray.auction.protocol import run_auction
 from sale_ray.config import AgentSpec, AnswerTrust, AuctionConfig, PoolSpec, SaleConfig
+from sale_ray.evaluation import recommend
 from sale_ray.evaluation.direct import DirectCell
 from sale_ray.evaluation.matrix import TaskRow
 from sale_ray.evaluation.neighbours import Neighbours
@@ -81,6 +82,9 @@ def test_the_fitter_turns_memory_on_when_similar_tasks_tell_who_will_be_right():
     plain = fit_recommended(train, cost_lambda=0.1)
     fit = fit_recommended(train, cost_lambda=0.1, neighbours=Neighbours(train, "hashing"))
     assert fit.chosen.memory_k > 0 and fit.chosen.loss < plain.chosen.loss
+    # ...and it wins on the folds the fit did not see, so the cross-validation lets it in
+    cv = fit.memory_cv
+    assert cv["memory_pays"] and cv["loss_with_memory"] < cv["loss_without_memory"]
     reverse, primes = (
         family_row(50, "reverse", split="test"),
         family_row(51, "primes", split="test"),
@@ -88,6 +92,44 @@ def test_the_fitter_turns_memory_on_when_similar_tasks_tell_who_will_be_right():
     assert fit.decide("sale", reverse).agent == "small"  # its neighbours say small is right
     assert fit.decide("sale", primes).agent == "large"  # ...and here that it is wrong
     assert fit.decide("sale", primes).passed and fit.decide("sale", reverse).passed
+
+
+def test_memory_that_wins_only_on_the_tasks_it_was_fitted_on_stays_off(monkeypatch):
+    train = [family_row(i, f) for i in range(10) for f in FAMILIES]
+    near = Neighbours(train, "hashing")
+    by_loss = fit_recommended(train, cost_lambda=0.1, neighbours=near, memory_folds=0)
+    assert by_loss.chosen.memory_k > 0 and by_loss.memory_cv is None
+    # the cross-validation's verdict, scripted: memory lost on the folds it did not see
+    lost = {"folds": 5, "loss_with_memory": 0.3, "loss_without_memory": 0.2, "memory_pays": False}
+    monkeypatch.setattr(recommend, "memory_cv", lambda *a, **k: lost)
+    monkeypatch.setattr(recommend, "_FITS", {})  # not the remembered fit of the real one
+    fit = fit_recommended(train, cost_lambda=0.1, neighbours=near)
+    best_plain = min((c for c in fit.candidates if not c.memory_k), key=lambda c: c.loss)
+    assert fit.chosen.memory_k == 0 and fit.chosen.loss == best_plain.loss
+    assert fit.summary()["memory_cv"] == lost
+    assert fit.summary()["best_by_memory_k"]["8"]["memory_k"] == 8  # still reported
+
+
+def test_a_fit_asked_for_twice_is_made_once_and_rows_that_changed_are_fitted_anew(monkeypatch):
+    made = []
+    real = recommend._fit
+    monkeypatch.setattr(recommend, "_fit", lambda *a: made.append(a) or real(*a))
+    monkeypatch.setattr(recommend, "_FITS", {})
+    rows = [family_row(i, f) for i in range(4) for f in FAMILIES]
+    first = fit_recommended(rows, cost_lambda=0.1)
+    assert fit_recommended(list(rows), cost_lambda=0.1) is first and len(made) == 1
+    fit_recommended(rows, cost_lambda=0.2)  # other arguments
+    fit_recommended([r.model_copy(update={"prompt": "other"}) for r in rows], cost_lambda=0.1)
+    assert len(made) == 3  # the same task ids with other content are other rows
+
+
+def test_cross_validation_folds_depend_only_on_each_task_id():
+    rows = [family_row(i, f) for i in range(10) for f in FAMILIES]
+    folds = recommend._folds(rows, 5)
+    ids = [sorted(r.task_id for r in f) for f in folds]
+    assert sorted(i for f in ids for i in f) == sorted(r.task_id for r in rows)  # a partition
+    assert ids == [sorted(r.task_id for r in f) for f in recommend._folds(rows[::-1], 5)]
+    assert all(1 <= len(f) < len(rows) for f in folds)
 
 
 def test_memory_stays_off_when_it_buys_nothing():
