@@ -25,6 +25,7 @@ import json
 import sys
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
@@ -59,17 +60,12 @@ def take(source: Path, domain: str) -> Path:
     matrix (the whole file is rewritten: run it again as a long run progresses)."""
     shipped = {r.task_id for r in load_matrix(matrix_path(domain))}
     table = pq.read_table(source)
-    new = table.filter(pc.invert(pc.is_in(table["task_id"], value_set=_strings(shipped))))
+    known = pa.array(sorted(shipped), pa.string())
+    new = table.filter(pc.invert(pc.is_in(table["task_id"], value_set=known)))
     out = unseen_matrix(domain)
     out.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(new, out)
     return out
-
-
-def _strings(values: set[str]):
-    import pyarrow as pa
-
-    return pa.array(sorted(values), pa.string())
 
 
 def domain_rows(domain: str) -> tuple[list, list]:

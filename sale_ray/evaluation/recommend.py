@@ -303,6 +303,20 @@ def memory_for(
     return [outcomes(p, asked[p.task_id]) for p in near]
 
 
+def _reference_cost(rows: Sequence[TaskRow]) -> float:
+    """The loss's unit of cost: the dearest agent's mean direct-call cost on ``rows``."""
+    dearest = rows[0].by_price()[-1]
+    return float(np.mean([r.cells[dearest].run_usage.cost_usd for r in rows])) or 1.0
+
+
+def _loss(ds: Sequence[Decision], cost_lambda: float, ref: float) -> tuple[float, float, float]:
+    """(the fitter's loss, pass@1, mean cost) of ``ds``: ``(1 - passed) + cost_lambda * cost /
+    ref``, averaged."""
+    passed = float(np.mean([d.passed for d in ds]))
+    cost = float(np.mean([d.total_cost for d in ds]))
+    return (1 - passed) + cost_lambda * cost / ref, passed, cost
+
+
 def _folds(rows: Sequence[TaskRow], k: int) -> list[list[TaskRow]]:
     """``rows`` in ``k`` folds by a hash of the task id (a task's fold never depends on which
     other tasks are there, nor on their order); empty folds left out."""
@@ -323,9 +337,8 @@ def memory_cv(
     parts = _folds(train, folds)
     if len(parts) < 2:
         return None
-    dearest = train[0].by_price()[-1]
-    ref = float(np.mean([r.cells[dearest].run_usage.cost_usd for r in train])) or 1.0
-    loss: dict[bool, list[float]] = {True: [], False: []}
+    ref = _reference_cost(train)
+    scored: dict[bool, list[Decision]] = {True: [], False: []}
     for part in parts:
         seen = {r.task_id for r in part}
         rest = [r for r in train if r.task_id not in seen]
@@ -333,11 +346,8 @@ def memory_cv(
             f = fit_recommended(
                 rest, cost_lambda, neighbours=neighbours if mem else None, memory_folds=0, **fit
             )
-            loss[mem] += [
-                (1 - d.passed) + cost_lambda * d.total_cost / ref
-                for d in (f.decide("cv", r) for r in part)
-            ]
-    with_, without = float(np.mean(loss[True])), float(np.mean(loss[False]))
+            scored[mem] += [f.decide("cv", r) for r in part]
+    with_, without = (_loss(scored[m], cost_lambda, ref)[0] for m in (True, False))
     return {
         "folds": len(parts),
         "loss_with_memory": round(with_, 6),
@@ -416,7 +426,7 @@ def _fit(
         trust = blind(trust)
     order = train[0].by_price()
     dearest, cheaper = order[-1], order[:-1]
-    ref = float(np.mean([r.cells[dearest].run_usage.cost_usd for r in train])) or 1.0
+    ref = _reference_cost(train)
     values = sorted(set().union(*(_figures(t) for t in trust.values())))
     thresholds = sorted({*values, 1.0})
     candidates = []
@@ -441,9 +451,7 @@ def _fit(
                 ds = [
                     answer_decision("fit", r, pol, examples, memory.get(r.task_id)) for r in train
                 ]
-                passed = float(np.mean([d.passed for d in ds]))
-                cost = float(np.mean([d.total_cost for d in ds]))
-                loss = (1 - passed) + cost_lambda * cost / ref
+                loss, passed, cost = _loss(ds, cost_lambda, ref)
                 candidates.append(Candidate(ladder, tau, loss, passed, cost, k))
     cv = None
     if neighbours is not None and memory_folds >= 2:
